@@ -1,0 +1,45 @@
+# jaxseq: every target creates and uses its own virtual environment in .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Data-only packages, installed without their (heavy, unused) dependencies.
+DATA_PKGS := aeon==1.6.0 turkish-treebanks==1.0.0
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow lint run experiments bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The test suite (what CI runs). Slow tests run with `make test-slow`.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jaxseq experiments tests benchmarks
+	$(VENV)/bin/ruff format --check jaxseq experiments tests benchmarks
+
+## The main job: the default experiments on real data, one results table.
+run: $(STAMP)
+	$(PY) -m experiments.run_all
+
+## The full-size configurations of every experiment.
+experiments: $(STAMP)
+	$(PY) -m experiments.run_all --full
+
+## Speed and memory against PyTorch and flax, side by side.
+bench: $(STAMP)
+	$(PY) -m benchmarks.rnn_train_step
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs
