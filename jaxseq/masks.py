@@ -32,8 +32,8 @@ def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
     _checks.check_integer(lengths, "lengths")
     if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 0:
         raise ValueError(f"`max_len` must be a non-negative Python int, got {max_len!r}")
-    steps_T = jnp.arange(max_len, dtype=lengths.dtype)
-    return steps_T < lengths[..., None]
+    steps = jnp.arange(max_len, dtype=lengths.dtype).reshape((1,) * lengths.ndim + (max_len,))
+    return steps < lengths[..., None]
 
 
 def mask_lengths(mask: jax.Array) -> jax.Array:
