@@ -7,7 +7,8 @@ positions that count.
 Semantics (the specification is ``design.md``):
 
 * Cross-entropy is computed from logits as ``logsumexp(z) - z[label]`` in
-  float32, whatever the input dtype (float32, bfloat16, float16).
+  float32 for float32, bfloat16 and float16 inputs (float64 for float64), and
+  returned in that dtype.
 * Masked positions contribute exactly zero to the value AND the gradient, even
   when their logits are NaN/inf or their labels are out of range: they are
   replaced by safe values *before* any arithmetic ("double where").
@@ -58,6 +59,11 @@ def safe_divide(total: jax.Array, count: jax.Array) -> jax.Array:
     return jnp.where(nonzero, total / jnp.where(nonzero, count, 1.0), 0.0)
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+    """float32 for float32/bfloat16/float16 inputs, float64 for float64 inputs."""
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+
+
 def _check_settings(label_smoothing, z_loss, class_weights, num_classes):
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
         raise TypeError(f"`label_smoothing` must be a Python float, got {label_smoothing!r}")
@@ -71,7 +77,6 @@ def _check_settings(label_smoothing, z_loss, class_weights, num_classes):
         class_weights = _checks.as_array(class_weights, "class_weights")
         _checks.check_shape(class_weights, (num_classes,), "class_weights", "[C] (C from `logits`)")
         _checks.check_floating(class_weights, "class_weights")
-        class_weights = class_weights.astype(jnp.float32)
     return class_weights
 
 
@@ -105,7 +110,8 @@ def _token_losses(logits, labels, valid, label_smoothing, class_weights, z_loss)
     in value and gradient.
     """
     num_classes = logits.shape[-1]
-    logits = logits.astype(jnp.float32)
+    dtype = compute_dtype(logits.dtype)
+    logits = logits.astype(dtype)
     if valid is not None:
         # First where: no NaN/inf from a masked position can enter the math.
         logits = jnp.where(valid[..., None], logits, 0.0)
@@ -125,9 +131,9 @@ def _token_losses(logits, labels, valid, label_smoothing, class_weights, z_loss)
     if z_loss:
         loss = loss + z_loss * jnp.square(lse)
     if class_weights is not None:
-        weight = class_weights[safe_labels]
+        weight = class_weights.astype(dtype)[safe_labels]
     else:
-        weight = jnp.ones(labels.shape, jnp.float32)
+        weight = jnp.ones(labels.shape, dtype)
     if valid is not None:
         # Second where: the value and gradient at masked positions are exactly 0.
         weight = jnp.where(valid, weight, 0.0)
@@ -210,8 +216,9 @@ def soft_cross_entropy(
             f"got {tuple(targets.shape)}"
         )
     where = _check_where(where, logits.shape[:-1], "where", "[...] (= logits.shape[:-1])")
-    logits = logits.astype(jnp.float32)
-    targets = targets.astype(jnp.float32)
+    dtype = compute_dtype(logits.dtype)
+    logits = logits.astype(dtype)
+    targets = targets.astype(dtype)
     if where is not None:
         logits = jnp.where(where[..., None], logits, 0.0)
         targets = jnp.where(where[..., None], targets, 0.0)
@@ -289,7 +296,9 @@ def sequence_classification_loss(
 
 
 def _labeling_checks(logits, labels, mask, label_smoothing, class_weights, z_loss):
-    logits, labels = _check_logits_labels(logits, labels, logits_doc="[B, T, C]", labels_doc="[B, T]")
+    logits, labels = _check_logits_labels(
+        logits, labels, logits_doc="[B, T, C]", labels_doc="[B, T]"
+    )
     _checks.check_rank(logits, 3, "logits", "[B, T, C]")
     mask = _checks.as_array(mask, "mask")
     _checks.check_bool(mask, "mask")
@@ -301,13 +310,85 @@ def _labeling_checks(logits, labels, mask, label_smoothing, class_weights, z_los
 def _labeling_terms(loss_BT, weight_BT, reduction):
     weight_B = jnp.sum(weight_BT, axis=1)
     counted_B = weight_B > 0
-    num_sequences = jnp.sum(counted_B.astype(jnp.float32))
+    num_sequences = jnp.sum(counted_B.astype(weight_B.dtype))
     if reduction == "sum_over_time":
         return LossTerms(jnp.sum(loss_BT), num_sequences)
     if reduction == "mean_over_time":
         per_sequence_B = safe_divide(jnp.sum(loss_BT, axis=1), weight_B)
         return LossTerms(jnp.sum(per_sequence_B), num_sequences)
     return LossTerms(jnp.sum(loss_BT), jnp.sum(weight_B))  # mean_over_tokens
+
+
+def _check_token_losses(token_losses, mask, weights):
+    token_losses = _checks.as_array(token_losses, "token_losses")
+    _checks.check_floating(token_losses, "token_losses")
+    _checks.check_rank(token_losses, 2, "token_losses", "[B, T]")
+    mask = _checks.as_array(mask, "mask")
+    _checks.check_bool(mask, "mask")
+    _checks.check_shape(mask, token_losses.shape, "mask", "[B, T] (= token_losses.shape)")
+    dtype = compute_dtype(token_losses.dtype)
+    weight_BT = mask.astype(dtype)
+    if weights is not None:
+        weights = _checks.as_array(weights, "weights")
+        _checks.check_floating(weights, "weights")
+        _checks.check_shape(weights, token_losses.shape, "weights", "[B, T] (= token_losses.shape)")
+        weight_BT = jnp.where(mask, weights.astype(dtype), 0.0)
+    loss_BT = jnp.where(mask, token_losses.astype(dtype), 0.0)
+    return loss_BT, weight_BT
+
+
+def sequence_loss_terms(
+    token_losses: jax.Array,
+    mask: jax.Array,
+    *,
+    reduction: str = "sum_over_time",
+    weights: jax.Array | None = None,
+) -> LossTerms:
+    """Reduce any per-step loss ``[B, T]`` to exact ``LossTerms`` (see
+    :func:`sequence_labeling_loss_terms` for the table).
+
+    Args:
+      token_losses: float ``[B, T]``, already scaled by ``weights`` if any (e.g.
+        ``soft_cross_entropy(logits, targets, where=mask)``). Compute it with
+        ``where=mask`` so masked steps are safe: this function zeroes their
+        values, but a NaN produced upstream at a masked step would still reach
+        the upstream gradient.
+      mask: bool ``[B, T]``.
+      reduction: ``"sum_over_time"``, ``"mean_over_time"`` or ``"mean_over_tokens"``.
+      weights: optional float ``[B, T]``, what each valid step counts for in the
+        normalisers (1 without it).
+    """
+    _checks.check_choice(reduction, TERM_REDUCTIONS, "reduction")
+    loss_BT, weight_BT = _check_token_losses(token_losses, mask, weights)
+    return _labeling_terms(loss_BT, weight_BT, reduction)
+
+
+def reduce_sequence_loss(
+    token_losses: jax.Array,
+    mask: jax.Array,
+    *,
+    reduction: str = "sum_over_time",
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """Reduce any per-step loss ``[B, T]`` with the reductions of
+    :func:`sequence_labeling_loss` (the same semantics, the same N).
+
+    Use it for losses jaxseq does not compute itself, e.g. soft targets:
+
+    >>> import jax.numpy as jnp, jaxseq as js
+    >>> logits, mask = jnp.zeros((2, 3, 4)), js.length_mask(jnp.array([3, 1]), 3)
+    >>> targets = jnp.full((2, 3, 4), 0.25)
+    >>> per_step = js.soft_cross_entropy(logits, targets, where=mask)
+    >>> round(float(js.reduce_sequence_loss(per_step, mask, reduction="mean_over_tokens")), 4)
+    1.3863
+    """
+    _checks.check_choice(reduction, REDUCTIONS, "reduction")
+    loss_BT, weight_BT = _check_token_losses(token_losses, mask, weights)
+    if reduction == "none":
+        return loss_BT
+    if reduction == "sum":
+        return jnp.sum(loss_BT)
+    return _labeling_terms(loss_BT, weight_BT, reduction).loss
 
 
 def sequence_labeling_loss_terms(
@@ -361,7 +442,7 @@ def sequence_labeling_loss(
     | reduction | value |
     |---|---|
     | ``"sum_over_time"`` | ``(1/N) sum_i sum_{j<T_i} L_ij`` (the textbook definition) |
-    | ``"mean_over_time"`` | ``(1/N) sum_i (1/T_i) sum_{j<T_i} L_ij`` (each sequence weighs the same) |
+    | ``"mean_over_time"`` | ``(1/N) sum_i (1/T_i) sum_{j<T_i} L_ij`` (sequences weigh the same) |
     | ``"mean_over_tokens"`` | ``sum_ij L_ij / sum_i T_i`` (each token weighs the same) |
     | ``"sum"`` | ``sum_ij L_ij`` |
     | ``"none"`` | ``L_ij``, float32 ``[B, T]``, 0 where masked |

@@ -90,7 +90,8 @@ def reverse_within_length(xs: jax.Array, lengths: jax.Array) -> jax.Array:
       inverse.
 
     >>> import jaxseq as js, jax.numpy as jnp
-    >>> js.reverse_within_length(jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]]), jnp.array([3, 2])).tolist()
+    >>> xs = jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]])
+    >>> js.reverse_within_length(xs, jnp.array([3, 2])).tolist()
     [[3, 2, 1, 0], [5, 4, 0, 0]]
     """
     xs = _checks.as_array(xs, "xs")

@@ -69,7 +69,8 @@ def validate_lengths(lengths, max_len: int) -> None:
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"`lengths` must be in [0, {max_len}] (T), got {int(lengths_np[index])} at index {index}"
+            f"`lengths` must be in [0, {max_len}] (T), "
+            f"got {int(lengths_np[index])} at index {index}"
         )
 
 
@@ -104,7 +105,7 @@ def checked(loss_fn):
     >>> safe_loss(jnp.zeros((2, 3)), jnp.array([0, 3]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    jax._src.checkify.JaxRuntimeError: `labels` out of range [0, 3) at a valid position (flat index 1)...
+    jax._src.checkify.JaxRuntimeError: `labels` out of range [0, 3) at a valid position ...
     """
     signature = inspect.signature(loss_fn)
     for required in ("logits", "labels"):

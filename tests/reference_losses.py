@@ -1,0 +1,90 @@
+"""Plain-Python float64 reference for the losses, written straight from design.md.
+
+Explicit loops over examples, time steps and classes; no vectorisation, no JAX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def log_softmax_row(z: np.ndarray) -> list[float]:
+    m = max(float(v) for v in z)
+    total = sum(math.exp(float(v) - m) for v in z)
+    lse = m + math.log(total)
+    return [float(v) - lse for v in z]
+
+
+def logsumexp_row(z: np.ndarray) -> float:
+    m = max(float(v) for v in z)
+    return m + math.log(sum(math.exp(float(v) - m) for v in z))
+
+
+def token_loss(z, label, *, label_smoothing=0.0, class_weights=None, z_loss=0.0) -> float:
+    """w[y] * (-sum_c t_c log p_c + z_loss * lse^2), t = (1-a) onehot + a/C."""
+    smoothing = label_smoothing
+    num_classes = len(z)
+    log_p = log_softmax_row(z)
+    loss = 0.0
+    for c in range(num_classes):
+        target = (1.0 - smoothing) * (1.0 if c == label else 0.0) + smoothing / num_classes
+        loss -= target * log_p[c]
+    loss += z_loss * logsumexp_row(z) ** 2
+    weight = 1.0 if class_weights is None else float(class_weights[label])
+    return weight * loss, weight
+
+
+def soft_token_loss(z, target) -> float:
+    log_p = log_softmax_row(z)
+    return -sum(float(t) * lp for t, lp in zip(target, log_p) if t != 0)
+
+
+def labeling_loss(logits, labels, mask, reduction, *, soft=False, **kwargs):
+    """logits [B, T, C], labels [B, T] (or soft targets [B, T, C]), mask [B, T]."""
+    num_b, num_t = mask.shape
+    per_token = np.zeros((num_b, num_t))
+    weights = np.zeros((num_b, num_t))
+    for i in range(num_b):
+        for j in range(num_t):
+            if not mask[i, j]:
+                continue
+            if soft:
+                per_token[i, j], weights[i, j] = soft_token_loss(logits[i, j], labels[i, j]), 1.0
+            else:
+                per_token[i, j], weights[i, j] = token_loss(
+                    logits[i, j], int(labels[i, j]), **kwargs
+                )
+    if reduction == "none":
+        return per_token
+    if reduction == "sum":
+        return sum(per_token[i, j] for i in range(num_b) for j in range(num_t))
+    sequence_sums, sequence_weights = [], []
+    for i in range(num_b):
+        w = sum(weights[i, j] for j in range(num_t))
+        if w > 0:  # a sequence with no (weighted) valid step is not one of the N
+            sequence_sums.append(sum(per_token[i, j] for j in range(num_t)))
+            sequence_weights.append(w)
+    n = len(sequence_sums)
+    if n == 0:
+        return 0.0
+    if reduction == "sum_over_time":
+        return sum(sequence_sums) / n
+    if reduction == "mean_over_time":
+        return sum(s / w for s, w in zip(sequence_sums, sequence_weights)) / n
+    if reduction == "mean_over_tokens":
+        return sum(sequence_sums) / sum(sequence_weights)
+    raise ValueError(reduction)
+
+
+def classification_loss(logits, labels, where=None, **kwargs):
+    """logits [B, C], labels [B]: sum_i w_i L_i / sum_i w_i over valid i."""
+    total, count = 0.0, 0.0
+    for i in range(len(labels)):
+        if where is not None and not where[i]:
+            continue
+        loss, weight = token_loss(logits[i], int(labels[i]), **kwargs)
+        total += loss
+        count += weight
+    return total / count if count > 0 else 0.0
