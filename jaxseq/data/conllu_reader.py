@@ -1,0 +1,154 @@
+"""Readers for tagged sentences: CoNLL-U and a two-column ``word<TAB>TAG`` format.
+
+Both return :class:`Sentence` tuples, so any treebank or tagged corpus a
+researcher has can feed :func:`jaxseq.data.tagging.tagging_splits`.
+
+CoNLL-U (https://universaldependencies.org/format.html): sentences are
+separated by blank lines; ``#`` lines before the tokens are comments, and
+``# key = value`` comments (``sent_id``, ``text``...) are kept as metadata; a
+token line has 10 tab-separated fields (ID FORM LEMMA UPOS XPOS FEATS HEAD
+DEPREL DEPS MISC). Multiword-token ranges (ID ``3-4``) and empty nodes (ID
+``5.1``) are skipped: the words of a sentence are exactly its integer IDs, which
+must run 1, 2, 3...
+
+Two-column format: one ``word<TAB>TAG`` per line (a run of spaces also
+separates the two columns when the line has no tab; the word itself cannot
+contain whitespace), sentences separated by one or more blank lines, no
+comments. Chosen over ``word/TAG`` because words may contain ``/`` (URLs,
+fractions).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
+
+from jaxseq.data._files import PathLike
+
+_COLUMNS = {"form": 1, "lemma": 2, "upos": 3, "xpos": 4, "deprel": 7}
+
+
+class Sentence(NamedTuple):
+    """One tagged sentence.
+
+    Attributes:
+      words: the word forms, ``[T]``.
+      tags: one tag per word, ``[T]``.
+      sent_id: the ``# sent_id`` comment, or ``None``.
+      metadata: every ``# key = value`` comment of the sentence.
+    """
+
+    words: tuple[str, ...]
+    tags: tuple[str, ...]
+    sent_id: str | None = None
+    metadata: Mapping[str, str] = types.MappingProxyType({})
+
+
+def _blocks(text: str):
+    """(first line number, lines) of each blank-line-separated block."""
+    block: list[str] = []
+    start = 1
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r\n")
+        if line.strip():
+            if not block:
+                start = lineno
+            block.append(line)
+        elif block:
+            yield start, block
+            block = []
+    if block:
+        yield start, block
+
+
+def parse_conllu(
+    text: str,
+    *,
+    tag_column: Literal["upos", "xpos", "deprel", "lemma"] = "upos",
+    source: str = "<string>",
+) -> tuple[Sentence, ...]:
+    """Parse CoNLL-U text into sentences of (form, tag) words.
+
+    Args:
+      text: the file's contents.
+      tag_column: which column is the tag (default UPOS, the 4th).
+      source: a name for error messages.
+
+    Returns:
+      the sentences in file order.
+
+    >>> doc = '''# sent_id = s1
+    ... 1-2\\tdella\\t_\\t_\\t_\\t_\\t_\\t_\\t_\\t_
+    ... 1\\tdi\\tdi\\tADP\\t_\\t_\\t3\\tcase\\t_\\t_
+    ... 2\\tla\\til\\tDET\\t_\\t_\\t3\\tdet\\t_\\t_
+    ... 2.1\\tx\\t_\\tX\\t_\\t_\\t_\\t_\\t_\\t_
+    ... 3\\tcasa\\tcasa\\tNOUN\\t_\\t_\\t0\\troot\\t_\\t_
+    ... '''
+    >>> s, = parse_conllu(doc)
+    >>> s.words, s.tags, s.sent_id
+    (('di', 'la', 'casa'), ('ADP', 'DET', 'NOUN'), 's1')
+    """
+    col = _COLUMNS[tag_column]
+    sentences = []
+    for start, lines in _blocks(text):
+        metadata: dict[str, str] = {}
+        words: list[str] = []
+        tags: list[str] = []
+        for offset, line in enumerate(lines):
+            where = f"{source}:{start + offset}"
+            if line.startswith("#"):
+                if words:
+                    raise ValueError(f"{where}: comment after the first token line")
+                key, eq, value = line[1:].partition("=")
+                if eq:
+                    metadata[key.strip()] = value.strip()
+                continue
+            fields = line.split("\t")
+            if len(fields) != 10:
+                raise ValueError(f"{where}: expected 10 tab-separated fields, got {len(fields)}")
+            token_id = fields[0]
+            if "-" in token_id or "." in token_id:
+                continue  # multiword-token range or empty node
+            if not token_id.isdigit() or int(token_id) != len(words) + 1:
+                raise ValueError(f"{where}: token ID {token_id!r}, expected {len(words) + 1}")
+            words.append(fields[1])
+            tags.append(fields[col])
+        if not words:
+            raise ValueError(f"{source}:{start}: sentence without token lines")
+        sentences.append(Sentence(tuple(words), tuple(tags), metadata.get("sent_id"), metadata))
+    return tuple(sentences)
+
+
+def read_conllu(path: PathLike, **kwargs) -> tuple[Sentence, ...]:
+    """Read a CoNLL-U file (UTF-8); see :func:`parse_conllu`."""
+    with open(path, encoding="utf-8") as f:
+        return parse_conllu(f.read(), source=str(path), **kwargs)
+
+
+def parse_tagged(text: str, *, source: str = "<string>") -> tuple[Sentence, ...]:
+    """Parse two-column ``word<TAB>TAG`` text, blank lines between sentences.
+
+    >>> [s.words for s in parse_tagged("The\\tDET\\ncat\\tNOUN\\n\\nRun\\tVERB\\n")]
+    [('The', 'cat'), ('Run',)]
+    """
+    sentences = []
+    for start, lines in _blocks(text):
+        words, tags = [], []
+        for offset, line in enumerate(lines):
+            fields = line.split("\t") if "\t" in line else line.split()
+            fields = [f.strip() for f in fields]
+            if len(fields) != 2 or not all(fields):
+                raise ValueError(
+                    f"{source}:{start + offset}: expected 'word<TAB>TAG', got {line!r}"
+                )
+            words.append(fields[0])
+            tags.append(fields[1])
+        sentences.append(Sentence(tuple(words), tuple(tags)))
+    return tuple(sentences)
+
+
+def read_tagged(path: PathLike) -> tuple[Sentence, ...]:
+    """Read a two-column tagged file (UTF-8); see :func:`parse_tagged`."""
+    with open(path, encoding="utf-8") as f:
+        return parse_tagged(f.read(), source=str(path))

@@ -1,0 +1,57 @@
+"""Token vocabularies: id 0 is padding, id 1 (when present) the unknown token.
+
+A vocabulary is a plain tuple of strings, ``vocab[id] -> token``; its size is
+``len(vocab)`` (the embedding table's rows). Build it from the training split
+only, so dev/test tokens unseen in training map to ``UNK``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+PAD = "<pad>"
+UNK = "<unk>"
+PAD_ID = 0
+UNK_ID = 1
+
+
+def build_vocab(tokens: Iterable[str], *, min_freq: int = 1, unk: bool = True) -> tuple[str, ...]:
+    """``(PAD, UNK, tokens...)``: tokens seen ``min_freq`` times or more, most frequent first.
+
+    Ties are broken alphabetically, so the ids are deterministic.
+
+    >>> build_vocab("abracadabra", min_freq=2)
+    ('<pad>', '<unk>', 'a', 'b', 'r')
+    """
+    if min_freq < 1:
+        raise ValueError(f"`min_freq` must be >= 1, got {min_freq}")
+    counts = Counter(tokens)
+    for special in (PAD, UNK):
+        if special in counts:
+            raise ValueError(f"the reserved token {special!r} occurs in the data")
+    kept = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+    return (PAD, UNK, *kept) if unk else (PAD, *kept)
+
+
+def token_index(vocab: Sequence[str]) -> dict[str, int]:
+    """``token -> id`` for a vocabulary tuple."""
+    return {t: i for i, t in enumerate(vocab)}
+
+
+def encode(tokens: Iterable[str], index: Mapping[str, int]) -> np.ndarray:
+    """int32 ``[T]`` ids of ``tokens``; unknown tokens map to ``UNK_ID`` if the vocab has UNK.
+
+    Raises:
+      KeyError: a token is unknown and the vocabulary has no ``UNK``.
+    """
+    unk_id = index.get(UNK)
+    out = []
+    for t in tokens:
+        i = index.get(t, unk_id)
+        if i is None:
+            raise KeyError(f"token {t!r} is not in the vocabulary (which has no {UNK})")
+        out.append(i)
+    return np.array(out, dtype=np.int32)
