@@ -1,0 +1,132 @@
+"""Metrics as exact (sum, count) pairs.
+
+Every metric here is a ``Ratio(total, count)``: summing the ratios of the parts
+of a data set (batches, devices, hosts) and dividing once gives exactly the
+metric of the whole, unlike an average of per-batch averages. Confusion
+matrices are counts, so macro-F1 computed from their sum is exact too.
+
+Notation: B batch, T time, C classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq import _checks, losses
+
+
+class Ratio(NamedTuple):
+    """A metric as ``total / count`` (float32 scalars, or arrays for vmapped use)."""
+
+    total: jax.Array
+    count: jax.Array
+
+    @property
+    def value(self) -> jax.Array:
+        return losses.safe_divide(self.total, self.count)
+
+
+def _valid(where, shape, name):
+    if where is None:
+        return jnp.ones(shape, bool)
+    where = _checks.as_array(where, name)
+    _checks.check_bool(where, name)
+    _checks.check_shape(where, shape, name)
+    return where
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None) -> Ratio:
+    """Correct argmax predictions over valid positions.
+
+    Args:
+      logits: float ``[..., C]`` (``[B, C]`` for classification, ``[B, T, C]``
+        for token accuracy).
+      labels: integer ``[...]``.
+      where: optional bool ``[...]``: positions that count (e.g. the label mask).
+
+    Returns:
+      ``Ratio(number correct, number of valid positions)``.
+    """
+    logits = _checks.as_array(logits, "logits")
+    labels = _checks.as_array(labels, "labels")
+    _checks.check_integer(labels, "labels")
+    _checks.check_shape(logits, tuple(labels.shape) + (None,), "logits", "[..., C]")
+    valid = _valid(where, labels.shape, "where")
+    correct = (jnp.argmax(logits, axis=-1) == labels) & valid
+    return Ratio(jnp.sum(correct, dtype=jnp.float32), jnp.sum(valid, dtype=jnp.float32))
+
+
+def confusion_matrix(
+    logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None
+) -> jax.Array:
+    """Counts ``[C, C]`` (float32): row = true class, column = predicted class.
+
+    Positions where ``where`` is False, or whose label is outside ``[0, C)``,
+    are not counted.
+    """
+    logits = _checks.as_array(logits, "logits")
+    labels = _checks.as_array(labels, "labels")
+    _checks.check_integer(labels, "labels")
+    _checks.check_shape(logits, tuple(labels.shape) + (None,), "logits", "[..., C]")
+    num_classes = logits.shape[-1]
+    valid = _valid(where, labels.shape, "where") & (labels >= 0) & (labels < num_classes)
+    predicted = jnp.argmax(logits, axis=-1)
+    flat_index = jnp.where(valid, labels * num_classes + predicted, 0).reshape(-1)
+    weights = valid.reshape(-1).astype(jnp.float32)
+    counts = jnp.zeros((num_classes * num_classes,), jnp.float32).at[flat_index].add(weights)
+    return counts.reshape(num_classes, num_classes)
+
+
+def macro_f1(confusion: np.ndarray, *, classes: np.ndarray | None = None) -> float:
+    """Unweighted mean of per-class F1 from a confusion matrix ``[C, C]``.
+
+    Classes that neither occur nor are predicted are left out of the mean (their
+    F1 is undefined); ``classes`` restricts the mean to a subset of classes.
+    """
+    confusion = np.asarray(confusion, np.float64)
+    true_positive = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    denominator = support + predicted
+    present = denominator > 0
+    if classes is not None:
+        keep = np.zeros_like(present)
+        keep[np.asarray(classes)] = True
+        present &= keep
+    if not present.any():
+        return 0.0
+    f1 = 2.0 * true_positive[present] / denominator[present]
+    return float(f1.mean())
+
+
+def perplexity(mean_token_loss: float) -> float:
+    """``exp`` of the mean per-token cross-entropy (nats)."""
+    return float(math.exp(mean_token_loss)) if mean_token_loss < 700 else math.inf
+
+
+def add(a: Mapping, b: Mapping) -> dict:
+    """Sum two metric pytrees with the same structure (Ratios, confusion matrices)."""
+    return jax.tree.map(lambda x, y: x + y, dict(a), dict(b))
+
+
+def summarize(sums: Mapping) -> dict[str, float]:
+    """Host-side values: each ``Ratio`` divided once; ``confusion`` -> ``macro_f1``;
+    ``token_loss`` (mean per-token cross-entropy) -> also ``perplexity``."""
+    out: dict[str, float] = {}
+    for name, value in sums.items():
+        if isinstance(value, Ratio):
+            total, count = float(value.total), float(value.count)
+            out[name] = total / count if count else 0.0
+        elif name == "confusion":
+            out["macro_f1"] = macro_f1(np.asarray(value))
+        else:
+            out[name] = float(np.asarray(value))
+    if "token_loss" in out:
+        out["perplexity"] = perplexity(out["token_loss"])
+    return out

@@ -1,0 +1,173 @@
+"""Training machinery: a train state pytree, pure jitted train/eval steps.
+
+The train step is one pure function ``(state, batch, key) -> (state, metrics)``
+jitted with the state donated. The model and task enter through a *loss
+function* with the signature::
+
+    loss_fn(params, batch, key, train) -> (LossTerms, metric_sums)
+
+returning the loss as exact ``LossTerms(total, count)`` (see
+:func:`jaxseq.sequence_labeling_loss_terms`) and a dict of metric sums
+(:class:`jaxseq.metrics.Ratio`, confusion counts). Because the objective is
+``total / count`` over the whole batch, the gradient is exact however the batch
+is split: across microbatches here, across devices by ``jit``'s SPMD
+partitioning of the same code.
+
+Per-step randomness comes from ``fold_in(key, step)``, so a resumed run draws
+exactly the keys of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxseq import losses
+from jaxseq.metrics import Ratio
+
+Batch = Any
+Params = Any
+MetricSums = dict[str, Any]
+LossFn = Callable[[Params, Batch, jax.Array, bool], tuple[losses.LossTerms, MetricSums]]
+
+
+@struct.dataclass
+class TrainState:
+    """What a training run carries from step to step (a pytree)."""
+
+    step: jax.Array  # int32 scalar: the number of updates applied so far
+    params: Params
+    opt_state: optax.OptState
+
+
+def create_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+    with _optax_promotion():
+        opt_state = optimizer.init(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+
+def _optax_promotion():
+    """optax mixes Python floats with int32 counters (e.g. Adam's bias correction),
+    which ``jax_numpy_dtype_promotion="strict"`` rejects; jaxseq's own code is
+    strict-clean, so only the optimizer runs under standard promotion."""
+    return jax.numpy_dtype_promotion("standard")
+
+
+def make_optimizer(
+    *,
+    learning_rate: float,
+    clip_norm: float | None = 1.0,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+) -> optax.GradientTransformation:
+    """AdamW with gradient clipping by global norm and an optional warmup-cosine schedule.
+
+    Args:
+      learning_rate: peak learning rate.
+      clip_norm: clip gradients to this global norm (None: no clipping).
+      weight_decay: decoupled weight decay (AdamW).
+      warmup_steps: linear warmup length.
+      total_steps: if given, cosine decay to 0 at ``total_steps``.
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}")
+    if total_steps is not None:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
+        )
+    elif warmup_steps:
+        schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    else:
+        schedule = learning_rate
+    parts = []
+    if clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    parts.append(optax.adamw(schedule, weight_decay=weight_decay))
+    return optax.chain(*parts)
+
+
+def _split_microbatches(batch: Batch, num: int) -> Batch:
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by `microbatches` = {num}")
+        return x.reshape((num, x.shape[0] // num) + x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def train_step_fn(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation, *, microbatches: int = 1
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, MetricSums]]:
+    """The pure (un-jitted) train step; see :func:`make_train_step`."""
+    if microbatches < 1:
+        raise ValueError(f"`microbatches` must be >= 1, got {microbatches}")
+
+    def total_and_metrics(params, batch, key):
+        terms, metric_sums = loss_fn(params, batch, key, True)
+        return terms.total, (terms, metric_sums)
+
+    grad_total = jax.grad(total_and_metrics, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch, key: jax.Array):
+        step_key = jax.random.fold_in(key, state.step)
+        if microbatches == 1:
+            grads, (terms, metric_sums) = grad_total(state.params, batch, step_key)
+        else:
+            # Accumulate d(total) and count over microbatches; divide once: the gradient
+            # of sum(total) / sum(count) is exactly the whole batch's gradient.
+            micro = _split_microbatches(batch, microbatches)
+
+            def accumulate(carry, indexed):
+                index, microbatch = indexed
+                out = grad_total(state.params, microbatch, jax.random.fold_in(step_key, index))
+                return jax.tree.map(jnp.add, carry, out), None
+
+            shapes = jax.eval_shape(
+                grad_total, state.params, jax.tree.map(lambda x: x[0], micro), step_key
+            )
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            (grads, (terms, metric_sums)), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(microbatches), micro)
+            )
+        scale = losses.safe_divide(jnp.ones((), terms.count.dtype), terms.count)
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+        with _optax_promotion():
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        metric_sums = dict(metric_sums, loss=Ratio(terms.total, terms.count))
+        metric_sums["grad_norm"] = optax.tree.norm(grads)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metric_sums
+
+    return train_step
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation, *, microbatches: int = 1
+):
+    """A jitted train step ``(state, batch, key) -> (new_state, metric_sums)``.
+
+    ``state`` is donated: do not use it after the call. The update is AdamW (or
+    any optax transformation) on the gradient of ``total / count`` over the
+    whole batch; with ``microbatches = k`` the batch's leading axis is split in
+    k parts processed one after another (less memory), with the same result.
+    ``metric_sums`` holds ``loss`` (a Ratio), ``grad_norm`` and what ``loss_fn``
+    returned.
+    """
+    return jax.jit(train_step_fn(loss_fn, optimizer, microbatches=microbatches), donate_argnums=0)
+
+
+def make_eval_step(loss_fn: LossFn):
+    """A jitted ``(params, batch) -> metric_sums`` (``train=False``, no randomness)."""
+
+    def eval_step(params, batch):
+        terms, metric_sums = loss_fn(params, batch, jax.random.key(0), False)
+        return dict(metric_sums, loss=Ratio(terms.total, terms.count))
+
+    return jax.jit(eval_step)

@@ -1,0 +1,275 @@
+"""Train state, train/eval steps, metrics exactness, checkpoints and the fit loop."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxseq as js
+from jaxseq import checkpoint, loop, metrics, models, train
+from jaxseq.data import batching
+from jaxseq.data.dataset import SequenceDataset
+
+CONFIG = models.SequenceModelConfig(
+    num_classes=3, hidden_size=8, cell="gru", vocab_size=12, embed_dim=6, dropout_rate=0.0
+)
+
+
+def labeling_loss_fn(reduction="sum_over_time", config=CONFIG):
+    def loss_fn(params, batch, key, is_training):
+        logits = models.labeler_apply(
+            params, config, batch.inputs, batch.lengths, key=key, train=is_training
+        )
+        terms = js.sequence_labeling_loss_terms(
+            logits, batch.labels, batch.label_mask, reduction=reduction
+        )
+        sums = {"accuracy": metrics.accuracy(logits, batch.labels, where=batch.label_mask)}
+        return terms, sums
+
+    return loss_fn
+
+
+def toy_dataset(n=40, seed=0, max_len=9) -> SequenceDataset:
+    """Label of a step = (token id) mod 3: learnable, with lengths 1..max_len."""
+    rng = np.random.default_rng(seed)
+    seqs = tuple(
+        rng.integers(1, 12, size=int(t)).astype(np.int32) for t in rng.integers(1, max_len + 1, n)
+    )
+    labels = tuple((s % 3).astype(np.int32) for s in seqs)
+    return SequenceDataset(sequences=seqs, labels=labels, class_names=("a", "b", "c"))
+
+
+def batches_of(dataset, batch_size=8, buckets=(4, 9), seed=0):
+    return lambda epoch: list(
+        batching.iterate_batches(
+            dataset, batch_size, buckets=buckets, shuffle=True, seed=seed, epoch=epoch
+        )
+    )
+
+
+def fresh_state(optimizer, seed=0):
+    params = models.labeler_init(jax.random.key(seed), CONFIG)
+    return train.create_train_state(params, optimizer)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@pytest.mark.loss_oracle
+def test_metric_sums_are_exact_across_batch_splits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(10, 7, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(10, 7)).astype(np.int32)
+    mask = rng.random((10, 7)) < 0.6
+    whole_acc = metrics.accuracy(logits, labels, where=mask)
+    whole_cm = metrics.confusion_matrix(logits, labels, where=mask)
+    parts = [(0, 3), (3, 4), (4, 10)]
+    acc = [metrics.accuracy(logits[a:b], labels[a:b], where=mask[a:b]) for a, b in parts]
+    cms = [metrics.confusion_matrix(logits[a:b], labels[a:b], where=mask[a:b]) for a, b in parts]
+    summed = metrics.Ratio(sum(r.total for r in acc), sum(r.count for r in acc))
+    assert float(summed.value) == float(whole_acc.value)
+    np.testing.assert_array_equal(np.asarray(sum(cms)), np.asarray(whole_cm))
+    # Independent reference: plain loops.
+    correct = total = 0
+    cm = np.zeros((4, 4))
+    for i in range(10):
+        for j in range(7):
+            if mask[i, j]:
+                pred = int(np.argmax(logits[i, j]))
+                correct += pred == labels[i, j]
+                total += 1
+                cm[labels[i, j], pred] += 1
+    assert float(whole_acc.value) == pytest.approx(correct / total, abs=1e-7)
+    np.testing.assert_array_equal(np.asarray(whole_cm), cm)
+    f1s = []
+    for c in range(4):
+        tp, fp, fn = cm[c, c], cm[:, c].sum() - cm[c, c], cm[c, :].sum() - cm[c, c]
+        if tp + fp + fn > 0:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    assert metrics.macro_f1(cm) == pytest.approx(np.mean(f1s), abs=1e-12)
+
+
+@pytest.mark.numerics
+def test_summarize_handles_empty_and_perplexity():
+    sums = {
+        "accuracy": metrics.Ratio(jnp.float32(0), jnp.float32(0)),
+        "token_loss": metrics.Ratio(jnp.float32(2.0), jnp.float32(1.0)),
+    }
+    out = metrics.summarize(sums)
+    assert out["accuracy"] == 0.0
+    assert out["perplexity"] == pytest.approx(np.exp(2.0))
+
+
+# ---------------------------------------------------------------- train step
+
+
+@pytest.mark.reference
+def test_one_train_step_equals_manual_optax_update():
+    optimizer = train.make_optimizer(learning_rate=1e-2, clip_norm=0.5)
+    state = fresh_state(optimizer)
+    batch = next(iter(batches_of(toy_dataset())(0)))
+    key = jax.random.key(1)
+    loss_fn = labeling_loss_fn()
+    objective = lambda p: loss_fn(p, batch, jax.random.fold_in(key, 0), True)[0].loss
+    grads = jax.grad(objective)(state.params)
+    with jax.numpy_dtype_promotion("standard"):  # optax is not strict-promotion clean
+        updates, _ = optimizer.update(grads, state.opt_state, state.params)
+        want = optax.apply_updates(state.params, updates)
+    step = train.make_train_step(loss_fn, optimizer)
+    new_state, sums = step(state, batch, key)
+    assert int(new_state.step) == 1
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new_state.params, want
+    )
+    assert np.isfinite(float(sums["loss"].value))
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("reduction", ["sum_over_time", "mean_over_time", "mean_over_tokens"])
+def test_microbatch_accumulation_equals_one_big_batch(reduction):
+    optimizer = optax.sgd(0.1)
+    dataset = toy_dataset(n=16, seed=3)
+    # One batch with an all-padding tail so the microbatches hold unequal counts.
+    batch = list(batching.iterate_batches(dataset, 20, buckets=(9,)))[0]
+    loss_fn = labeling_loss_fn(reduction)
+    key = jax.random.key(0)
+    big, big_sums = train.make_train_step(loss_fn, optimizer)(fresh_state(optimizer), batch, key)
+    acc, acc_sums = train.make_train_step(loss_fn, optimizer, microbatches=4)(
+        fresh_state(optimizer), batch, key
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), big.params, acc.params
+    )
+    np.testing.assert_allclose(
+        float(big_sums["loss"].value), float(acc_sums["loss"].value), rtol=1e-6
+    )
+
+
+@pytest.mark.retrace
+def test_bucketing_compiles_once_per_bucket():
+    traces = []
+
+    def counting_loss(params, batch, key, is_training):
+        traces.append(batch.inputs.shape)
+        return labeling_loss_fn()(params, batch, key, is_training)
+
+    optimizer = optax.adam(1e-2)
+    step = train.make_train_step(counting_loss, optimizer)
+    state = fresh_state(optimizer)
+    buckets = (3, 6, 9)
+    shapes = set()
+    for epoch in range(3):
+        for batch in batches_of(toy_dataset(n=50), batch_size=8, buckets=buckets)(epoch):
+            shapes.add(batch.inputs.shape)
+            state, _ = step(state, batch, jax.random.key(0))
+    assert len(shapes) <= len(buckets)
+    assert len(traces) == len(shapes)
+
+
+# ---------------------------------------------------------------- fit loop
+
+
+def run_fit(out_dir, *, max_steps, resume=False, num_epochs=4, lr=3e-2, config=None, loss_fn=None):
+    optimizer = train.make_optimizer(learning_rate=lr)
+    state = fresh_state(optimizer)
+    dataset = toy_dataset()
+    fit_config = config or loop.FitConfig(
+        num_epochs=num_epochs,
+        max_steps=max_steps,
+        log_every=2,
+        eval_every=4,
+        checkpoint_every=4,
+        progress=False,
+    )
+    eval_batches = lambda: batching.iterate_batches(toy_dataset(n=16, seed=9), 8, buckets=(4, 9))
+    return loop.fit(
+        state,
+        train_step=train.make_train_step(loss_fn or labeling_loss_fn(), optimizer),
+        eval_step=train.make_eval_step(labeling_loss_fn()),
+        train_batches=batches_of(dataset),
+        eval_sets={"dev": eval_batches},
+        key=jax.random.key(42),
+        config=fit_config,
+        out_dir=str(out_dir),
+        resume=resume,
+        tokens_in=lambda b: int(b.lengths.sum()),
+    )
+
+
+@pytest.mark.roundtrip
+def test_resume_equals_uninterrupted_run(tmp_path):
+    straight, straight_eval = run_fit(tmp_path / "straight", max_steps=14)
+    # Interrupted: stop after 8 steps (a checkpoint at 8), then resume to 14.
+    run_fit(tmp_path / "resumed", max_steps=8)
+    resumed, resumed_eval = run_fit(tmp_path / "resumed", max_steps=14, resume=True)
+    assert int(resumed.step) == int(straight.step) == 14
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+        straight.params,
+        resumed.params,
+    )
+    assert loop.read_metrics(tmp_path / "straight" / "metrics.jsonl") == loop.read_metrics(
+        tmp_path / "resumed" / "metrics.jsonl"
+    )
+    assert straight_eval == resumed_eval
+
+
+@pytest.mark.training_smoke
+def test_fit_learns_and_writes_metrics(tmp_path):
+    state, last_eval = run_fit(tmp_path, max_steps=60, num_epochs=20)
+    records = loop.read_metrics(tmp_path / "metrics.jsonl")
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0]
+    assert last_eval["dev"]["accuracy"] > 0.6
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+@pytest.mark.numerics
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    def diverging_loss(params, batch, key, is_training):
+        terms, sums = labeling_loss_fn()(params, batch, key, is_training)
+        return js.LossTerms(terms.total * jnp.float32(np.inf), terms.count), sums
+
+    with pytest.raises(loop.NonFiniteLossError, match="at step 2"):
+        run_fit(tmp_path, max_steps=6, loss_fn=diverging_loss)
+    assert not os.path.exists(tmp_path / "checkpoints" / "4")
+
+
+@pytest.mark.bad_input
+def test_unwritable_output_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="not writable"):
+        run_fit(blocker / "out", max_steps=2)
+
+
+@pytest.mark.bad_input
+def test_restoring_into_another_shape_names_the_leaf(tmp_path):
+    optimizer = optax.adam(1e-3)
+    state = fresh_state(optimizer)
+    mngr = checkpoint.manager(tmp_path / "ckpt")
+    checkpoint.save(mngr, 3, state)
+    other = models.SequenceModelConfig(
+        num_classes=3, hidden_size=10, cell="gru", vocab_size=12, embed_dim=6
+    )
+    other_state = train.create_train_state(models.labeler_init(jax.random.key(0), other), optimizer)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"shape"):
+        checkpoint.restore(mngr, other_state)
+    restored = checkpoint.restore(mngr, state)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), restored.params, state.params)
+    mngr.close()
+
+
+@pytest.mark.bad_input
+def test_fit_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="log_every"):
+        loop.FitConfig(log_every=0)
+    with pytest.raises(ValueError, match="max_steps"):
+        loop.FitConfig(max_steps=-1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train.make_optimizer(learning_rate=0.0)
