@@ -163,14 +163,18 @@ def _glorot_blocks(key, input_size: int, hidden_size: int, blocks: int, dtype):
     """Glorot-uniform ``[D, blocks*H]``, each ``[D, H]`` gate block scaled on its own."""
     init = jax.nn.initializers.glorot_uniform()
     keys = jax.random.split(key, blocks)
-    return jnp.concatenate([init(k, (input_size, hidden_size), dtype) for k in keys], axis=1)
+    init_dtype = compute_dtype(dtype)  # sampled in float32 (float64), then cast
+    weight = jnp.concatenate([init(k, (input_size, hidden_size), init_dtype) for k in keys], 1)
+    return weight.astype(dtype)
 
 
 def _orthogonal_blocks(key, hidden_size: int, blocks: int, dtype):
     """``[H, blocks*H]``: an independent orthogonal ``[H, H]`` matrix per gate block."""
     init = jax.nn.initializers.orthogonal()
     keys = jax.random.split(key, blocks)
-    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+    init_dtype = compute_dtype(dtype)  # QR in float32 (float64): no bfloat16 QR on CPU
+    weight = jnp.concatenate([init(k, (hidden_size, hidden_size), init_dtype) for k in keys], 1)
+    return weight.astype(dtype)
 
 
 # ---------------------------------------------------------------------------- Elman
