@@ -55,8 +55,11 @@ def masked_mean(hs: jax.Array, lengths: jax.Array) -> jax.Array:
     dtype = cells.compute_dtype(hs.dtype)
     # First where: padding (even NaN) never enters the sum or its gradient.
     total_BH = jnp.sum(jnp.where(mask_BT1, hs, jnp.zeros((), hs.dtype)), axis=1, dtype=dtype)
-    has_step_B1 = (lengths > 0)[:, None]
-    count_B1 = jnp.where(has_step_B1, lengths[:, None], 1).astype(dtype)
+    # The number of valid steps, from the mask: lengths outside [0, T] under jit act as
+    # their clipped value, as everywhere else in jaxseq.
+    count_B1 = jnp.sum(mask_BT1, axis=1, dtype=jnp.int32)
+    has_step_B1 = count_B1 > 0
+    count_B1 = jnp.where(has_step_B1, count_B1, 1).astype(dtype)
     mean_BH = jnp.where(has_step_B1, total_BH / count_B1, jnp.zeros((), dtype))
     return mean_BH.astype(hs.dtype)
 
@@ -77,5 +80,5 @@ def masked_max(hs: jax.Array, lengths: jax.Array) -> jax.Array:
     # and no inf ever enters the computation or its gradient.
     fill = jnp.asarray(jnp.finfo(hs.dtype).min, hs.dtype)
     max_BH = jnp.max(jnp.where(mask_BT1, hs, fill), axis=1)
-    has_step_B1 = (lengths > 0)[:, None]
+    has_step_B1 = jnp.any(mask_BT1, axis=1)
     return jnp.where(has_step_B1, max_BH, jnp.zeros((), hs.dtype))
