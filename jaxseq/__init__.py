@@ -38,7 +38,14 @@ from jaxseq.models import (
     labeler_init,
 )
 from jaxseq.pooling import masked_max, masked_mean
-from jaxseq.recurrence import bidirectional, init_stack, rnn, scan_rnn, stack
+from jaxseq.recurrence import (
+    bidirectional,
+    init_stack,
+    rnn,
+    scan_rnn,
+    stack,
+    variational_dropout,
+)
 from jaxseq.validation import (
     check_labels_in_range,
     checked,
@@ -95,4 +102,5 @@ __all__ = [
     "train",
     "validate_labels",
     "validate_lengths",
+    "variational_dropout",
 ]
