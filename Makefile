@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATA_PKGS := aeon==1.6.0 turkish-treebanks==1.0.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow lint run experiments bench clean
+.PHONY: install test test-slow lint run experiments bench clean reliability-table
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ install: $(STAMP)
 
 ## The test suite (what CI runs). Slow tests run with `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	@mkdir -p reports
+	$(PY) -m pytest -m "not slow" --junitxml=reports/junit.xml $(PYTEST_ARGS); \
+	status=$$?; \
+	$(PY) -m tools.reliability_report reports/junit.xml --out reports/reliability.md; \
+	exit $$status
+
+## Regenerate the README's reliability table from the last `make test` report.
+reliability-table: $(STAMP)
+	$(PY) -m tools.reliability_report reports/junit.xml --readme README.md
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
@@ -42,4 +50,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.rnn_train_step
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs reports
