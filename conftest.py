@@ -6,7 +6,8 @@ int32 * float32 or float32 * float64 mix slips through silently.
 
 Categories: every test carries exactly one category marker (registered in
 pyproject.toml); a test with none or several fails collection. Doctests are
-the category ``docs``. The category is recorded in the JUnit XML report so
+the category ``docs``; ``data`` holds the data layer's parsing, loading and
+batching tests. The category is recorded in the JUnit XML report so
 ``tools/reliability_report.py`` can count results per category.
 """
 
@@ -32,6 +33,7 @@ CATEGORIES = (
     "perf_budget",
     "training_smoke",
     "gpu",
+    "data",
     "docs",
 )
 

@@ -44,6 +44,7 @@ def to_numpy(tree):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.reference
 def test_step_matches_reference(name):
     cell = CELLS[name]
     params = random_params(cell, jax.random.key(0))
@@ -56,6 +57,7 @@ def test_step_matches_reference(name):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.variants
 def test_project_on_any_leading_dims(name):
     cell = CELLS[name]
     params = random_params(cell, jax.random.key(0))
@@ -68,6 +70,7 @@ def test_project_on_any_leading_dims(name):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.numerics
 def test_init_shapes_and_statistics(name):
     cell = CELLS[name]
     params = cell.init(jax.random.key(0), 7)
@@ -92,6 +95,7 @@ def test_init_shapes_and_statistics(name):
     assert all(not b.any() for b in biases.values())
 
 
+@pytest.mark.dtype
 def test_lstm_forget_bias_option_and_param_dtype():
     params = cells.lstm(H, forget_bias=0.0).init(jax.random.key(0), D)
     assert not np.asarray(params["b"]).any()
@@ -106,6 +110,7 @@ def test_lstm_forget_bias_option_and_param_dtype():
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.variants
 def test_initial_carry(name):
     cell = CELLS[name]
     carry = cell.initial_carry(cell.init(jax.random.key(0), D), jnp.bfloat16)
@@ -115,6 +120,7 @@ def test_initial_carry(name):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.gradcheck
 def test_step_check_grads_float64(name):
     cell = CELLS[name]
     rng = np.random.default_rng(0)
@@ -133,6 +139,7 @@ def test_step_check_grads_float64(name):
         check_grads(f, (params, carry, x), order=1, modes=["rev"])
 
 
+@pytest.mark.retrace
 def test_cells_compare_by_value():
     assert cells.gru(H) == cells.gru(H) and hash(cells.gru(H)) == hash(cells.gru(H))
     assert cells.lstm(H) != cells.lstm(H, forget_bias=0.0)
@@ -140,6 +147,7 @@ def test_cells_compare_by_value():
     assert cells.elman(H) != cells.gru(H)
 
 
+@pytest.mark.reference
 def test_matches_pytorch():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -170,6 +178,7 @@ def test_matches_pytorch():
                 np.testing.assert_allclose(cell.output(carry), expected[b, t], **TOL)
 
 
+@pytest.mark.bad_input
 def test_bad_arguments():
     with pytest.raises(ValueError, match="`hidden_size`"):
         cells.gru(0)

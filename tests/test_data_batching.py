@@ -48,12 +48,14 @@ LENGTHS = [3, 1, 7, 4, 9, 2, 5, 5, 8, 6, 12, 3, 1]
 # pad_sequences ------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_pad_sequences_values_and_dtype():
     out = pad_sequences([np.array([1, 2, 3], np.int32), np.array([4], np.int32)], pad_value=-7)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, [[1, 2, 3], [4, -7, -7]])
 
 
+@pytest.mark.data
 def test_pad_sequences_features_max_len_and_dtype():
     seqs = [np.ones((2, 3), np.float32), np.full((1, 3), 2.0, np.float32)]
     out = pad_sequences(seqs, max_len=4, dtype=np.float64)
@@ -62,6 +64,7 @@ def test_pad_sequences_features_max_len_and_dtype():
     assert (out[0, 2:] == 0).all() and (out[1, 1:] == 0).all()
 
 
+@pytest.mark.bad_input
 def test_pad_sequences_errors():
     with pytest.raises(ValueError, match="max_len"):
         pad_sequences([[1, 2, 3]], max_len=2)
@@ -74,6 +77,7 @@ def test_pad_sequences_errors():
 # bucket_boundaries --------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_bucket_boundaries_cover_and_balance():
     lengths = np.random.default_rng(1).integers(1, 100, size=1000)
     buckets = bucket_boundaries(lengths, 4)
@@ -84,6 +88,7 @@ def test_bucket_boundaries_cover_and_balance():
     assert all(b % 8 == 0 for b in bucket_boundaries(lengths, 4, multiple_of=8))
 
 
+@pytest.mark.data
 def test_bucket_boundaries_merges_duplicates():
     assert bucket_boundaries([5] * 10, 3) == (5,)
 
@@ -95,6 +100,7 @@ def _epoch(ds, batch_size, **kw) -> list[Batch]:
     return list(iterate_batches(ds, batch_size, **kw))
 
 
+@pytest.mark.retrace
 def test_fixed_shapes_few_shapes_and_padding_classification():
     ds = _classification(LENGTHS, dim=2)
     buckets = (4, 8, 12)
@@ -115,6 +121,7 @@ def test_fixed_shapes_few_shapes_and_padding_classification():
     assert len(batches) == count_batches(ds, 4, buckets=buckets)
 
 
+@pytest.mark.data
 def test_every_example_once_and_one_partial_batch():
     ds = _classification(LENGTHS)
     for shuffle in (False, True):
@@ -126,6 +133,7 @@ def test_every_example_once_and_one_partial_batch():
         assert (idx < 0).sum() == -len(ds) % 4
 
 
+@pytest.mark.data
 def test_partial_batch_padding_rows():
     ds = _labeling(LENGTHS)
     (last,) = [b for b in _epoch(ds, 5, buckets=(6, 12)) if (b.indices < 0).any()]
@@ -137,6 +145,7 @@ def test_partial_batch_padding_rows():
     assert (last.extras["chars"][pad] == 0).all()
 
 
+@pytest.mark.data
 def test_drop_remainder():
     ds = _classification(LENGTHS)
     batches = _epoch(ds, 4, buckets=(4, 8, 12), drop_remainder=True)
@@ -145,6 +154,7 @@ def test_drop_remainder():
     assert count_batches(ds, 4, buckets=(4, 8, 12), drop_remainder=True) == len(batches)
 
 
+@pytest.mark.data
 def test_labeling_mask_and_labels():
     ds = _labeling(LENGTHS)
     for b in _epoch(ds, 3, buckets=(6, 12)):
@@ -156,6 +166,7 @@ def test_labeling_mask_and_labels():
         np.testing.assert_array_equal(b.labels, np.where(valid, 2, 0))
 
 
+@pytest.mark.data
 def test_labeling_without_label_masks_uses_lengths():
     ds = _labeling(LENGTHS)
     ds = SequenceDataset(ds.sequences, ds.labels, ds.class_names)
@@ -165,6 +176,7 @@ def test_labeling_without_label_masks_uses_lengths():
         assert b.inputs.shape[1] == max(LENGTHS)  # default: one bucket
 
 
+@pytest.mark.determinism
 def test_shuffle_deterministic_per_seed_epoch():
     ds = _classification(list(range(1, 41)))
 
@@ -179,6 +191,7 @@ def test_shuffle_deterministic_per_seed_epoch():
     assert order(0, 0) != unshuffled.tolist()
 
 
+@pytest.mark.bad_input
 def test_shuffle_needs_seed_and_epoch_and_bad_args():
     ds = _classification(LENGTHS)
     with pytest.raises(ValueError, match="seed"):
@@ -199,6 +212,7 @@ def test_shuffle_needs_seed_and_epoch_and_bad_args():
     seed=st.integers(0, 2**16),
     epoch=st.integers(0, 5),
 )
+@pytest.mark.property
 def test_batching_invariants(lengths, batch_size, num_buckets, seed, epoch):
     ds = _classification(lengths)
     buckets = bucket_boundaries(ds.lengths, num_buckets)

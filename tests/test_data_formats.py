@@ -49,6 +49,7 @@ CONLLU = """# sent_id = doc1:S1
 # .ts ----------------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_parse_ts_variable_length_missing_and_labels():
     data = parse_ts(TS)
     assert data.class_labels == ("x", "y")
@@ -71,11 +72,13 @@ def test_parse_ts_variable_length_missing_and_labels():
         ("@dimensions 1\n", "no @data"),
     ],
 )
+@pytest.mark.bad_input
 def test_parse_ts_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         parse_ts(bad)
 
 
+@pytest.mark.data
 def test_parse_ts_without_labels():
     data = parse_ts("@classLabel false\n@data\n1,2\n3\n")
     assert data.labels == () and [s.shape for s in data.series] == [(2, 1), (1, 1)]
@@ -84,6 +87,7 @@ def test_parse_ts_without_labels():
 # CoNLL-U ------------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_parse_conllu_skips_multiword_and_empty_nodes():
     s1, s2 = parse_conllu(CONLLU)
     assert s1.words == ("Vamos", "nos", "a", "el", "mar", ".")
@@ -93,6 +97,7 @@ def test_parse_conllu_skips_multiword_and_empty_nodes():
     assert parse_conllu(CONLLU, tag_column="xpos")[0].tags == ("V", "P", "S", "D", "N", "F")
 
 
+@pytest.mark.data
 def test_read_conllu_file(tmp_path):
     path = tmp_path / "toy.conllu"
     path.write_text(CONLLU, encoding="utf-8")
@@ -107,11 +112,13 @@ def test_read_conllu_file(tmp_path):
         ("# sent_id = a\n", "without token lines"),
     ],
 )
+@pytest.mark.bad_input
 def test_parse_conllu_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         parse_conllu(bad)
 
 
+@pytest.mark.data
 def test_parse_tagged():
     text = "The\tDET\nhttp://a/b\tX\n\n\nRun  VERB\n"
     sents = parse_tagged(text)
@@ -124,6 +131,7 @@ def test_parse_tagged():
 # vocab and tagging --------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_build_vocab_and_encode():
     v = vocab.build_vocab(["b", "a", "b", "c", "c", "c"], min_freq=2)
     assert v == ("<pad>", "<unk>", "c", "b")
@@ -133,6 +141,7 @@ def test_build_vocab_and_encode():
         vocab.encode(["zzz"], vocab.token_index(vocab.build_vocab("ab", unk=False)))
 
 
+@pytest.mark.data
 def test_tagging_splits_vocab_from_train_chars_and_normalize():
     train = parse_tagged("Ev\tNOUN\nev\tNOUN\ngel\tVERB\n")
     test = parse_tagged("EV\tNOUN\nçok\tADV\n")
@@ -149,6 +158,7 @@ def test_tagging_splits_vocab_from_train_chars_and_normalize():
     assert s.char_vocab[chars[0, 0]] == "E"  # characters keep their case
 
 
+@pytest.mark.data
 def test_tagging_splits_unknown_tag_with_fixed_tag_set():
     with pytest.raises(ValueError, match="not in"):
         tagging_splits(parse_tagged("a\tX\n"), None, parse_tagged("b\tY\n"), tag_names=("X",))
@@ -157,6 +167,7 @@ def test_tagging_splits_unknown_tag_with_fixed_tag_set():
 # dataset container --------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_sequence_dataset_validation_and_select():
     seqs = (np.zeros(2, np.int32), np.zeros(3, np.int32))
     with pytest.raises(ValueError, match="length"):
@@ -169,6 +180,7 @@ def test_sequence_dataset_validation_and_select():
     assert sub.ids == ("q",) and sub.labels.tolist() == [1] and sub.lengths.tolist() == [3]
 
 
+@pytest.mark.data
 def test_feature_stats_and_standardize():
     seqs = (np.array([[1.0, 5.0], [3.0, 5.0]], np.float32), np.array([[5.0, 5.0]], np.float32))
     ds = SequenceDataset(seqs, np.array([0, 0], np.int32), ("a",))
@@ -181,6 +193,7 @@ def test_feature_stats_and_standardize():
     assert frames.dtype == np.float32
 
 
+@pytest.mark.data
 def test_parse_cmudict_variants_comments_and_errors():
     entries = parse_cmudict("abc EY1 B IY2 S IY1 # letters\nabc(2) AE1 B K\n\n")
     assert [e.word for e in entries] == ["abc", "abc(2)"]

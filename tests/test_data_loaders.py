@@ -48,6 +48,7 @@ def _tamper(src, dst) -> None:
 # JapaneseVowels -----------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_japanese_vowels_official_split(jv):
     assert jv.dev is None
     assert (len(jv.train), len(jv.test)) == (270, 370)
@@ -62,6 +63,7 @@ def test_japanese_vowels_official_split(jv):
     assert (lengths.min(), lengths.max()) == (7, 29)
 
 
+@pytest.mark.data
 def test_japanese_vowels_stats_from_train(jv):
     frames = np.concatenate(jv.train.sequences)
     assert jv.mean.shape == jv.std.shape == (12,)
@@ -72,6 +74,7 @@ def test_japanese_vowels_stats_from_train(jv):
     np.testing.assert_array_equal(z.mean, jv.mean)
 
 
+@pytest.mark.data
 def test_japanese_vowels_dev_split(jv):
     s = japanese_vowels.load(dev_per_class=3, seed=1)
     assert (len(s.train), len(s.dev), len(s.test)) == (243, 27, 370)
@@ -81,6 +84,7 @@ def test_japanese_vowels_dev_split(jv):
     assert japanese_vowels.load(dev_per_class=3, seed=1).dev.ids == s.dev.ids
 
 
+@pytest.mark.data
 def test_japanese_vowels_batches_fixed_shapes(jv):
     buckets = bucket_boundaries(jv.train.lengths, 3)
     batches = list(iterate_batches(jv.train, 32, buckets=buckets, shuffle=True, seed=0, epoch=0))
@@ -88,6 +92,7 @@ def test_japanese_vowels_batches_fixed_shapes(jv):
     assert len({b.inputs.shape for b in batches}) <= 3
 
 
+@pytest.mark.bad_input
 def test_japanese_vowels_checksum_failure(tmp_path):
     folder = japanese_vowels.default_dir()
     for name in japanese_vowels.FILES.values():
@@ -106,6 +111,7 @@ def test_japanese_vowels_checksum_failure(tmp_path):
 # CMUdict ------------------------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_cmudict_stress(stress):
     sizes = [len(s) for s in stress]
     assert sizes == [108174, 13446, 13546] and sum(sizes) == 135166
@@ -123,6 +129,7 @@ def test_cmudict_stress(stress):
     assert ds.label_masks[i].tolist() == [True, False, True, False, False, True, False]
 
 
+@pytest.mark.data
 def test_cmudict_splits_disjoint_by_base_word(stress, syllables):
     def bases(ds):
         return {w.split("(")[0] if w.endswith(")") else w for w in ds.ids}
@@ -135,6 +142,7 @@ def test_cmudict_splits_disjoint_by_base_word(stress, syllables):
     assert bases(stress.test) >= set(syllables.test.ids)
 
 
+@pytest.mark.data
 def test_cmudict_syllables(syllables):
     assert [len(s) for s in syllables] == [100838, 12516, 12690]
     assert syllables.train.class_names == ("1", "2", "3", "4", "5", "6+")
@@ -151,6 +159,7 @@ def test_cmudict_syllables(syllables):
     assert "hmm" not in set(ds.ids) | set(syllables.dev.ids) | set(syllables.test.ids)
 
 
+@pytest.mark.bad_input
 def test_cmudict_checksum_failure(tmp_path):
     bad = tmp_path / "cmudict.dict"
     _tamper(cmudict.default_path(), bad)
@@ -165,6 +174,7 @@ def test_cmudict_checksum_failure(tmp_path):
 # Turkish Web Treebank -----------------------------------------------------------------
 
 
+@pytest.mark.data
 def test_turkish_official_split_sizes_and_tags(twt):
     assert (len(twt.train), len(twt.dev), len(twt.test)) == (3881, 485, 485)
     assert twt.tag_names == turkish_upos.TAGS and len(twt.tag_names) == 14
@@ -180,6 +190,7 @@ def test_turkish_official_split_sizes_and_tags(twt):
     assert chars.shape == (len(twt.train.sequences[0]), 20) and chars.dtype == np.int32
 
 
+@pytest.mark.data
 def test_turkish_split_matches_package_reader():
     """Re-derive the split the way ``turkish_treebanks/read.py`` does: split the file
     text on blank lines, sentence ``i`` goes to dev if ``i % 10 == 8``, test if 9."""
@@ -193,6 +204,7 @@ def test_turkish_split_matches_package_reader():
     assert not set(web.train.ids) & set(web.test.ids)
 
 
+@pytest.mark.data
 def test_turkish_options(twt):
     low = turkish_upos.load(min_freq=2, lowercase=True)
     assert len(low.word_vocab) < len(twt.word_vocab)
@@ -203,6 +215,7 @@ def test_turkish_options(twt):
         turkish_upos.load(["news"])
 
 
+@pytest.mark.bad_input
 def test_turkish_checksum_failure(tmp_path):
     _tamper(turkish_upos.default_dir() / "web.conllu", tmp_path / "web.conllu")
     with pytest.raises(DataFileError, match=r"turkish-treebanks==1\.0\.0"):
@@ -211,6 +224,7 @@ def test_turkish_checksum_failure(tmp_path):
         turkish_upos.load(["wiki"], path=tmp_path)
 
 
+@pytest.mark.bad_input
 def test_missing_packages_named():
     with pytest.raises(DataFileError, match=r"pip install --no-deps 'nopkg==1'"):
         _files.package_dir("jaxseq_no_such_package", requirement="nopkg==1")

@@ -80,6 +80,7 @@ def assert_finals_close(got, expected_list, **tol):
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.reference
 def test_matches_reference(name, direction, pattern):
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, valid = make_batch(pattern)
@@ -103,6 +104,7 @@ def test_matches_reference(name, direction, pattern):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.reference
 def test_initial_carry_argument(name):
     cell, params = CELLS[name], PARAMS[name]["forward"]
     xs, lengths, _ = make_batch("with_0")
@@ -139,6 +141,7 @@ WEIGHTS = jax.random.normal(jax.random.key(5), (B, T, 2 * H))
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.padding_invariance
 def test_poison_padding_changes_nothing(name):
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, valid = make_batch("with_1", padding=0.0)
@@ -152,6 +155,7 @@ def test_poison_padding_changes_nothing(name):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.variants
 def test_remat_and_hoist_gradients_agree(name):
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, _ = make_batch("mixed")
@@ -163,6 +167,7 @@ def test_remat_and_hoist_gradients_agree(name):
 @pytest.mark.parametrize(
     "name, direction", [("elman", "forward"), ("gru", "reverse"), ("lstm", "bidirectional")]
 )
+@pytest.mark.gradcheck
 def test_scan_check_grads_float64(name, direction):
     # One direction per cell keeps it fast; the scan code is shared by all cells.
     cell = CELLS[name]
@@ -198,6 +203,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.variants
 def test_options_agree_with_default(name, variant):
     # reverse=True: the padded steps come first in the loop, the case where unrolling
     # could go wrong. (Forward with all options at once: test_remat_and_hoist_gradients_agree.)
@@ -208,6 +214,7 @@ def test_options_agree_with_default(name, variant):
     chex.assert_trees_all_close(got, base, **SAME)
 
 
+@pytest.mark.variants
 def test_jit_agrees_with_eager():
     cell, params = CELLS["lstm"], PARAMS["lstm"]["forward"]
     xs, lengths, _ = make_batch("with_1")
@@ -217,6 +224,7 @@ def test_jit_agrees_with_eager():
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.variants
 def test_rnn_is_a_loop_over_scan_rnn(name, reverse):
     cell, params = CELLS[name], PARAMS[name]["forward"]
     xs, lengths, valid = make_batch("with_0")
@@ -227,6 +235,7 @@ def test_rnn_is_a_loop_over_scan_rnn(name, reverse):
         chex.assert_trees_all_close(jax.tree.map(lambda a, b=b: a[b], final), final_b, **SAME)
 
 
+@pytest.mark.retrace
 def test_traces_once_for_same_shapes():
     params = PARAMS["gru"]["forward"]
 
@@ -246,6 +255,7 @@ def test_traces_once_for_same_shapes():
         apply_static(cells.gru(H), params, xs, lengths)
 
 
+@pytest.mark.dtype
 def test_bfloat16_inputs_keep_a_float32_carry():
     cell = CELLS["lstm"]
     params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS["lstm"]["forward"])
@@ -261,6 +271,7 @@ def test_bfloat16_inputs_keep_a_float32_carry():
 # ---------------------------------------------------------------------------- stacks
 
 
+@pytest.mark.variants
 def test_init_stack_shapes():
     cell = CELLS["lstm"]
     layers = recurrence.init_stack(jax.random.key(0), cell, D, num_layers=3, bidirectional=True)
@@ -283,6 +294,7 @@ def stack_params(name, bidirectional, num_layers=2):
 
 
 @pytest.mark.parametrize("name, bidirectional", [("elman", True), ("gru", False), ("lstm", True)])
+@pytest.mark.reference
 def test_stack_matches_reference(name, bidirectional):
     cell = CELLS[name]
     layers = stack_params(name, bidirectional)
@@ -302,6 +314,7 @@ def test_stack_matches_reference(name, bidirectional):
     assert not np.asarray(hs)[~valid].any()
 
 
+@pytest.mark.determinism
 def test_variational_dropout_mask_is_shared_over_time():
     hs = jnp.ones((64, 5, 32))
     out = np.asarray(recurrence.variational_dropout(hs, rate=0.25, key=jax.random.key(0)))
@@ -314,6 +327,7 @@ def test_variational_dropout_mask_is_shared_over_time():
     assert recurrence.variational_dropout(hs, rate=0.0, key=jax.random.key(0)) is hs
 
 
+@pytest.mark.determinism
 def test_stack_dropout_between_layers_only():
     cell = CELLS["gru"]
     layers = stack_params("gru", False, num_layers=3)
@@ -344,6 +358,7 @@ def test_stack_dropout_between_layers_only():
 # ---------------------------------------------------------------------------- pooling
 
 
+@pytest.mark.reference
 def test_pooling_over_valid_steps_only():
     xs, lengths, valid = make_batch("with_0")
     hs = jnp.where(jnp.asarray(valid)[:, :, None], xs, jnp.nan)
@@ -454,12 +469,14 @@ def _bad_calls():
 
 
 @pytest.mark.parametrize("case", list(_bad_calls()))
+@pytest.mark.bad_input
 def test_bad_inputs_raise_naming_the_argument(case):
     call, error, match = _bad_calls()[case]
     with pytest.raises(error, match=match):
         call()
 
 
+@pytest.mark.numerics
 def test_non_prefix_mask_is_unchecked_under_jit():
     cell, params = CELLS["elman"], PARAMS["elman"]["forward"]
     xs, _, _ = make_batch("full")

@@ -33,6 +33,7 @@ TARGETS = {
     "perf_budget": 4,
     "training_smoke": 3,
     "gpu": 0,
+    "data": 0,
     "docs": 0,
 }
 
