@@ -28,6 +28,23 @@ with :func:`jaxseq.validation.validate_lengths` when they are concrete; under
 
 Cells are Python objects (static): close over them or mark them static when
 you ``jit`` (``jax.jit(recurrence.rnn, static_argnums=0)``).
+
+Evaluation modes (``mode=``, every function here):
+
+* ``"sequential"``: ``lax.scan`` over the steps, one ``cell.step`` each (any cell).
+* ``"parallel"``: only for cells whose recurrence is linear in the state,
+  ``s_t = a_t * s_{t-1} + b_t`` (:mod:`jaxseq.parallel_cells`: minGRU, minLSTM,
+  LRU): all inputs are projected at once and the sequence is evaluated with
+  ``lax.associative_scan`` in O(log T) depth. A padded step becomes the
+  identity element ``(a, b) = (1, 0)``, so the carry is held there, and a
+  ``reverse`` pass is a reverse associative scan (the padded tail, all
+  identities, leaves the state untouched until the last valid step). Same
+  semantics as the sequential mode, equal up to float rounding. ``unroll`` is
+  ignored and ``hoist_projection`` is implied; ``remat`` checkpoints the
+  whole scan.
+* ``"auto"`` (the default): ``"sequential"`` for non-linear cells (elman, gru,
+  lstm: nothing changes for them); for linear cells ``"parallel"`` on GPU and
+  TPU, and on CPU when ``T >= CPU_PARALLEL_MIN_LEN`` (see :func:`resolve_mode`).
 """
 
 from __future__ import annotations
@@ -38,9 +55,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import _checks, cells, masks, validation
+from jaxseq import _checks, cells, masks, parallel_cells, validation
 
 Params = Any
+
+MODES = ("auto", "sequential", "parallel")
+# On CPU, "auto" runs linear cells in parallel from this many steps on: measured by
+# benchmarks/parallel_scan.py (train step, fwd + bwd) on a 2-core CPU, where the
+# parallel scan was faster at every T tried (256 to 4096).
+CPU_PARALLEL_MIN_LEN = 1
 
 
 # ---------------------------------------------------------------------------- checks
@@ -67,6 +90,54 @@ def _check_options(cell, unroll, remat, hoist_projection) -> None:
     _check_unroll(unroll)
     _check_flag(remat, "remat")
     _check_flag(hoist_projection, "hoist_projection")
+
+
+def resolve_mode(
+    cell: cells.Cell, mode: str = "auto", *, max_len: int, backend: str | None = None
+) -> str:
+    """The evaluation mode that ``mode`` means for ``cell`` on sequences of ``max_len`` steps.
+
+    Args:
+      cell: a :class:`jaxseq.cells.Cell`.
+      mode: ``"auto"``, ``"sequential"`` or ``"parallel"`` (see the module doc).
+      max_len: T, the padded length.
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; default ``jax.default_backend()``.
+
+    Returns:
+      ``"sequential"`` or ``"parallel"``. ``"auto"`` is ``"sequential"`` for a
+      cell that is not linear in its state; for a linear one it is
+      ``"parallel"`` on GPU/TPU, and on CPU when ``max_len >=
+      CPU_PARALLEL_MIN_LEN``.
+
+    Raises:
+      ValueError: unknown ``mode``, or ``"parallel"`` for a non-linear cell.
+
+    >>> from jaxseq import cells, parallel_cells, recurrence
+    >>> recurrence.resolve_mode(cells.gru(4), max_len=100)
+    'sequential'
+    >>> recurrence.resolve_mode(parallel_cells.mingru(4), max_len=100, backend="gpu")
+    'parallel'
+    """
+    _check_cell(cell)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(
+            f"unknown `mode` {mode!r}; expected one of: " + ", ".join(repr(m) for m in MODES)
+        )
+    linear = parallel_cells.is_linear(cell)
+    if mode == "parallel" and not linear:
+        raise ValueError(
+            f"`mode`='parallel' needs a cell whose recurrence is linear in its state "
+            f"(jaxseq.parallel_cells: mingru, minlstm, lru); the {cell.name} cell is not: "
+            "use mode='sequential' or 'auto'"
+        )
+    if mode != "auto":
+        return mode
+    if not linear:
+        return "sequential"
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu" or max_len >= CPU_PARALLEL_MIN_LEN:
+        return "parallel"
+    return "sequential"
 
 
 def _check_xs(xs, rank: int, doc: str):
@@ -126,8 +197,25 @@ def _check_carry(cell, params, carry, batch: int | None, name: str = "carry"):
 # ---------------------------------------------------------------------------- core
 
 
-def _scan(cell, params, xs_TD, mask_T, carry, *, reverse, unroll, remat, hoist_projection):
-    """The unchecked masked scan of ONE sequence. Returns (final carry, hs [T, H])."""
+def _scan(
+    cell,
+    params,
+    xs_TD,
+    mask_T,
+    carry,
+    *,
+    reverse,
+    unroll,
+    remat,
+    hoist_projection,
+    mode="sequential",
+):
+    """The unchecked masked scan of ONE sequence. Returns (final carry, hs [T, H]).
+
+    ``mode`` is resolved already: ``"sequential"`` or ``"parallel"``.
+    """
+    if mode == "parallel":
+        return _parallel_scan(cell, params, xs_TD, mask_T, carry, reverse=reverse, remat=remat)
     dtype = cells.compute_dtype(xs_TD.dtype, *_param_dtypes(params))
     if carry is None:
         carry = cell.initial_carry(params, dtype)
@@ -153,6 +241,59 @@ def _scan(cell, params, xs_TD, mask_T, carry, *, reverse, unroll, remat, hoist_p
     return jax.lax.scan(body, carry, (inputs_T, mask_T), reverse=reverse, unroll=unroll)
 
 
+def _parallel_scan(cell, params, xs_TD, mask_T, carry, *, reverse, remat):
+    """``_scan`` of a linear cell with an associative scan. Returns (final carry, hs [T, H])."""
+    linear = cell.step  # a parallel_cells.LinearStep (checked by resolve_mode)
+    dtype = cells.compute_dtype(xs_TD.dtype, *_param_dtypes(params))
+    if carry is None:
+        carry = cell.initial_carry(params, dtype)
+    else:
+        carry = jax.tree.map(lambda c: jnp.asarray(c).astype(dtype), carry)
+
+    def run(params, xs_TD, carry):
+        # Sanitise before any math: padding values never reach a value or a gradient.
+        xs_TD = jnp.where(mask_T[:, None], xs_TD, jnp.zeros((), xs_TD.dtype))
+        xp_TG = cell.project(params, xs_TD)
+        s0_S = linear.to_state(carry)
+        valid_T1 = mask_T[:, None]
+        # Padded steps are the identity (a, b) = (1, 0): the state is held there, and a
+        # reverse scan meets the padded tail first and leaves the initial state alone.
+        if linear.log_coefficients is not None:
+            log_a_TS, log_b_TS = linear.log_coefficients(params, xp_TG, dtype)
+            log_a_TS = jnp.where(valid_T1, log_a_TS, jnp.zeros((), log_a_TS.dtype))
+            log_b_TS = jnp.where(
+                valid_T1, log_b_TS, jnp.full((), parallel_cells._LOG_ZERO, log_b_TS.dtype)
+            )
+            log_A_TS, log_B_TS = parallel_cells.log_linear_scan(log_a_TS, log_b_TS, reverse=reverse)
+            # The initial state enters linearly, so it may have any sign (or be 0).
+            s_TS = jnp.exp(log_A_TS) * s0_S[None] + jnp.exp(log_B_TS)
+        else:
+            a_TS, b_TS = linear.coefficients(params, xp_TG, dtype)
+            a_TS = jnp.where(valid_T1, a_TS, jnp.ones((), a_TS.dtype))
+            b_TS = jnp.where(valid_T1, b_TS, jnp.zeros((), b_TS.dtype))
+            A_TS, B_TS = parallel_cells.linear_scan(a_TS, b_TS, reverse=reverse)
+            s_TS = A_TS * s0_S[None] + B_TS
+        carries_T = linear.readout(params, s_TS, xp_TG)
+        h_TH = cell.output(carries_T)
+        hs_TH = jnp.where(valid_T1, h_TH, jnp.zeros((), h_TH.dtype))
+        # The final carry is the carry after the last step processed that is valid
+        # (forward: the last valid t; reverse: the first), the initial one if none is.
+        steps = xs_TD.shape[0]
+        if steps == 0:
+            return carry, hs_TH
+        if reverse:
+            last = jnp.argmax(mask_T)
+        else:
+            last = steps - 1 - jnp.argmax(mask_T[::-1])
+        any_valid = jnp.any(mask_T)
+        final = jax.tree.map(lambda c_T, c0: jnp.where(any_valid, c_T[last], c0), carries_T, carry)
+        return final, hs_TH
+
+    if remat:
+        run = jax.checkpoint(run, prevent_cse=False)
+    return run(params, xs_TD, carry)
+
+
 def scan_rnn(
     cell: cells.Cell,
     params: Params,
@@ -164,8 +305,9 @@ def scan_rnn(
     unroll: int = 1,
     remat: bool = False,
     hoist_projection: bool = False,
+    mode: str = "auto",
 ):
-    """Run a cell over ONE padded sequence with ``jax.lax.scan``.
+    """Run a cell over ONE padded sequence with ``jax.lax.scan`` (or an associative scan).
 
     Args:
       cell: a :class:`jaxseq.cells.Cell` (static).
@@ -183,6 +325,8 @@ def scan_rnn(
       hoist_projection: project all inputs with one ``[T, D] @ [D, G]`` matmul
         before the scan (True) or one step at a time inside it (False); the
         results agree up to float rounding. Which is faster depends on the backend.
+      mode: ``"auto"``, ``"sequential"`` or ``"parallel"`` (see the module doc and
+        :func:`resolve_mode`); ``"auto"`` changes nothing for elman/gru/lstm.
 
     Returns:
       ``(final_carry, hs)``: the carry after the last valid step (the initial
@@ -201,6 +345,7 @@ def scan_rnn(
     _check_options(cell, unroll, remat, hoist_projection)
     _check_flag(reverse, "reverse")
     xs = _check_xs(xs, 2, "[T, D]")
+    mode = resolve_mode(cell, mode, max_len=xs.shape[0])
     mask = _check_mask(mask, xs.shape[0])
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
@@ -214,6 +359,7 @@ def scan_rnn(
         unroll=unroll,
         remat=remat,
         hoist_projection=hoist_projection,
+        mode=mode,
     )
 
 
@@ -237,6 +383,7 @@ def rnn(
     unroll: int = 1,
     remat: bool = False,
     hoist_projection: bool = False,
+    mode: str = "auto",
 ):
     """:func:`scan_rnn` over a batch of padded sequences (``vmap`` over examples).
 
@@ -245,7 +392,7 @@ def rnn(
       xs: float ``[B, T, D]``.
       lengths: integer ``[B]`` in ``[0, T]`` (checked when concrete).
       carry: optional initial carry with a leading B on every leaf.
-      reverse, unroll, remat, hoist_projection: as in :func:`scan_rnn`.
+      reverse, unroll, remat, hoist_projection, mode: as in :func:`scan_rnn`.
 
     Returns:
       ``(final_carry, hs)``: the final carries (leaves ``[B, ...]``) and
@@ -262,6 +409,7 @@ def rnn(
     _check_options(cell, unroll, remat, hoist_projection)
     _check_flag(reverse, "reverse")
     xs = _check_xs(xs, 3, "[B, T, D]")
+    mode = resolve_mode(cell, mode, max_len=xs.shape[1])
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if carry is not None:
         carry = _check_carry(cell, params, carry, xs.shape[0])
@@ -275,6 +423,7 @@ def rnn(
         unroll=unroll,
         remat=remat,
         hoist_projection=hoist_projection,
+        mode=mode,
     )
 
 
@@ -308,6 +457,7 @@ def bidirectional(
     unroll: int = 1,
     remat: bool = False,
     hoist_projection: bool = False,
+    mode: str = "auto",
 ):
     """A forward and a backward (within-length reversed) :func:`rnn`, concatenated.
 
@@ -317,7 +467,7 @@ def bidirectional(
       xs: float ``[B, T, D]``.
       lengths: integer ``[B]``.
       carry: optional ``(carry_f, carry_b)``, leaves with a leading B.
-      unroll, remat, hoist_projection: as in :func:`scan_rnn`.
+      unroll, remat, hoist_projection, mode: as in :func:`scan_rnn`.
 
     Returns:
       ``((carry_f, carry_b), hs [B, T, 2H])``: ``hs[..., :H]`` are the forward
@@ -328,6 +478,7 @@ def bidirectional(
     _check_options(cell, unroll, remat, hoist_projection)
     _check_bidirectional_params(params)
     xs = _check_xs(xs, 3, "[B, T, D]")
+    mode = resolve_mode(cell, mode, max_len=xs.shape[1])
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if carry is not None:
         if not isinstance(carry, tuple) or len(carry) != 2:
@@ -345,6 +496,7 @@ def bidirectional(
         unroll=unroll,
         remat=remat,
         hoist_projection=hoist_projection,
+        mode=mode,
     )
 
 
@@ -424,6 +576,7 @@ def stack(
     unroll: int = 1,
     remat: bool = False,
     hoist_projection: bool = False,
+    mode: str = "auto",
 ):
     """Stacked (optionally bidirectional) layers with variational dropout between them.
 
@@ -443,7 +596,7 @@ def stack(
       dropout_rate: the drop probability ``p`` in ``[0, 1)``.
       key: PRNG key for dropout; required when ``train`` and ``dropout_rate > 0``.
       train: apply dropout.
-      unroll, remat, hoist_projection: as in :func:`scan_rnn`.
+      unroll, remat, hoist_projection, mode: as in :func:`scan_rnn`.
 
     Returns:
       ``(final_carries, hs)``: a list with each layer's final carry (a pair
@@ -465,11 +618,12 @@ def stack(
             "between layers); pass a PRNG key, e.g. jax.random.key(0)"
         )
     xs = _check_xs(xs, 3, "[B, T, D]")
+    mode = resolve_mode(cell, mode, max_len=xs.shape[1])
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if bidirectional:
         for layer, params in enumerate(layer_params):
             _check_bidirectional_params(params, f"layer_params[{layer}]")
-    options = dict(unroll=unroll, remat=remat, hoist_projection=hoist_projection)
+    options = dict(unroll=unroll, remat=remat, hoist_projection=hoist_projection, mode=mode)
     finals = []
     hs = xs
     for layer, params in enumerate(layer_params):
