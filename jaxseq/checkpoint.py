@@ -84,18 +84,30 @@ def check_compatible(mngr: ocp.CheckpointManager, step: int, target: Any) -> Non
             )
 
 
+def _abstract_leaf(x):
+    leaf = ocp.utils.to_shape_dtype_struct(x)
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+        # Without a sharding orbax would reuse the saved one, which fails when the
+        # checkpoint was written on another device count.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        leaf = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+    return leaf
+
+
 def restore(mngr: ocp.CheckpointManager, target: Any, step: int | None = None) -> Any:
     """Restore step ``step`` (default: the latest) into the structure of ``target``.
 
     ``target`` is a state of the wanted structure (e.g. a freshly initialised
-    one); its shapes, dtypes and shardings decide those of the result.
+    one); its shapes, dtypes and shardings decide those of the result, so a
+    checkpoint restores on any device count (see :mod:`jaxseq.distributed`).
+    NumPy leaves (no sharding) restore onto the default device.
     """
     if step is None:
         step = mngr.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
     check_compatible(mngr, step, target)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree.map(_abstract_leaf, target)
     try:
         return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except ValueError as e:

@@ -62,6 +62,11 @@ class MetricsWriter:
 
     def __init__(self, path: str, *, keep_up_to_step: int | None = None, tensorboard=False):
         self.path = path
+        # In a multi-process run (jaxseq.distributed) only process 0 writes.
+        self._enabled = jax.process_index() == 0
+        self._tb = None
+        if not self._enabled:
+            return
         if keep_up_to_step is not None and os.path.exists(path):
             with open(path) as f:
                 kept = [line for line in f if json.loads(line)["step"] <= keep_up_to_step]
@@ -69,7 +74,6 @@ class MetricsWriter:
                 f.writelines(kept)
         elif keep_up_to_step is None:
             open(path, "w").close()
-        self._tb = None
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter  # optional
@@ -79,6 +83,8 @@ class MetricsWriter:
                 self._tb = SummaryWriter(os.path.join(os.path.dirname(path), "tensorboard"))
 
     def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        if not self._enabled:
+            return
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -96,7 +102,7 @@ def check_writable(out_dir: str) -> None:
     """Fail before training if ``out_dir`` cannot be created or written."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write-test")
+        probe = os.path.join(out_dir, f".write-test-{jax.process_index()}")
         with open(probe, "w") as f:
             f.write("x" * 4096)
         os.remove(probe)
@@ -193,7 +199,7 @@ def fit(
     bar = tqdm(
         total=config.max_steps,
         initial=start_step,
-        disable=not config.progress,
+        disable=not config.progress or jax.process_index() != 0,
         desc="train",
         dynamic_ncols=True,
         mininterval=1.0,

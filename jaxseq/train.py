@@ -102,9 +102,19 @@ def _split_microbatches(batch: Batch, num: int) -> Batch:
 
 
 def train_step_fn(
-    loss_fn: LossFn, optimizer: optax.GradientTransformation, *, microbatches: int = 1
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    microbatches: int = 1,
+    microbatch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, MetricSums]]:
-    """The pure (un-jitted) train step; see :func:`make_train_step`."""
+    """The pure (un-jitted) train step; see :func:`make_train_step`.
+
+    ``microbatch_sharding`` (for :mod:`jaxseq.distributed`): a sharding of the
+    split batch ``[microbatches, B / microbatches, ...]`` to constrain it to, so
+    every microbatch stays spread over the devices instead of whole microbatches
+    landing on single devices. None (the default) leaves placement to ``jit``.
+    """
     if microbatches < 1:
         raise ValueError(f"`microbatches` must be >= 1, got {microbatches}")
 
@@ -122,6 +132,8 @@ def train_step_fn(
             # Accumulate d(total) and count over microbatches; divide once: the gradient
             # of sum(total) / sum(count) is exactly the whole batch's gradient.
             micro = _split_microbatches(batch, microbatches)
+            if microbatch_sharding is not None:
+                micro = jax.lax.with_sharding_constraint(micro, microbatch_sharding)
 
             def accumulate(carry, indexed):
                 index, microbatch = indexed
@@ -163,11 +175,16 @@ def make_train_step(
     return jax.jit(train_step_fn(loss_fn, optimizer, microbatches=microbatches), donate_argnums=0)
 
 
-def make_eval_step(loss_fn: LossFn):
-    """A jitted ``(params, batch) -> metric_sums`` (``train=False``, no randomness)."""
+def eval_step_fn(loss_fn: LossFn) -> Callable[[Params, Batch], MetricSums]:
+    """The pure (un-jitted) eval step; see :func:`make_eval_step`."""
 
     def eval_step(params, batch):
         terms, metric_sums = loss_fn(params, batch, jax.random.key(0), False)
         return dict(metric_sums, loss=Ratio(terms.total, terms.count))
 
-    return jax.jit(eval_step)
+    return eval_step
+
+
+def make_eval_step(loss_fn: LossFn):
+    """A jitted ``(params, batch) -> metric_sums`` (``train=False``, no randomness)."""
+    return jax.jit(eval_step_fn(loss_fn))

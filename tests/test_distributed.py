@@ -1,0 +1,336 @@
+"""Data-parallel training (jaxseq.distributed): exact however the batch is split.
+
+A process's device count is fixed at its first JAX operation, so the sharded
+runs happen in subprocesses (tests/distributed_worker.py), started together
+when the first test of this module needs them and compared here:
+
+* ``devices`` (8 fake CPU devices): one train step of the plain single-device
+  step vs the sharded step on 1, 2, 4 and 8 devices, each reduction; k
+  microbatches sharded; an 8-device checkpoint.
+* ``single`` (1 device): the single-process ``fit`` and the restore of the
+  8-device checkpoint, continued.
+* ``multi`` (2 processes x 2 CPU devices over 127.0.0.1): the same ``fit``,
+  data-parallel, the layout taken from ``JAXSEQ_*`` variables.
+
+Every subprocess runs under an outer timeout in its own session and is killed
+(by its process group) if it outlives it or the module. The workers switch off
+XLA's backend optimisations: compiling is most of their time, and the steps
+compared are compiled with the same flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxseq as js
+from jaxseq import distributed, loop
+from jaxseq.data import Batch
+
+REPO = Path(__file__).resolve().parents[1]
+REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens")
+DEVICE_COUNTS = (1, 2, 4, 8)
+# float32: the sharded sums add the same terms in another order.
+RTOL, ATOL = 1e-5, 1e-6
+TIMEOUTS = {"devices": 300, "single": 300, "multi": 150}
+# The jobs each test reads (the module fixture starts those of the selected tests at once).
+NEEDS = {
+    "test_sharded_step_equals_single_device": {"devices"},
+    "test_sharded_microbatches_equal_one_big_batch": {"devices"},
+    "test_shard_batch_rejects_undivisible_batch": {"devices"},
+    "test_checkpoint_from_8_devices_continues_on_1": {"devices", "single"},
+    "test_two_processes_match_single_process": {"multi", "single"},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Proc:
+    def __init__(self, name: str, args: list[str], out: Path, env: dict[str, str], timeout: float):
+        self.name, self.log_path = name, out / f"{name}.log"
+        self.deadline = time.monotonic() + timeout
+        with open(self.log_path, "w") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "tests.distributed_worker", *args],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killable as a whole
+            )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self) -> None:
+        try:
+            code = self.popen.wait(timeout=max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"worker {self.name} timed out; log tail:\n{self.log_tail()}")
+        if code != 0:
+            pytest.fail(f"worker {self.name} exited with {code}; log tail:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait()
+
+
+class Runs:
+    """The worker subprocesses of this module and their outputs."""
+
+    def __init__(self, out: Path, jobs: set[str]):
+        self.out = out
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAXSEQ_", "XLA_"))}
+        env.update(
+            PYTHONPATH=str(REPO),
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+        )
+        self.procs: dict[str, list[_Proc]] = {}
+        if "devices" in jobs:
+            self.procs["devices"] = [
+                _Proc("devices", ["devices", str(out)], out, env, TIMEOUTS["devices"])
+            ]
+        if "multi" in jobs:
+            port = _free_port()
+            self.procs["multi"] = [
+                _Proc(
+                    f"process{i}",
+                    ["process", str(out)],
+                    out,
+                    dict(
+                        env,
+                        JAXSEQ_COORDINATOR=f"127.0.0.1:{port}",
+                        JAXSEQ_NUM_PROCESSES="2",
+                        JAXSEQ_PROCESS_ID=str(i),
+                        JAXSEQ_CPU_DEVICES="2",
+                    ),
+                    TIMEOUTS["multi"],
+                )
+                for i in range(2)
+            ]
+        if "single" in jobs:
+            # Restores the devices job's checkpoint when that job runs ("-": skip).
+            ckpt = str(out / "checkpoint_8") if "devices" in jobs else "-"
+            self.procs["single"] = [
+                _Proc("single", ["single", str(out), ckpt], out, env, TIMEOUTS["single"])
+            ]
+
+    def result(self, job: str) -> tuple[dict, dict[str, np.ndarray]]:
+        for proc in self.procs[job]:
+            proc.wait()
+        facts = json.loads((self.out / f"{job}.json").read_text())
+        with np.load(self.out / f"{job}.npz") as data:
+            return facts, dict(data)
+
+    def close(self) -> None:
+        for procs in self.procs.values():
+            for proc in procs:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    selected = {
+        getattr(item, "originalname", item.name)
+        for item in request.session.items
+        if item.module is request.module
+    }
+    jobs = set().union(*(NEEDS.get(name, set()) for name in selected))
+    runs = Runs(tmp_path_factory.mktemp("distributed"), jobs)
+    yield runs
+    runs.close()
+
+
+def _deviation(actual, desired) -> float:
+    return float(np.max(np.abs(np.asarray(actual) - np.asarray(desired)), initial=0.0))
+
+
+def _assert_close(actual, desired, what: str, rtol=RTOL, atol=ATOL) -> float:
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol, err_msg=what)
+    return _deviation(actual, desired)
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def _labeling_batch(rows: int, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 6, rows).astype(np.int32)
+    mask = np.arange(5)[None, :] < lengths[:, None]
+    return Batch(
+        inputs=rng.integers(1, 9, (rows, 5)).astype(np.int32) * mask,
+        labels=rng.integers(0, 3, (rows, 5)).astype(np.int32) * mask,
+        lengths=lengths,
+        label_mask=mask,
+        indices=np.arange(rows, dtype=np.int32),
+        extras={"feature": rng.normal(size=(rows, 5, 2)).astype(np.float32)},
+    )
+
+
+@pytest.mark.padding_invariance
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_pad_batch_to_multiple_adds_rows_that_change_no_loss(reduction):
+    batch = _labeling_batch(5)
+    padded = distributed.pad_batch_to_multiple(batch, 4)
+    assert distributed.batch_size_of(padded) == 8
+    for name in ("inputs", "labels", "lengths", "label_mask"):
+        np.testing.assert_array_equal(getattr(padded, name)[:5], getattr(batch, name))
+        assert not np.any(getattr(padded, name)[5:])
+    np.testing.assert_array_equal(padded.indices, [0, 1, 2, 3, 4, -1, -1, -1])
+    assert padded.extras["feature"].shape == (8, 5, 2) and not padded.extras["feature"][5:].any()
+    assert distributed.pad_batch_to_multiple(batch, 5) is batch
+    # Loss terms unchanged, even with NaN logits on the new rows.
+    logits = np.random.default_rng(1).normal(size=(8, 5, 3)).astype(np.float32)
+    logits[5:] = np.nan
+    want = js.sequence_labeling_loss_terms(
+        jnp.asarray(logits[:5]), batch.labels, batch.label_mask, reduction=reduction
+    )
+    got = js.sequence_labeling_loss_terms(
+        jnp.asarray(logits), padded.labels, padded.label_mask, reduction=reduction
+    )
+    assert float(got.total) == float(want.total) and float(got.count) == float(want.count)
+
+
+@pytest.mark.bad_input
+def test_layout_from_environment_and_bad_values():
+    assert distributed.Layout.from_env({}) == distributed.Layout()
+    assert not distributed.Layout.from_env({}).data_parallel  # single-device users: no change
+    layout = distributed.Layout.from_env(
+        {
+            "JAXSEQ_COORDINATOR": "10.0.0.1:1234",
+            "JAXSEQ_NUM_PROCESSES": "4",
+            "JAXSEQ_PROCESS_ID": "3",
+            "JAXSEQ_DEVICES": "all",
+        }
+    )
+    assert (layout.coordinator, layout.num_processes, layout.process_id) == ("10.0.0.1:1234", 4, 3)
+    assert layout.num_devices == -1 and layout.multi_process and layout.data_parallel
+    assert distributed.Layout.from_env({"JAXSEQ_DISTRIBUTED": "auto"}).multi_process
+    assert distributed.Layout.from_env({"JAXSEQ_CPU_DEVICES": "8"}).data_parallel
+    bad = [
+        ({"JAXSEQ_NUM_PROCESSES": "two"}, "JAXSEQ_NUM_PROCESSES"),
+        ({"JAXSEQ_NUM_PROCESSES": "2", "JAXSEQ_PROCESS_ID": "0"}, "coordinator"),
+        (
+            {"JAXSEQ_COORDINATOR": "h:1", "JAXSEQ_NUM_PROCESSES": "2", "JAXSEQ_PROCESS_ID": "2"},
+            "process_id",
+        ),  # fmt: skip
+        ({"JAXSEQ_DEVICES": "0"}, "num_devices"),
+        ({"JAXSEQ_DISTRIBUTED": "yes"}, "JAXSEQ_DISTRIBUTED"),
+    ]
+    for env, name in bad:
+        with pytest.raises(ValueError, match=name):
+            distributed.Layout.from_env(env)
+    with pytest.raises(ValueError, match="multiple"):
+        distributed.pad_batch_to_multiple(_labeling_batch(3), 0)
+    with pytest.raises(ValueError, match="leading size"):
+        distributed.batch_size_of({"a": np.zeros(3), "b": np.zeros(4)})
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sharded_step_equals_single_device(runs, reduction, record_property):
+    """Loss, gradients and one update on 1/2/4/8 devices = the single-device step.
+
+    The reference sees the 14 real rows; the sharded steps see them padded to 16
+    with all-masked rows, which on 8 devices all land on the last device.
+    """
+    facts, arrays = runs.result("devices")
+    assert facts["padded_rows_per_device_8"] == [0] * 7 + [2]
+    ref = f"{reduction}/ref"
+    worst = 0.0
+    for num in DEVICE_COUNTS:
+        got = f"{reduction}/{num}"
+        np.testing.assert_array_equal(arrays[f"{got}/count"], arrays[f"{ref}/count"])
+        np.testing.assert_array_equal(arrays[f"{got}/accuracy"], arrays[f"{ref}/accuracy"])
+        for name in ("loss", "grad_norm", "grads", "params"):
+            worst = max(
+                worst,
+                _assert_close(arrays[f"{got}/{name}"], arrays[f"{ref}/{name}"], f"{got}/{name}"),
+            )
+        assert np.any(arrays[f"{got}/grads"] != 0)
+    record_property("max_abs_deviation", worst)
+
+
+@pytest.mark.variants
+def test_sharded_microbatches_equal_one_big_batch(runs, record_property):
+    """2 microbatches on 8 devices (each spread over all 8) = one big batch on 1 device."""
+    _, arrays = runs.result("devices")
+    ref, got = "mean_over_time/ref", "micro/8x2"
+    np.testing.assert_array_equal(arrays[f"{got}/count"], arrays[f"{ref}/count"])
+    worst = max(
+        _assert_close(arrays[f"{got}/{name}"], arrays[f"{ref}/{name}"], name)
+        for name in ("loss", "grads", "params")
+    )
+    record_property("max_abs_deviation", worst)
+
+
+@pytest.mark.bad_input
+def test_shard_batch_rejects_undivisible_batch(runs):
+    facts, _ = runs.result("devices")
+    message = facts["undivisible_error"]
+    assert "batch size 14 is not divisible by 8" in message
+    assert "pad_batch_to_multiple(batch, 8)" in message
+
+
+@pytest.mark.roundtrip
+def test_checkpoint_from_8_devices_continues_on_1(runs, record_property):
+    """Saved on 8 devices (replicated state), restored on a 1-device process and
+    on a 2-device mesh bit for bit, and 2 more steps on 1 device = on 8."""
+    devices_facts, written = runs.result("devices")
+    single_facts, restored = runs.result("single")
+    assert "'data': 8" in devices_facts["ckpt_sharding"]
+    assert "'data': 2" in devices_facts["restored_on_2_sharding"]
+    assert single_facts["device_count"] == 1 and single_facts["restored_step"] == 2
+    np.testing.assert_array_equal(restored["ckpt/step2"], written["ckpt/step2"])
+    np.testing.assert_array_equal(written["ckpt/step2_on_2"], written["ckpt/step2"])
+    worst = _assert_close(restored["ckpt/step4"], written["ckpt/step4"], "state after 4 steps")
+    record_property("max_abs_deviation", worst)
+
+
+@pytest.mark.variants
+def test_two_processes_match_single_process(runs, record_property):
+    """fit() as 2 processes x 2 devices (127.0.0.1) = fit() on 1 device: parameters
+    after 4 AdamW steps, and the metrics file process 0 alone wrote."""
+    multi_facts, multi = runs.result("multi")
+    _, single = runs.result("single")
+    assert multi_facts["process_count"] == 2 and multi_facts["device_count"] == 4
+    assert multi_facts["rows_of_process_0"] == [0, 8]
+    worst = _assert_close(multi["fit/params"], single["fit/params"], "params", 1e-4, 1e-5)
+    records = {
+        name: loop.read_metrics(str(runs.out / name / "metrics.jsonl"))
+        for name in ("fit_multi", "fit_single")
+    }
+    assert [(r["step"], r["split"]) for r in records["fit_multi"]] == [
+        (r["step"], r["split"]) for r in records["fit_single"]
+    ]
+    assert len(records["fit_multi"]) == 4  # train and dev at steps 2 and 4, written once
+    for a, b in zip(records["fit_multi"], records["fit_single"]):
+        assert a.keys() == b.keys()
+        for name in a.keys() - {"step", "split"}:
+            assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), (a, b)
+    assert sorted(os.listdir(runs.out / "fit_multi" / "checkpoints")) == ["2", "4"]
+    record_property("max_abs_deviation", worst)
+    record_property("two_process_seconds", multi_facts["seconds"])
