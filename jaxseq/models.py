@@ -1,0 +1,439 @@
+"""Sequence classifier and sequence labeler: configs, ``init`` and ``apply``.
+
+Notation: B batch, T time, V vocabulary, E embedding (input layer) width, D
+input features, H hidden, H' = H (2H when bidirectional), C classes.
+
+Both models are the same encoder with a different head::
+
+    inputs --input layer--> x [B, T, E or D] --stacked (bi)RNN--> hs [B, T, H']
+    classifier: pool(hs over valid steps) [B, H'] @ V + c -> logits [B, C]
+    labeler:    hs @ V + c                               -> logits [B, T, C]
+
+with ``y_hat = softmax(V s + c)`` in the notation of ``design.md``. The input
+layer is an embedding table for token ids, and for dense features either an
+affine layer ``x W + b`` or nothing.
+
+Everything is a pure function of a params pytree (nested dicts and lists of
+arrays, see :func:`classifier_init`) and a :class:`SequenceModelConfig`, which
+is static: pass it with ``static_argnames="config"`` or close over it::
+
+    apply = jax.jit(classifier_apply, static_argnames=("config", "train"))
+
+The logits feed :func:`jaxseq.sequence_classification_loss` and
+:func:`jaxseq.sequence_labeling_loss` (with ``mask = length_mask(lengths, T)``)
+directly.
+
+Padding: whatever the inputs hold at padded steps (any token id, NaN features)
+changes neither the outputs at valid steps nor any gradient: padded ids are
+replaced by 0 and padded features by zeros before the input layer. A *valid*
+token id outside ``[0, vocab_size)`` gives NaN embeddings, so NaN logits, never
+a plausible number (check ids on the host with
+``jaxseq.validate_labels(ids, vocab_size, mask)`` if they may be out of range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxseq import _checks, cells, parallel_cells, pooling, recurrence
+from jaxseq.masks import length_mask
+
+CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
+POOLINGS = ("last", "mean", "max")
+
+__all__ = [
+    "CELLS",
+    "POOLINGS",
+    "SequenceModelConfig",
+    "classifier_apply",
+    "classifier_init",
+    "encode",
+    "labeler_apply",
+    "labeler_init",
+    "make_cell",
+]
+
+
+def _check_int(value, name: str, minimum: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "a Python int or None" if optional else "a Python int"
+        raise TypeError(f"`{name}` must be {kind}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+
+
+def _check_rate(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a Python float, got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+
+
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a Python bool, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceModelConfig:
+    """The static architecture of a sequence classifier or labeler.
+
+    Exactly one input kind:
+
+    * token ids: ``vocab_size`` (V) and ``embed_dim`` (E); inputs are integer
+      ``[B, T]`` looked up in an embedding table ``[V, E]``;
+    * dense features: ``input_size`` (D); inputs are float ``[B, T, D]``, fed
+      through an affine layer ``[D, E]`` when ``embed_dim`` is set, or straight
+      to the RNN when it is None.
+
+    Attributes:
+      num_classes: C, the number of output classes (>= 2).
+      hidden_size: H, the RNN state size of each direction.
+      cell: ``"elman"``, ``"gru"`` or ``"lstm"`` (see :mod:`jaxseq.cells`), or a
+        parallel-in-time cell ``"mingru"``, ``"minlstm"``, ``"lru"`` (see
+        :mod:`jaxseq.parallel_cells`; their default settings), which the stack
+        runs with ``mode="auto"`` (an associative scan on GPU/TPU).
+      num_layers: the number of stacked RNN layers (>= 1).
+      bidirectional: every layer runs both directions and concatenates them
+        (H' = 2H).
+      vocab_size, embed_dim, input_size: the input, as above.
+      dropout_rate: variational dropout on the inputs of layers 2..num_layers
+        (between layers), only when ``train=True``.
+      embed_dropout_rate: variational dropout (one mask per sequence, shared by
+        its time steps) on the input layer's output, only when ``train=True``.
+      pooling: how the classifier summarises the valid steps: ``"last"`` (the
+        final state: forward's state at the last valid step, and with
+        ``bidirectional`` the backward direction's state at step 0), ``"mean"``
+        or ``"max"`` over valid steps. The labeler ignores it.
+      forget_bias: the initial forget-gate bias of an LSTM (``cells.lstm``);
+        ignored by the other cells.
+      unroll, remat, hoist_projection: passed to :func:`jaxseq.recurrence.stack`
+        (speed/memory only; the values do not change).
+    """
+
+    num_classes: int
+    hidden_size: int
+    cell: str = "lstm"
+    num_layers: int = 1
+    bidirectional: bool = False
+    vocab_size: int | None = None
+    embed_dim: int | None = None
+    input_size: int | None = None
+    dropout_rate: float = 0.0
+    embed_dropout_rate: float = 0.0
+    pooling: str = "last"
+    forget_bias: float = 1.0
+    unroll: int = 1
+    remat: bool = False
+    hoist_projection: bool = False
+
+    def __post_init__(self):
+        _check_int(self.num_classes, "num_classes", 2)
+        _check_int(self.hidden_size, "hidden_size", 1)
+        if not isinstance(self.cell, str):
+            raise TypeError(f"`cell` must be a string, got {self.cell!r}")
+        _checks.check_choice(self.cell, CELLS, "cell")
+        _check_int(self.num_layers, "num_layers", 1)
+        _check_bool(self.bidirectional, "bidirectional")
+        _check_int(self.vocab_size, "vocab_size", 1, optional=True)
+        _check_int(self.embed_dim, "embed_dim", 1, optional=True)
+        _check_int(self.input_size, "input_size", 1, optional=True)
+        if (self.vocab_size is None) == (self.input_size is None):
+            raise ValueError(
+                "set exactly one of `vocab_size` (token-id inputs) and `input_size` "
+                f"(dense-feature inputs), got vocab_size={self.vocab_size!r}, "
+                f"input_size={self.input_size!r}"
+            )
+        if self.vocab_size is not None and self.embed_dim is None:
+            raise ValueError("`embed_dim` is required with `vocab_size` (token-id inputs)")
+        _check_rate(self.dropout_rate, "dropout_rate")
+        _check_rate(self.embed_dropout_rate, "embed_dropout_rate")
+        if not isinstance(self.pooling, str):
+            raise TypeError(f"`pooling` must be a string, got {self.pooling!r}")
+        _checks.check_choice(self.pooling, POOLINGS, "pooling")
+        if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
+            raise TypeError(f"`forget_bias` must be a Python float, got {self.forget_bias!r}")
+        _check_int(self.unroll, "unroll", 1)
+        _check_bool(self.remat, "remat")
+        _check_bool(self.hoist_projection, "hoist_projection")
+
+    @property
+    def tokens(self) -> bool:
+        """True for token-id inputs, False for dense features."""
+        return self.vocab_size is not None
+
+    @property
+    def rnn_input_size(self) -> int:
+        """The feature size the first RNN layer sees (E, or D without input layer)."""
+        return self.embed_dim if self.embed_dim is not None else self.input_size
+
+    @property
+    def output_size(self) -> int:
+        """H', the width of the RNN outputs: H, or 2H when bidirectional."""
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+
+def make_cell(config: SequenceModelConfig) -> cells.Cell:
+    """The :class:`jaxseq.cells.Cell` that ``config`` names."""
+    if config.cell == "lstm":
+        return cells.lstm(config.hidden_size, forget_bias=float(config.forget_bias))
+    parallel = {
+        "mingru": parallel_cells.mingru,
+        "minlstm": parallel_cells.minlstm,
+        "lru": parallel_cells.lru,
+    }
+    if config.cell in parallel:
+        return parallel[config.cell](config.hidden_size)
+    return {"elman": cells.elman, "gru": cells.gru}[config.cell](config.hidden_size)
+
+
+def _dense_init(key, fan_in: int, fan_out: int, w_name: str, b_name: str):
+    # LeCun normal weights (variance 1/fan_in), zero bias.
+    w = jax.random.normal(key, (fan_in, fan_out), jnp.float32) / jnp.sqrt(float(fan_in))
+    return {w_name: w, b_name: jnp.zeros((fan_out,), jnp.float32)}
+
+
+def _init(key, config: SequenceModelConfig) -> dict:
+    if not isinstance(config, SequenceModelConfig):
+        raise TypeError(f"`config` must be a SequenceModelConfig, got {type(config).__name__}")
+    key_in, key_rnn, key_out = jax.random.split(key, 3)
+    params = {}
+    if config.tokens:
+        # N(0, 1), as torch.nn.Embedding.
+        params["embed"] = {
+            "E": jax.random.normal(key_in, (config.vocab_size, config.embed_dim), jnp.float32)
+        }
+    elif config.embed_dim is not None:
+        params["input"] = _dense_init(key_in, config.input_size, config.embed_dim, "W", "b")
+    params["rnn"] = recurrence.init_stack(
+        key_rnn,
+        make_cell(config),
+        config.rnn_input_size,
+        num_layers=config.num_layers,
+        bidirectional=config.bidirectional,
+    )
+    params["output"] = _dense_init(key_out, config.output_size, config.num_classes, "V", "c")
+    return params
+
+
+def classifier_init(key: jax.Array, config: SequenceModelConfig) -> dict:
+    """Initial parameters of a sequence classifier, float32.
+
+    Args:
+      key: a PRNG key.
+      config: the architecture.
+
+    Returns:
+      A dict pytree:
+
+      * ``"embed": {"E": [V, E]}`` for token ids, or ``"input": {"W": [D, E],
+        "b": [E]}`` for dense features with ``embed_dim`` (absent otherwise);
+      * ``"rnn"``: the list of layer params of :func:`jaxseq.recurrence.init_stack`;
+      * ``"output": {"V": [H', C], "c": [C]}``.
+    """
+    return _init(key, config)
+
+
+def labeler_init(key: jax.Array, config: SequenceModelConfig) -> dict:
+    """Initial parameters of a sequence labeler (the layout of :func:`classifier_init`)."""
+    return _init(key, config)
+
+
+def _affine(x, w, b):
+    """``x [..., K] @ w [K, N] + b [N]`` without implicit rank promotion."""
+    out = x @ w
+    return out + b.reshape((1,) * (out.ndim - 1) + b.shape)
+
+
+def _variational_dropout(key, x_BTF, rate: float):
+    """Dropout with one mask per sequence, shared by all its steps."""
+    keep_B1F = jax.random.bernoulli(key, 1.0 - rate, (x_BTF.shape[0], 1, x_BTF.shape[2]))
+    return jnp.where(keep_B1F, x_BTF / (1.0 - rate), jnp.zeros((), x_BTF.dtype))
+
+
+def _check_inputs(config: SequenceModelConfig, inputs, lengths):
+    inputs = _checks.as_array(inputs, "inputs")
+    lengths = _checks.as_array(lengths, "lengths")
+    if config.tokens:
+        _checks.check_rank(inputs, 2, "inputs", "[B, T] (token ids)")
+        _checks.check_integer(inputs, "inputs")
+    else:
+        _checks.check_rank(inputs, 3, "inputs", "[B, T, D] (dense features)")
+        _checks.check_floating(inputs, "inputs")
+        if inputs.shape[2] != config.input_size:
+            raise ValueError(
+                f"`inputs` must have shape [B, T, D] with D = config.input_size = "
+                f"{config.input_size}, got {tuple(inputs.shape)}"
+            )
+    _checks.check_integer(lengths, "lengths")
+    _checks.check_shape(lengths, (inputs.shape[0],), "lengths", "[B] (B from `inputs`)")
+    return inputs, lengths
+
+
+def _input_layer(params, config: SequenceModelConfig, inputs, mask_BT):
+    """``inputs`` -> float ``[B, T, E or D]``; padded steps are sanitised first."""
+    if config.tokens:
+        table_VE = params["embed"]["E"]
+        ids_BT = inputs
+        in_range_BT = (ids_BT >= 0) & (ids_BT < config.vocab_size)
+        safe_BT = jnp.where(mask_BT & in_range_BT, ids_BT, 0).astype(jnp.int32)
+        x_BTE = jnp.take(table_VE, safe_BT, axis=0)
+        # A valid id outside the vocabulary is loud (NaN), never another token's vector.
+        loud_BT = mask_BT & ~in_range_BT
+        return jnp.where(loud_BT[..., None], jnp.nan, x_BTE)
+    first = params["input"]["W"] if "input" in params else params["rnn"][0]
+    dtype = jax.tree.leaves(first)[0].dtype
+    x_BTD = jnp.where(mask_BT[..., None], inputs.astype(dtype), jnp.zeros((), dtype))
+    if "input" in params:
+        return _affine(x_BTD, params["input"]["W"], params["input"]["b"])
+    return x_BTD
+
+
+def encode(
+    params: dict,
+    config: SequenceModelConfig,
+    inputs: jax.Array,
+    lengths: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    train: bool = False,
+):
+    """The shared encoder: input layer, then the stacked (bi)RNN.
+
+    Args:
+      params: from :func:`classifier_init` / :func:`labeler_init`.
+      config: the architecture (static).
+      inputs: integer ``[B, T]`` token ids, or float ``[B, T, D]`` features.
+      lengths: integer ``[B]``, ``0 <= lengths <= T``.
+      key: PRNG key for dropout; required when ``train`` and a rate is > 0.
+      train: apply dropout.
+
+    Returns:
+      ``(final_carries, hs)``: the per-layer final carries of
+      :func:`jaxseq.recurrence.stack` (leaves ``[B, ...]``) and ``hs`` float
+      ``[B, T, H']``, zero at padded steps.
+    """
+    if not isinstance(config, SequenceModelConfig):
+        raise TypeError(f"`config` must be a SequenceModelConfig, got {type(config).__name__}")
+    _check_bool(train, "train")
+    inputs, lengths = _check_inputs(config, inputs, lengths)
+    uses_dropout = train and (config.dropout_rate > 0 or config.embed_dropout_rate > 0)
+    if uses_dropout and key is None:
+        raise ValueError("`key` is required when train=True and a dropout rate is > 0")
+    key_embed, key_stack = jax.random.split(key) if uses_dropout else (None, None)
+
+    mask_BT = length_mask(lengths, inputs.shape[1])
+    x_BTE = _input_layer(params, config, inputs, mask_BT)
+    if train and config.embed_dropout_rate > 0:
+        x_BTE = _variational_dropout(key_embed, x_BTE, config.embed_dropout_rate)
+    return recurrence.stack(
+        make_cell(config),
+        params["rnn"],
+        x_BTE,
+        lengths,
+        bidirectional=config.bidirectional,
+        dropout_rate=config.dropout_rate,
+        key=key_stack,
+        train=train and config.dropout_rate > 0,
+        unroll=config.unroll,
+        remat=config.remat,
+        hoist_projection=config.hoist_projection,
+    )
+
+
+def _final_state(config: SequenceModelConfig, carry) -> jax.Array:
+    """The last layer's final carry -> ``[B, H']`` outputs."""
+    output = jax.vmap(make_cell(config).output)
+    if config.bidirectional:
+        carry_f, carry_b = carry
+        return jnp.concatenate([output(carry_f), output(carry_b)], axis=-1)
+    return output(carry)
+
+
+def classifier_apply(
+    params: dict,
+    config: SequenceModelConfig,
+    inputs: jax.Array,
+    lengths: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    train: bool = False,
+) -> jax.Array:
+    """Sequence classifier logits: one prediction per sequence.
+
+    ``logits = pool(hs) @ V + c`` with ``pool`` over the valid steps as
+    ``config.pooling`` says; a sequence of length 0 pools to zeros (logits c).
+
+    Args:
+      params: from :func:`classifier_init`.
+      config: the architecture (static under ``jit``).
+      inputs: integer ``[B, T]`` token ids (any id at padded steps), or float
+        ``[B, T, D]`` features.
+      lengths: integer ``[B]``.
+      key: PRNG key for dropout (keyword-only); needed only when ``train``.
+      train: apply dropout.
+
+    Returns:
+      float ``[B, C]`` logits, for :func:`jaxseq.sequence_classification_loss`.
+
+    >>> import jax, jax.numpy as jnp, jaxseq.models as jm
+    >>> cfg = jm.SequenceModelConfig(num_classes=3, hidden_size=4, vocab_size=10, embed_dim=5)
+    >>> params = jm.classifier_init(jax.random.key(0), cfg)
+    >>> ids, lengths = jnp.array([[1, 2, 3], [4, 5, 0]]), jnp.array([3, 2])
+    >>> jm.classifier_apply(params, cfg, ids, lengths).shape
+    (2, 3)
+    """
+    final_carries, hs_BTH = encode(params, config, inputs, lengths, key=key, train=train)
+    if config.pooling == "last":
+        pooled_BH = _final_state(config, final_carries[-1])
+    elif config.pooling == "mean":
+        pooled_BH = pooling.masked_mean(hs_BTH, lengths)
+    else:
+        pooled_BH = pooling.masked_max(hs_BTH, lengths)
+    return _affine(pooled_BH, params["output"]["V"], params["output"]["c"])
+
+
+def labeler_apply(
+    params: dict,
+    config: SequenceModelConfig,
+    inputs: jax.Array,
+    lengths: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    train: bool = False,
+) -> jax.Array:
+    """Sequence labeler logits: one prediction per time step.
+
+    ``logits[b, t] = hs[b, t] @ V + c``. At padded steps ``hs`` is zero, so the
+    logits there are ``c``; the labeling losses ignore them through ``mask``.
+
+    Args:
+      params: from :func:`labeler_init`.
+      config: the architecture (static under ``jit``); ``pooling`` is unused.
+      inputs: integer ``[B, T]`` token ids, or float ``[B, T, D]`` features.
+      lengths: integer ``[B]``.
+      key: PRNG key for dropout (keyword-only); needed only when ``train``.
+      train: apply dropout.
+
+    Returns:
+      float ``[B, T, C]`` logits, for :func:`jaxseq.sequence_labeling_loss` with
+      ``mask = jaxseq.length_mask(lengths, T)``.
+
+    >>> import jax, jax.numpy as jnp, jaxseq as js, jaxseq.models as jm
+    >>> cfg = jm.SequenceModelConfig(num_classes=3, hidden_size=4, cell="gru", input_size=2)
+    >>> params = jm.labeler_init(jax.random.key(0), cfg)
+    >>> xs, lengths = jnp.ones((2, 4, 2)), jnp.array([4, 1])
+    >>> logits = jm.labeler_apply(params, cfg, xs, lengths)
+    >>> logits.shape
+    (2, 4, 3)
+    >>> labels, mask = jnp.zeros((2, 4), jnp.int32), js.length_mask(lengths, 4)
+    >>> round(float(js.sequence_labeling_loss(logits, labels, mask)), 2) > 0
+    True
+    """
+    _, hs_BTH = encode(params, config, inputs, lengths, key=key, train=train)
+    return _affine(hs_BTH, params["output"]["V"], params["output"]["c"])

@@ -1,0 +1,329 @@
+"""Sequence classifier / labeler: shapes, padding invariance, composition, dropout, training."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxseq as js
+from jaxseq import models, pooling, recurrence
+from jaxseq.models import SequenceModelConfig
+
+B, T, V, E, D, H, C = 3, 5, 11, 4, 3, 5, 3
+LENGTHS = jnp.array([5, 2, 0])  # full, partial, empty
+MASK = js.length_mask(LENGTHS, T)
+
+classifier_jit = jax.jit(models.classifier_apply, static_argnames=("config", "train"))
+labeler_jit = jax.jit(models.labeler_apply, static_argnames=("config", "train"))
+
+
+def token_config(**overrides):
+    base = dict(num_classes=C, hidden_size=H, vocab_size=V, embed_dim=E)
+    return SequenceModelConfig(**{**base, **overrides})
+
+
+def feature_config(**overrides):
+    base = dict(num_classes=C, hidden_size=H, input_size=D)
+    return SequenceModelConfig(**{**base, **overrides})
+
+
+def token_ids(seed=0):
+    ids = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+    return jnp.where(MASK, ids, 0)
+
+
+def features(seed=0):
+    return jax.random.normal(jax.random.key(seed), (B, T, D))
+
+
+def garbage_padding_ids(ids):
+    junk = jnp.array([[-100, 10**6, 7, -1, 3]] * B, dtype=ids.dtype)
+    return jnp.where(MASK, ids, junk)
+
+
+def inputs_for(config, seed=0):
+    return token_ids(seed) if config.tokens else features(seed)
+
+
+CONFIGS = [
+    token_config(cell="lstm", bidirectional=True, pooling="last"),
+    token_config(cell="gru", pooling="mean"),
+    feature_config(cell="elman", embed_dim=E, pooling="max", bidirectional=True),
+    feature_config(cell="gru", num_layers=2, pooling="last"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.cell}-{c.pooling}")
+def test_shapes_and_finite(config):
+    params = models.classifier_init(jax.random.key(0), config)
+    inputs = inputs_for(config)
+    logits = classifier_jit(params, config, inputs, LENGTHS)
+    assert logits.shape == (B, C) and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    # A length-0 sequence pools to zeros: its logits are the bias c.
+    np.testing.assert_array_equal(np.asarray(logits[2]), np.asarray(params["output"]["c"]))
+
+    params = models.labeler_init(jax.random.key(0), config)
+    logits = labeler_jit(params, config, inputs, LENGTHS)
+    assert logits.shape == (B, T, C) and bool(jnp.all(jnp.isfinite(logits)))
+    assert params["output"]["V"].shape == (config.output_size, C)
+    # The outputs feed the losses directly.
+    loss = js.sequence_labeling_loss(logits, jnp.zeros((B, T), jnp.int32), MASK)
+    assert loss.shape == () and bool(jnp.isfinite(loss))
+
+
+def test_params_layout():
+    params = models.classifier_init(jax.random.key(0), token_config(bidirectional=True))
+    assert set(params) == {"embed", "rnn", "output"}
+    assert params["embed"]["E"].shape == (V, E)
+    assert params["output"]["V"].shape == (2 * H, C) and params["output"]["c"].shape == (C,)
+    assert set(models.classifier_init(jax.random.key(0), feature_config())) == {"rnn", "output"}
+    dense = models.labeler_init(jax.random.key(0), feature_config(embed_dim=E))
+    assert dense["input"]["W"].shape == (D, E) and dense["input"]["b"].shape == (E,)
+
+
+def _grads_impl(params, inputs, config_and_task):
+    config, task = config_and_task
+    if task == "classify":
+        logits_fn, labels = models.classifier_apply, jnp.array([0, 1, 2])
+        loss_fn = lambda z: js.sequence_classification_loss(z, labels, where=LENGTHS > 0)
+    else:
+        logits_fn, labels = models.labeler_apply, jnp.ones((B, T), jnp.int32)
+        loss_fn = lambda z: js.sequence_labeling_loss(z, labels, MASK)
+    return jax.grad(lambda p: loss_fn(logits_fn(p, config, inputs, LENGTHS)))(params)
+
+
+_grads = jax.jit(_grads_impl, static_argnums=2)
+
+
+def _assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_padding_invariance_tokens():
+    config = token_config(cell="lstm", bidirectional=True, pooling="last")
+    params = models.classifier_init(jax.random.key(1), config)
+    ids = token_ids()
+    junk = garbage_padding_ids(ids)
+    _assert_trees_equal(
+        classifier_jit(params, config, junk, LENGTHS), classifier_jit(params, config, ids, LENGTHS)
+    )
+    labels_a = labeler_jit(params, config, ids, LENGTHS)
+    labels_b = labeler_jit(params, config, junk, LENGTHS)
+    np.testing.assert_array_equal(np.asarray(labels_a)[MASK], np.asarray(labels_b)[MASK])
+    for task in ("classify", "label"):
+        _assert_trees_equal(
+            _grads(params, junk, (config, task)), _grads(params, ids, (config, task))
+        )
+
+
+@pytest.mark.parametrize("embed_dim", [None, E])
+def test_padding_invariance_features(embed_dim):
+    # NaN/huge padding reaches neither the logits nor the gradients.
+    config = feature_config(cell="gru", embed_dim=embed_dim, bidirectional=True, pooling="mean")
+    params = models.classifier_init(jax.random.key(2), config)
+    xs = jnp.where(MASK[..., None], features(), 0.0)
+    junk = jnp.where(MASK[..., None], xs, jnp.array([jnp.nan, 1e30, -jnp.inf])[None, None])
+    _assert_trees_equal(
+        classifier_jit(params, config, junk, LENGTHS), classifier_jit(params, config, xs, LENGTHS)
+    )
+    g_junk = _grads(params, junk, (config, "classify"))
+    _assert_trees_equal(g_junk, _grads(params, xs, (config, "classify")))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g_junk))
+
+
+def test_labeler_equals_manual_composition():
+    config = token_config(cell="gru", bidirectional=True, num_layers=2)
+    params = models.labeler_init(jax.random.key(3), config)
+    ids = token_ids()
+    x_BTE = params["embed"]["E"][ids]
+    _, hs_BTH = recurrence.stack(
+        models.make_cell(config), params["rnn"], x_BTE, LENGTHS, bidirectional=True
+    )
+    want = (
+        jnp.einsum("bth,hc->btc", hs_BTH, params["output"]["V"]) + params["output"]["c"][None, None]
+    )
+    got = models.labeler_apply(params, config, ids, LENGTHS)
+    np.testing.assert_allclose(np.asarray(got)[MASK], np.asarray(want)[MASK], atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_last_pooling_is_the_last_valid_state(bidirectional):
+    config = token_config(cell="lstm", bidirectional=bidirectional, num_layers=2)
+    params = models.classifier_init(jax.random.key(4), config)
+    ids = token_ids()
+    _, hs = models.encode(params, config, ids, LENGTHS)
+    if bidirectional:
+        # forward's state at the last valid step, backward's state at step 0
+        pooled = jnp.concatenate([js.last_valid(hs[..., :H], LENGTHS), hs[:, 0, H:]], axis=-1)
+    else:
+        pooled = js.last_valid(hs, LENGTHS)
+    want = pooled @ params["output"]["V"] + params["output"]["c"][None]
+    got = models.classifier_apply(params, config, ids, LENGTHS)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling_name", ["mean", "max"])
+def test_mean_and_max_pooling(pooling_name):
+    config = feature_config(pooling=pooling_name)
+    params = models.classifier_init(jax.random.key(5), config)
+    _, hs = models.encode(params, config, features(), LENGTHS)
+    pool = {"mean": pooling.masked_mean, "max": pooling.masked_max}[pooling_name]
+    want = pool(hs, LENGTHS) @ params["output"]["V"] + params["output"]["c"][None]
+    got = models.classifier_apply(params, config, features(), LENGTHS)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+def test_vmap_over_an_ensemble():
+    config = token_config(cell="elman", embed_dropout_rate=0.3)
+    members = [models.classifier_init(jax.random.key(seed), config) for seed in (6, 7)]
+    ensemble = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
+    ids, key = token_ids(), jax.random.key(7)
+    ensemble_apply = jax.jit(
+        jax.vmap(lambda p: models.classifier_apply(p, config, ids, LENGTHS, key=key, train=True))
+    )
+    logits = ensemble_apply(ensemble)
+    for member in range(2):
+        params = members[member]
+        jitted = classifier_jit(params, config, ids, LENGTHS, key=key, train=True)
+        np.testing.assert_allclose(np.asarray(logits[member]), np.asarray(jitted), atol=1e-6)
+
+
+def test_jit_equals_no_jit():
+    config = token_config(cell="elman", dropout_rate=0.3, num_layers=2)
+    params = models.classifier_init(jax.random.key(6), config)
+    ids, key = token_ids(), jax.random.key(7)
+    for train in (False, True):
+        eager = models.classifier_apply(params, config, ids, LENGTHS, key=key, train=train)
+        jitted = classifier_jit(params, config, ids, LENGTHS, key=key, train=train)
+        np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-6)
+
+
+def test_dropout_only_when_training():
+    config = token_config(cell="gru", num_layers=2, dropout_rate=0.5, embed_dropout_rate=0.5)
+    params = models.labeler_init(jax.random.key(8), config)
+    ids, k1, k2 = token_ids(), jax.random.key(1), jax.random.key(2)
+    apply = lambda **kw: labeler_jit(params, config, ids, LENGTHS, **kw)
+    evaluated = apply()
+    np.testing.assert_array_equal(apply(key=k1), evaluated)  # a key alone changes nothing
+    np.testing.assert_array_equal(apply(key=k1, train=False), evaluated)
+    train_1 = apply(key=k1, train=True)
+    assert not np.allclose(np.asarray(train_1)[MASK], np.asarray(evaluated)[MASK])
+    np.testing.assert_array_equal(apply(key=k1, train=True), train_1)  # deterministic per key
+    assert not np.allclose(np.asarray(apply(key=k2, train=True)), np.asarray(train_1))
+    with pytest.raises(ValueError, match="`key`"):
+        models.labeler_apply(params, config, ids, LENGTHS, train=True)
+    # Rates of 0 need no key and change nothing.
+    plain = dataclasses.replace(config, dropout_rate=0.0, embed_dropout_rate=0.0)
+    np.testing.assert_array_equal(
+        models.labeler_apply(params, plain, ids, LENGTHS, train=True), evaluated
+    )
+
+
+def test_embedding_dropout_alone():
+    config = token_config(embed_dropout_rate=0.5)
+    params = models.classifier_init(jax.random.key(9), config)
+    ids = token_ids()
+    a = models.classifier_apply(params, config, ids, LENGTHS)
+    b = models.classifier_apply(params, config, ids, LENGTHS, key=jax.random.key(0), train=True)
+    assert not np.allclose(np.asarray(a[:2]), np.asarray(b[:2]))
+
+
+def test_out_of_range_valid_id_is_loud():
+    config = token_config()
+    params = models.labeler_init(jax.random.key(10), config)
+    ids = token_ids().at[0, 1].set(V)  # a valid step holds an id outside the vocabulary
+    logits = models.labeler_apply(params, config, ids, LENGTHS)
+    assert bool(jnp.all(jnp.isnan(logits[0, 1:])))  # from that step on
+    assert bool(jnp.all(jnp.isfinite(logits[1:])))  # other sequences are untouched
+
+
+def test_training_reduces_the_loss():
+    # Tag each token with its id's parity, from a GRU over token ids.
+    config = token_config(cell="gru", num_classes=2, embed_dropout_rate=0.1)
+    params = models.labeler_init(jax.random.key(11), config)
+    ids = jax.random.randint(jax.random.key(12), (8, T), 0, V)
+    lengths = jnp.array([5, 4, 3, 2, 1, 5, 3, 0])
+    mask = js.length_mask(lengths, T)
+    labels = ids % 2
+    optimizer = optax.adam(0.05)
+
+    def loss_fn(params, key, train):
+        logits = models.labeler_apply(params, config, ids, lengths, key=key, train=train)
+        return js.sequence_labeling_loss(logits, labels, mask, reduction="mean_over_tokens")
+
+    @jax.jit
+    def step(params, opt_state, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key, True)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes dtypes
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    before = loss_fn(params, None, False)
+    opt_state = optimizer.init(params)
+    for i in range(25):
+        params, opt_state, _ = step(params, opt_state, jax.random.fold_in(jax.random.key(13), i))
+    after = loss_fn(params, None, False)
+    assert float(after) < 0.5 * float(before), (float(before), float(after))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, field",
+    [
+        (dict(num_classes=1), ValueError, "num_classes"),
+        (dict(num_classes=2.0), TypeError, "num_classes"),
+        (dict(hidden_size=0), ValueError, "hidden_size"),
+        (dict(hidden_size=True), TypeError, "hidden_size"),
+        (dict(cell="rnn"), ValueError, "cell"),
+        (dict(cell=None), TypeError, "cell"),
+        (dict(num_layers=0), ValueError, "num_layers"),
+        (dict(bidirectional=1), TypeError, "bidirectional"),
+        (dict(vocab_size=0), ValueError, "vocab_size"),
+        (dict(embed_dim=None), ValueError, "embed_dim"),
+        (dict(embed_dim=-1), ValueError, "embed_dim"),
+        (dict(input_size=4), ValueError, "input_size"),
+        (dict(vocab_size=None), ValueError, "vocab_size"),
+        (dict(dropout_rate=1.0), ValueError, "dropout_rate"),
+        (dict(dropout_rate="0.1"), TypeError, "dropout_rate"),
+        (dict(embed_dropout_rate=-0.1), ValueError, "embed_dropout_rate"),
+        (dict(pooling="sum"), ValueError, "pooling"),
+        (dict(forget_bias=None), TypeError, "forget_bias"),
+        (dict(unroll=0), ValueError, "unroll"),
+        (dict(remat=None), TypeError, "remat"),
+        (dict(hoist_projection=0), TypeError, "hoist_projection"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(kwargs, error, field):
+    with pytest.raises(error, match=f"`{field}`"):
+        token_config(**kwargs)
+
+
+def test_bad_inputs_raise():
+    config = token_config()
+    params = models.classifier_init(jax.random.key(0), config)
+    with pytest.raises(TypeError, match="`inputs`"):
+        models.classifier_apply(params, config, features()[..., 0], LENGTHS)
+    with pytest.raises(ValueError, match="`inputs`"):
+        models.classifier_apply(params, config, token_ids()[0], LENGTHS)
+    with pytest.raises(ValueError, match="`lengths`"):
+        models.classifier_apply(params, config, token_ids(), LENGTHS[:2])
+    with pytest.raises(TypeError, match="`config`"):
+        models.classifier_apply(params, dataclasses.asdict(config), token_ids(), LENGTHS)
+    fconfig = feature_config()
+    fparams = models.classifier_init(jax.random.key(0), fconfig)
+    with pytest.raises(ValueError, match="input_size"):
+        models.classifier_apply(fparams, fconfig, features()[..., :2], LENGTHS)
+    with pytest.raises(TypeError, match="`inputs`"):
+        models.classifier_apply(fparams, fconfig, token_ids()[..., None], LENGTHS)
+
+
+def test_config_is_static_and_hashable():
+    a, b = token_config(), token_config()
+    assert a == b and hash(a) == hash(b)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.hidden_size = 3  # type: ignore[misc]
+    assert token_config(bidirectional=True).output_size == 2 * H
+    assert feature_config().rnn_input_size == D and feature_config(embed_dim=E).rnn_input_size == E

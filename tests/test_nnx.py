@@ -1,0 +1,147 @@
+"""flax.nnx adapters: each module gives exactly what its pure function gives on the same weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxseq as js
+from jaxseq import cells, models, recurrence
+from jaxseq import nnx as jnnx
+
+B, T, V, E, D, H, C = 3, 4, 9, 3, 2, 4, 3
+LENGTHS = jnp.array([4, 1, 0])
+MASK = js.length_mask(LENGTHS, T)
+IDS = jnp.where(MASK, jnp.arange(B * T, dtype=jnp.int32).reshape(B, T) % V, -1)
+XS = jax.random.normal(jax.random.key(0), (B, T, D))
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_rnn_module_equals_stack():
+    cell = cells.gru(H)
+    module = jnnx.RNN(cell, D, num_layers=2, dropout_rate=0.5, rngs=nnx.Rngs(0))
+    params = module.to_params()
+    # The params stream initialises exactly as init_stack with rngs.params()'s first key.
+    _assert_trees_equal(
+        params,
+        recurrence.init_stack(nnx.Rngs(0).params(), cell, D, num_layers=2),
+    )
+    key = jax.random.key(1)
+    got = module(XS, LENGTHS, deterministic=False, key=key)
+    want = recurrence.stack(cell, params, XS, LENGTHS, dropout_rate=0.5, key=key, train=True)
+    _assert_trees_equal(got, want)
+    # eval() turns dropout off; in train mode without a key, masks come from the module's rngs.
+    call = nnx.jit(lambda m: m(XS, LENGTHS)[1])
+    stack_eval = jax.jit(lambda p: recurrence.stack(cell, p, XS, LENGTHS)[1])
+    module.eval()
+    np.testing.assert_allclose(call(module), stack_eval(params), atol=1e-6)
+    module.train()
+    hs_a, hs_b = call(module), call(module)
+    assert not np.allclose(np.asarray(hs_a), np.asarray(hs_b))  # fresh masks per call
+
+
+def test_rnn_from_params_and_state_paths():
+    cell = cells.gru(H)
+    layer_params = recurrence.init_stack(jax.random.key(2), cell, D, num_layers=2)
+    module = jnnx.RNN.from_params(cell, layer_params)
+    _assert_trees_equal(module.to_params(), layer_params)
+    _assert_trees_equal(module(XS, LENGTHS), recurrence.stack(cell, layer_params, XS, LENGTHS))
+    paths = {path for path, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+    assert ("layers", 0, "W_i") in paths and ("layers", 1, "b_h") in paths
+    with pytest.raises(ValueError, match="rngs"):
+        jnnx.RNN(cell, D)
+    bidi = jnnx.RNN(cells.elman(H), D, bidirectional=True, rngs=nnx.Rngs(1))
+    bidi_params = bidi.to_params()
+    assert set(bidi_params[0]) == {"forward", "backward"}
+    _assert_trees_equal(
+        bidi(XS, LENGTHS),
+        recurrence.stack(cells.elman(H), bidi_params, XS, LENGTHS, bidirectional=True),
+    )
+    dropout = jnnx.RNN.from_params(cell, layer_params, dropout_rate=0.5)
+    with pytest.raises(ValueError, match="no `rngs`"):
+        dropout(XS, LENGTHS)
+
+
+CONFIGS = [
+    models.SequenceModelConfig(
+        num_classes=C,
+        hidden_size=H,
+        cell="lstm",
+        vocab_size=V,
+        embed_dim=E,
+        num_layers=2,
+        dropout_rate=0.3,
+        embed_dropout_rate=0.2,
+    ),
+    models.SequenceModelConfig(
+        num_classes=C,
+        hidden_size=H,
+        cell="elman",
+        input_size=D,
+        embed_dim=E,
+        bidirectional=True,
+        pooling="max",
+    ),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.cell)
+@pytest.mark.parametrize(
+    "module_cls, init, apply",
+    [
+        (jnnx.SequenceClassifier, models.classifier_init, models.classifier_apply),
+        (jnnx.SequenceLabeler, models.labeler_init, models.labeler_apply),
+    ],
+    ids=["classifier", "labeler"],
+)
+def test_model_module_equals_pure_function(config, module_cls, init, apply):
+    inputs = IDS if config.tokens else XS
+    module = module_cls(config, rngs=nnx.Rngs(params=3, dropout=4))
+    params = module.to_params()
+    _assert_trees_equal(params, init(nnx.Rngs(params=3).params(), config))
+    key = jax.random.key(5)
+    for train in (False, True):
+        got = module(inputs, LENGTHS, deterministic=not train, key=key)
+        want = apply(params, config, inputs, LENGTHS, key=key, train=train)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # Pure params -> module -> the same pure params.
+    other_params = init(jax.random.key(6), config)
+    _assert_trees_equal(module_cls.from_params(config, other_params).to_params(), other_params)
+
+
+def test_nnx_jit_and_grad_match_the_pure_gradient():
+    config = CONFIGS[0]
+    module = jnnx.SequenceLabeler(config, rngs=nnx.Rngs(0))
+    module.eval()
+    labels = jnp.ones((B, T), jnp.int32)
+
+    def module_loss(model):
+        return js.sequence_labeling_loss(model(IDS, LENGTHS), labels, MASK)
+
+    def pure_loss(params):
+        logits = models.labeler_apply(params, config, IDS, LENGTHS)
+        return js.sequence_labeling_loss(logits, labels, MASK)
+
+    grads = nnx.jit(nnx.grad(module_loss))(module)
+    got = nnx.clone(module)
+    nnx.update(got, grads)
+    want = jax.jit(jax.grad(pure_loss))(module.to_params())
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6), got.to_params(), want)
+
+
+def test_model_module_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="`config`"):
+        jnnx.SequenceClassifier({"num_classes": 2}, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="rngs"):
+        jnnx.SequenceClassifier(CONFIGS[0])
+    module = jnnx.SequenceClassifier.from_params(
+        CONFIGS[0], models.classifier_init(jax.random.key(0), CONFIGS[0])
+    )
+    with pytest.raises(ValueError, match="no `rngs`"):
+        module(IDS, LENGTHS)  # dropout on (nnx default deterministic=False), no key
+    module(IDS, LENGTHS, key=jax.random.key(0))  # an explicit key works
