@@ -44,7 +44,8 @@ Evaluation modes (``mode=``, every function here):
   whole scan.
 * ``"auto"`` (the default): ``"sequential"`` for non-linear cells (elman, gru,
   lstm: nothing changes for them); for linear cells ``"parallel"`` on GPU and
-  TPU, and on CPU when ``T >= CPU_PARALLEL_MIN_LEN`` (see :func:`resolve_mode`).
+  TPU and ``"sequential"`` on CPU, where it measured faster (see
+  :func:`resolve_mode` and ``benchmarks/parallel_scan.py``).
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ from jaxseq import _checks, cells, masks, parallel_cells, validation
 Params = Any
 
 MODES = ("auto", "sequential", "parallel")
-# On CPU, "auto" runs linear cells in parallel from this many steps on: measured by
-# benchmarks/parallel_scan.py (train step, fwd + bwd) on a 2-core CPU, where the
-# parallel scan was faster at every T tried (256 to 4096).
-CPU_PARALLEL_MIN_LEN = 1
+# The backends on which "auto" runs linear cells with the parallel scan. Not CPU: there
+# benchmarks/parallel_scan.py (train step, fwd + bwd, T = 256..4096) measured the
+# sequential lax.scan faster at every T (XLA:CPU's loop costs well under a microsecond
+# per step, while the associative scan does ~2x the work with strided memory access).
+AUTO_PARALLEL_BACKENDS = ("gpu", "tpu")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -92,31 +94,29 @@ def _check_options(cell, unroll, remat, hoist_projection) -> None:
     _check_flag(hoist_projection, "hoist_projection")
 
 
-def resolve_mode(
-    cell: cells.Cell, mode: str = "auto", *, max_len: int, backend: str | None = None
-) -> str:
-    """The evaluation mode that ``mode`` means for ``cell`` on sequences of ``max_len`` steps.
+def resolve_mode(cell: cells.Cell, mode: str = "auto", *, backend: str | None = None) -> str:
+    """The evaluation mode that ``mode`` means for ``cell``.
 
     Args:
       cell: a :class:`jaxseq.cells.Cell`.
       mode: ``"auto"``, ``"sequential"`` or ``"parallel"`` (see the module doc).
-      max_len: T, the padded length.
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; default ``jax.default_backend()``.
 
     Returns:
       ``"sequential"`` or ``"parallel"``. ``"auto"`` is ``"sequential"`` for a
       cell that is not linear in its state; for a linear one it is
-      ``"parallel"`` on GPU/TPU, and on CPU when ``max_len >=
-      CPU_PARALLEL_MIN_LEN``.
+      ``"parallel"`` on the backends in ``AUTO_PARALLEL_BACKENDS`` (GPU, TPU)
+      and ``"sequential"`` on CPU.
 
     Raises:
       ValueError: unknown ``mode``, or ``"parallel"`` for a non-linear cell.
 
     >>> from jaxseq import cells, parallel_cells, recurrence
-    >>> recurrence.resolve_mode(cells.gru(4), max_len=100)
+    >>> recurrence.resolve_mode(cells.gru(4))
     'sequential'
-    >>> recurrence.resolve_mode(parallel_cells.mingru(4), max_len=100, backend="gpu")
-    'parallel'
+    >>> cell = parallel_cells.mingru(4)
+    >>> recurrence.resolve_mode(cell, backend="gpu"), recurrence.resolve_mode(cell, backend="cpu")
+    ('parallel', 'sequential')
     """
     _check_cell(cell)
     if not isinstance(mode, str) or mode not in MODES:
@@ -135,9 +135,7 @@ def resolve_mode(
     if not linear:
         return "sequential"
     backend = jax.default_backend() if backend is None else backend
-    if backend != "cpu" or max_len >= CPU_PARALLEL_MIN_LEN:
-        return "parallel"
-    return "sequential"
+    return "parallel" if backend in AUTO_PARALLEL_BACKENDS else "sequential"
 
 
 def _check_xs(xs, rank: int, doc: str):
@@ -345,7 +343,7 @@ def scan_rnn(
     _check_options(cell, unroll, remat, hoist_projection)
     _check_flag(reverse, "reverse")
     xs = _check_xs(xs, 2, "[T, D]")
-    mode = resolve_mode(cell, mode, max_len=xs.shape[0])
+    mode = resolve_mode(cell, mode)
     mask = _check_mask(mask, xs.shape[0])
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
@@ -409,7 +407,7 @@ def rnn(
     _check_options(cell, unroll, remat, hoist_projection)
     _check_flag(reverse, "reverse")
     xs = _check_xs(xs, 3, "[B, T, D]")
-    mode = resolve_mode(cell, mode, max_len=xs.shape[1])
+    mode = resolve_mode(cell, mode)
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if carry is not None:
         carry = _check_carry(cell, params, carry, xs.shape[0])
@@ -478,7 +476,7 @@ def bidirectional(
     _check_options(cell, unroll, remat, hoist_projection)
     _check_bidirectional_params(params)
     xs = _check_xs(xs, 3, "[B, T, D]")
-    mode = resolve_mode(cell, mode, max_len=xs.shape[1])
+    mode = resolve_mode(cell, mode)
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if carry is not None:
         if not isinstance(carry, tuple) or len(carry) != 2:
@@ -618,7 +616,7 @@ def stack(
             "between layers); pass a PRNG key, e.g. jax.random.key(0)"
         )
     xs = _check_xs(xs, 3, "[B, T, D]")
-    mode = resolve_mode(cell, mode, max_len=xs.shape[1])
+    mode = resolve_mode(cell, mode)
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if bidirectional:
         for layer, params in enumerate(layer_params):

@@ -1,0 +1,474 @@
+"""Parallel-in-time cells: both evaluation modes against the papers' equations and each other.
+
+Tolerances: float32 JAX against the float64 NumPy loops of
+``tests/reference_parallel.py`` (UNPADDED sequences), ``atol = rtol = 1e-5``;
+the parallel and the sequential mode against each other (float32, different
+summation orders), values ``atol = rtol = 1e-5`` and gradients
+``atol = rtol = 1e-4``; padded outputs exactly 0, poisoned padding bitwise
+identical. The batch mixes lengths T, 0 and 1. Compiled functions are
+module-level jits with the cell static, so every shape compiles once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxseq import cells, masks, models, parallel_cells, recurrence
+from tests import reference_parallel as ref
+
+B, T, D, H, N = 5, 6, 3, 4, 3
+LENGTHS = np.array([6, 3, 0, 1, 5], np.int32)
+TOL = dict(atol=1e-5, rtol=1e-5)
+GRAD_TOL = dict(atol=1e-4, rtol=1e-4)
+RING = dict(r_min=0.5, r_max=0.95, max_phase=math.pi)
+CELLS = {
+    "mingru": parallel_cells.mingru(H),
+    "mingru_linear": parallel_cells.mingru(H, log_space=False),
+    "minlstm": parallel_cells.minlstm(H),
+    "minlstm_linear": parallel_cells.minlstm(H, log_space=False),
+    "lru": parallel_cells.lru(H, state_size=N, **RING),
+}
+MODES = ("sequential", "parallel")
+OPTIONS = ("reverse", "mode", "remat")
+RNN = jax.jit(recurrence.rnn, static_argnums=0, static_argnames=OPTIONS)
+BIDI = jax.jit(recurrence.bidirectional, static_argnums=0, static_argnames=OPTIONS[1:])
+
+
+def random_params(kind, key, input_size=D, dtype=jnp.float32):
+    """``init`` with every parameter perturbed, so that biases and ``gamma`` are exercised."""
+    params = CELLS[kind].init(key, input_size)
+    out = {}
+    for i, (name, value) in enumerate(sorted(params.items())):
+        noise = jax.random.normal(jax.random.fold_in(key, i), value.shape)
+        scale = 0.5 if name == "b" else 0.05
+        out[name] = (value + scale * noise).astype(dtype)
+    return out
+
+
+PARAMS = {
+    kind: {
+        "forward": random_params(kind, jax.random.key(10)),
+        "backward": random_params(kind, jax.random.key(11)),
+    }
+    for kind in CELLS
+}
+
+
+def make_batch(padding=7.0, lengths=LENGTHS, max_len=T):
+    """``xs [B, T, D]`` with ``padding`` at every padded step, and the valid-step mask."""
+    lengths = np.asarray(lengths, np.int32)
+    xs = np.random.default_rng(0).normal(size=(len(lengths), max_len, D))
+    valid = np.arange(max_len)[None, :] < lengths[:, None]
+    xs = np.where(valid[:, :, None], xs, padding)
+    return jnp.asarray(xs, jnp.float32), jnp.asarray(lengths), valid
+
+
+def random_carry(kind, key, batch=B, dtype=jnp.float32):
+    leaves, treedef = jax.tree.flatten(CELLS[kind].initial_carry(None, dtype))
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [jax.random.normal(k, (batch,) + leaf.shape, dtype) for k, leaf in zip(keys, leaves)],
+    )
+
+
+def example(tree, b):
+    return jax.tree.map(lambda a: np.asarray(a[b], np.float64), tree)
+
+
+def assert_finals_close(got, expected_list, **tol):
+    for b, expected in enumerate(expected_list):
+        got_b = example(got, b)
+        if isinstance(expected, tuple):
+            expected = tuple(expected)
+        jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **tol), got_b, expected)
+
+
+def reference(kind, params, xs, lengths, *, reverse=False, carries=None):
+    return ref.run_batch(kind, params, xs, lengths, H, N, reverse=reverse, carries=carries)
+
+
+# ---------------------------------------------------------------------------- reference
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.reference
+def test_matches_reference(kind, direction, mode):
+    cell, params = CELLS[kind], PARAMS[kind]
+    xs, lengths, valid = make_batch()
+    if direction == "bidirectional":
+        (final_f, final_b), hs = BIDI(cell, params, xs, lengths, mode=mode)
+        expected_f, expected_hs_f = reference(kind, params["forward"], xs, lengths)
+        expected_b, expected_hs_b = reference(kind, params["backward"], xs, lengths, reverse=True)
+        expected_hs = np.concatenate([expected_hs_f, expected_hs_b], axis=-1)
+        assert_finals_close(final_f, expected_f, **TOL)
+        assert_finals_close(final_b, expected_b, **TOL)
+    else:
+        reverse = direction == "reverse"
+        final, hs = RNN(cell, params["forward"], xs, lengths, reverse=reverse, mode=mode)
+        expected, expected_hs = reference(kind, params["forward"], xs, lengths, reverse=reverse)
+        assert_finals_close(final, expected, **TOL)
+    assert hs.dtype == jnp.float32
+    np.testing.assert_allclose(hs, expected_hs, **TOL)
+    assert not np.asarray(hs)[~valid].any()  # padded outputs are exactly 0
+
+
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.reference
+def test_initial_carry_and_single_step_sequences(kind):
+    # A random initial carry (negative entries too: the log-space scan adds it linearly),
+    # on sequences of length 0 and 1 with T = 1, and in reverse on the main batch.
+    cell, params = CELLS[kind], PARAMS[kind]["forward"]
+    for lengths, max_len, reverse in (([1, 0, 1, 0, 1], 1, False), (LENGTHS, T, True)):
+        xs, lengths, _ = make_batch(lengths=lengths, max_len=max_len)
+        carry = random_carry(kind, jax.random.key(3))
+        final, hs = RNN(cell, params, xs, lengths, carry=carry, reverse=reverse, mode="parallel")
+        carries = [example(carry, b) for b in range(B)]
+        expected, expected_hs = reference(
+            kind, params, xs, lengths, reverse=reverse, carries=carries
+        )
+        np.testing.assert_allclose(hs, expected_hs, **TOL)
+        assert_finals_close(final, expected, **TOL)
+        for b in np.flatnonzero(np.asarray(lengths) == 0):  # length 0: the initial carry
+            chex.assert_trees_all_equal(example(final, b), example(carry, b))
+
+
+@pytest.mark.reference
+def test_scan_primitives_match_a_loop():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.1, 1.0, (7, 3)), rng.uniform(0.1, 2.0, (7, 3))
+    for reverse in (False, True):
+        order = range(6, -1, -1) if reverse else range(7)
+        big_a, big_b = np.ones(3), np.zeros(3)
+        expected_a, expected_b = np.zeros_like(a), np.zeros_like(b)
+        for t in order:
+            big_a, big_b = a[t] * big_a, a[t] * big_b + b[t]
+            expected_a[t], expected_b[t] = big_a, big_b
+        got = parallel_cells.linear_scan(jnp.asarray(a), jnp.asarray(b), reverse=reverse)
+        np.testing.assert_allclose(got, (expected_a, expected_b), **TOL)
+        log_got = parallel_cells.log_linear_scan(
+            jnp.log(jnp.asarray(a)), jnp.log(jnp.asarray(b)), reverse=reverse
+        )
+        np.testing.assert_allclose(jnp.exp(jnp.stack(log_got)), (expected_a, expected_b), **TOL)
+
+
+# ---------------------------------------------------------------------------- modes agree
+
+
+def _loss(cell, params, xs, lengths, carry, weights, *, mode, remat=False):
+    (final_f, final_b), hs = recurrence.bidirectional(
+        cell, params, xs, lengths, carry=carry, mode=mode, remat=remat
+    )
+    finals = sum(jnp.sum(leaf) for leaf in jax.tree.leaves((final_f, final_b)))
+    return jnp.sum(hs * weights) + finals
+
+
+GRAD = jax.jit(
+    jax.value_and_grad(_loss, argnums=(1, 2, 4)),
+    static_argnums=0,
+    static_argnames=("mode", "remat"),
+)
+WEIGHTS = jax.random.normal(jax.random.key(5), (B, T, 2 * H))
+
+
+def _carries(kind):
+    return (random_carry(kind, jax.random.key(1)), random_carry(kind, jax.random.key(2)))
+
+
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.variants
+def test_parallel_equals_sequential_values_and_gradients(kind):
+    cell, params = CELLS[kind], PARAMS[kind]
+    xs, lengths, _ = make_batch()
+    carry = _carries(kind)
+    seq = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="sequential")
+    par = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="parallel")
+    np.testing.assert_allclose(par[0], seq[0], **TOL)
+    chex.assert_trees_all_close(par[1], seq[1], **GRAD_TOL)
+    remat = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="parallel", remat=True)
+    chex.assert_trees_all_close(remat, par, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "lru"])
+@pytest.mark.variants
+def test_stacks_agree_across_modes(kind):
+    cell = CELLS[kind]
+    layers = recurrence.init_stack(jax.random.key(1), cell, D, num_layers=2, bidirectional=True)
+    xs, lengths, valid = make_batch()
+    stack = jax.jit(recurrence.stack, static_argnums=0, static_argnames=("bidirectional", "mode"))
+    seq = stack(cell, layers, xs, lengths, bidirectional=True, mode="sequential")
+    par = stack(cell, layers, xs, lengths, bidirectional=True, mode="parallel")
+    chex.assert_trees_all_close(par, seq, **TOL)
+    assert par[1].shape == (B, T, 2 * H) and not np.asarray(par[1])[~valid].any()
+
+
+@pytest.mark.variants
+def test_auto_mode_is_backend_aware():
+    linear, gru = CELLS["mingru"], cells.gru(H)
+    assert parallel_cells.is_linear(linear) and not parallel_cells.is_linear(gru)
+    assert recurrence.resolve_mode(linear, backend="gpu") == "parallel"
+    assert recurrence.resolve_mode(linear, backend="tpu") == "parallel"
+    assert recurrence.resolve_mode(linear, backend="cpu") == "sequential"
+    assert recurrence.resolve_mode(gru, backend="gpu") == "sequential"
+    assert recurrence.resolve_mode(linear, "parallel", backend="cpu") == "parallel"
+    expected = recurrence.resolve_mode(linear)
+    xs, lengths, _ = make_batch()
+    auto = RNN(linear, PARAMS["mingru"]["forward"], xs, lengths)
+    explicit = RNN(linear, PARAMS["mingru"]["forward"], xs, lengths, mode=expected)
+    chex.assert_trees_all_equal(auto, explicit)
+
+
+@pytest.mark.parametrize("head", ["classifier", "labeler"])
+@pytest.mark.parametrize("kind", ["minlstm", "lru"])
+@pytest.mark.variants
+def test_model_heads_accept_the_new_cells(kind, head):
+    config = models.SequenceModelConfig(
+        num_classes=3, hidden_size=H, cell=kind, input_size=D, bidirectional=True
+    )
+    init = models.classifier_init if head == "classifier" else models.labeler_init
+    apply = models.classifier_apply if head == "classifier" else models.labeler_apply
+    params = init(jax.random.key(0), config)
+    xs, lengths, _ = make_batch(padding=np.nan)
+    logits = jax.jit(apply, static_argnames="config")(params, config, xs, lengths)
+    # The same computation by hand, with the parallel scan.
+    cell = models.make_cell(config)
+    assert cell == {"minlstm": parallel_cells.minlstm, "lru": parallel_cells.lru}[kind](H)
+    clean = jnp.where(masks.length_mask(lengths, T)[:, :, None], xs, 0.0)
+    finals, hs = recurrence.stack(
+        cell, params["rnn"], clean, lengths, bidirectional=True, mode="parallel"
+    )
+    if head == "classifier":
+        out = cell.output
+        pooled = jnp.concatenate(
+            [jax.vmap(out)(finals[-1][0]), jax.vmap(out)(finals[-1][1])], axis=-1
+        )
+        expected = pooled @ params["output"]["V"] + params["output"]["c"][None]
+    else:
+        expected = hs @ params["output"]["V"] + params["output"]["c"][None, None]
+    np.testing.assert_allclose(logits, expected, **TOL)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize(
+    "kind, mode",
+    [(kind, "parallel") for kind in CELLS] + [("lru", "sequential")],
+)
+@pytest.mark.gradcheck
+def test_check_grads_float64(kind, mode):
+    cell = CELLS[kind]
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), PARAMS[kind])
+        xs = jnp.asarray(rng.normal(size=(2, 3, D)))
+        lengths = jnp.array([3, 1], jnp.int32)
+        carry = random_carry(kind, jax.random.key(4), batch=2, dtype=jnp.float64)
+
+        @jax.jit
+        def f(params, xs, carry):
+            return recurrence.bidirectional(
+                cell, params, xs, lengths, carry=(carry, carry), mode=mode
+            )
+
+        check_grads(f, (params, xs, carry), order=1, modes=["rev"])
+
+
+# ---------------------------------------------------------------------------- padding
+
+
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.padding_invariance
+def test_poison_padding_changes_nothing(kind):
+    cell, params = CELLS[kind], PARAMS[kind]
+    xs, lengths, valid = make_batch(padding=0.0)
+    carry = _carries(kind)
+    clean = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="parallel")
+    for poison in (np.nan, np.inf, -np.inf, 1e30):
+        poisoned = jnp.where(jnp.asarray(valid)[:, :, None], xs, poison)
+        got = GRAD(cell, params, poisoned, lengths, carry, WEIGHTS, mode="parallel")
+        _, (grad_params, grad_xs, _) = got
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad_params))
+        assert not np.asarray(grad_xs)[~valid].any()  # exactly 0 at padded steps
+        chex.assert_trees_all_equal(got, clean)
+
+
+# ---------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.numerics
+def test_long_sequences_stay_accurate():
+    # T = 2000 with gates that remember (z ~ 1e-3) on some units and forget on others: the
+    # log-space parallel scan, the linear-space one and the sequential scan all match the
+    # float64 loop, and the gradients are finite.
+    steps, hidden = 2000, 4
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(1, steps, 2)).astype(np.float32)
+    lengths = jnp.array([steps - 37], jnp.int32)
+    for log_space in (True, False):
+        cell = parallel_cells.mingru(hidden, log_space=log_space)
+        params = {
+            "W": jnp.asarray(0.5 * rng.normal(size=(2, 2 * hidden)), jnp.float32),
+            "b": jnp.array([-7.0, -3.0, 0.0, 4.0, 0.5, -0.5, 1.0, 0.0], jnp.float32),
+        }
+        kind = "mingru" if log_space else "mingru_linear"
+        _, expected = ref.run_batch(kind, params, xs, np.asarray(lengths), hidden, 0)
+        for mode in MODES:
+            _, hs = RNN(cell, params, jnp.asarray(xs), lengths, mode=mode)
+            np.testing.assert_allclose(hs, expected, atol=1e-4, rtol=1e-4)
+
+        def loss(p, cell=cell):
+            return jnp.sum(RNN(cell, p, jnp.asarray(xs), lengths, mode="parallel")[1])
+
+        grads = jax.grad(loss)(params)
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.numerics
+def test_lru_initialisation_ring_and_normalisation():
+    cell = parallel_cells.lru(8, state_size=512, r_min=0.4, r_max=0.9, max_phase=math.pi / 10)
+    params = cell.init(jax.random.key(0), 6)
+    shapes = {name: value.shape for name, value in params.items()}
+    assert shapes == {
+        "nu_log": (512,),
+        "theta_log": (512,),
+        "gamma_log": (512,),
+        "B_re": (6, 512),
+        "B_im": (6, 512),
+        "C_re": (512, 8),
+        "C_im": (512, 8),
+        "D": (6, 8),
+    }
+    p = {name: np.asarray(value, np.float64) for name, value in params.items()}
+    modulus = np.exp(-np.exp(p["nu_log"]))
+    phase = np.exp(p["theta_log"])
+    assert modulus.min() >= 0.4 - 1e-6 and modulus.max() <= 0.9 + 1e-6
+    assert phase.min() >= 0.0 and phase.max() <= math.pi / 10 + 1e-6
+    # Uniform on the ring in area: |lambda|^2 is uniform on [r_min^2, r_max^2].
+    assert abs(np.mean(modulus**2) - (0.4**2 + 0.9**2) / 2) < 0.03
+    np.testing.assert_allclose(np.exp(p["gamma_log"]), np.sqrt(1 - modulus**2), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("kind", ["minlstm", "lru"])
+@pytest.mark.dtype
+def test_bfloat16_inputs_keep_a_float32_state(kind):
+    cell = CELLS[kind]
+    params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS[kind]["forward"])
+    xs, lengths, _ = make_batch()
+    xs = xs.astype(jnp.bfloat16)
+    final, hs = RNN(cell, params_bf16, xs, lengths, mode="parallel")
+    assert hs.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(final))
+    params_f32 = jax.tree.map(lambda a: a.astype(jnp.float32), params_bf16)
+    expected = RNN(cell, params_f32, xs.astype(jnp.float32), lengths, mode="parallel")
+    chex.assert_trees_all_close((final, hs), expected, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- retrace
+
+
+@pytest.mark.retrace
+def test_equal_cells_are_one_static_argument():
+    assert parallel_cells.lru(H, state_size=N, **RING) == CELLS["lru"]
+    assert hash(parallel_cells.mingru(H)) == hash(CELLS["mingru"])
+    assert parallel_cells.mingru(H) != parallel_cells.mingru(H, log_space=False)
+
+    def apply(cell, params, xs, lengths):
+        return recurrence.rnn(cell, params, xs, lengths, mode="parallel")
+
+    apply = jax.jit(chex.assert_max_traces(apply, n=1), static_argnums=0)
+    xs, lengths, _ = make_batch()
+    for _ in range(2):
+        apply(parallel_cells.minlstm(H), PARAMS["minlstm"]["forward"], xs, lengths)
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def _bad_calls():
+    xs, lengths, _ = make_batch()
+    gru = cells.gru(H)
+    lru, p_lru = CELLS["lru"], PARAMS["lru"]["forward"]
+    mingru, p_min = CELLS["mingru"], PARAMS["mingru"]["forward"]
+    carry = lru.initial_carry(p_lru)
+    return {
+        "parallel_gru": (
+            lambda: recurrence.rnn(
+                gru, gru.init(jax.random.key(0), D), xs, lengths, mode="parallel"
+            ),
+            ValueError,
+            "`mode`='parallel' needs a cell whose recurrence is linear",
+        ),
+        "unknown_mode": (
+            lambda: recurrence.stack(mingru, [p_min], xs, lengths, mode="fast"),
+            ValueError,
+            "unknown `mode` 'fast'",
+        ),
+        "ring": (lambda: parallel_cells.lru(H, r_min=0.9, r_max=0.5), ValueError, "r_min"),
+        "ring_one": (lambda: parallel_cells.lru(H, r_max=1.0), ValueError, "r_max"),
+        "max_phase": (lambda: parallel_cells.lru(H, max_phase=0.0), ValueError, "`max_phase`"),
+        "state_size": (lambda: parallel_cells.lru(H, state_size=0), ValueError, "`state_size`"),
+        "log_space": (lambda: parallel_cells.mingru(H, log_space=1), TypeError, "`log_space`"),
+        "hidden_size": (lambda: parallel_cells.minlstm(0), ValueError, "`hidden_size`"),
+        "params": (
+            lambda: recurrence.rnn(mingru, p_lru, xs, lengths, mode="parallel"),
+            ValueError,
+            "`params` of a mingru cell",
+        ),
+        "x_width": (lambda: lru.project(p_lru, jnp.ones((4,))), ValueError, "`x`"),
+        "xp_width": (
+            lambda: mingru.step(p_min, jnp.zeros(H), jnp.ones(H)),
+            ValueError,
+            "`xp_t`",
+        ),
+        "lru_carry": (
+            lambda: lru.step(p_lru, carry[:2], lru.project(p_lru, jnp.ones(D))),
+            ValueError,
+            "`carry` of an lru cell",
+        ),
+        "batched_carry": (
+            lambda: mingru.step(p_min, jnp.zeros((2, H)), jnp.ones(2 * H)),
+            ValueError,
+            "`carry` of a mingru cell",
+        ),
+        "rnn_carry": (
+            lambda: recurrence.rnn(lru, p_lru, xs, lengths, carry=carry, mode="parallel"),
+            ValueError,
+            "`carry`.*leading B",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls()))
+@pytest.mark.bad_input
+def test_bad_inputs_raise_naming_the_argument(case):
+    call, error, match = _bad_calls()[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@pytest.mark.training_smoke
+def test_long_range_experiment_smoke(tmp_path):
+    from experiments import long_range
+
+    results = long_range.main(["--smoke", "--out-dir", str(tmp_path)])
+    assert {r["model"] for r in results} == {"mingru", "lstm"}
+    for r in results:
+        assert np.isfinite(r["test_mse"]) and r["train_seconds"] > 0
+        assert r["final_loss"] < r["first_loss"]  # it learns something
+    assert (tmp_path / "result.json").exists()
