@@ -23,6 +23,13 @@ LENGTHS = np.array([5, 1, 3, 2])  # mixed, incl. length 1 and the full length T
 TORCH_MODULES = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Tolerances here assume true float32 matmuls (not TF32/bf16 passes on GPU/TPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def make_module(kind, num_layers, bidirectional, batch_first, bias=True, seed=0):
     torch.manual_seed(seed)
     return TORCH_MODULES[kind](

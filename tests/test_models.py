@@ -20,6 +20,13 @@ classifier_jit = jax.jit(models.classifier_apply, static_argnames=("config", "tr
 labeler_jit = jax.jit(models.labeler_apply, static_argnames=("config", "train"))
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Tolerances here assume true float32 matmuls (not TF32/bf16 passes on GPU/TPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def token_config(**overrides):
     base = dict(num_classes=C, hidden_size=H, vocab_size=V, embed_dim=E)
     return SequenceModelConfig(**{**base, **overrides})

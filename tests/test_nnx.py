@@ -17,6 +17,13 @@ IDS = jnp.where(MASK, jnp.arange(B * T, dtype=jnp.int32).reshape(B, T) % V, -1)
 XS = jax.random.normal(jax.random.key(0), (B, T, D))
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Tolerances here assume true float32 matmuls (not TF32/bf16 passes on GPU/TPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(np.testing.assert_array_equal, a, b)
