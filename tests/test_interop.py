@@ -97,6 +97,7 @@ def max_deviation(module, xs, lengths):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.reference
 def test_parity_with_torch(kind, num_layers, bidirectional, batch_first):
     module = make_module(kind, num_layers, bidirectional, batch_first)
     xs = make_inputs(LENGTHS)
@@ -126,6 +127,7 @@ def test_parity_with_torch(kind, num_layers, bidirectional, batch_first):
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.reference
 def test_parity_without_bias(kind):
     module = make_module(kind, 2, True, True, bias=False)
     cell, layer_params = interop.from_torch(module)
@@ -136,6 +138,7 @@ def test_parity_without_bias(kind):
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.padding_invariance
 def test_length_zero_on_the_jax_side(kind):
     # torch's pack_padded_sequence forbids length 0; the other rows still match torch,
     # and the empty row gives zero outputs and the initial (zero) final carry.
@@ -158,6 +161,7 @@ def test_length_zero_on_the_jax_side(kind):
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.roundtrip
 def test_state_dict_roundtrip(kind, bidirectional):
     module = make_module(kind, 2, bidirectional, True)
     cell, layer_params = interop.from_torch(module)
@@ -176,6 +180,7 @@ def test_state_dict_roundtrip(kind, bidirectional):
     jax.tree.map(np.testing.assert_array_equal, again, layer_params)
 
 
+@pytest.mark.roundtrip
 def test_state_dict_from_jax_init():
     cell = cells.gru(H)
     layer_params = recurrence.init_stack(jax.random.key(0), cell, D, num_layers=2)
@@ -187,6 +192,7 @@ def test_state_dict_from_jax_init():
     np.testing.assert_allclose(np.asarray(hs), out, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.bad_input
 def test_to_torch_state_dict_rejects_mismatches():
     cell = cells.lstm(H)
     layer_params = recurrence.init_stack(jax.random.key(0), cell, D, num_layers=1)
@@ -200,6 +206,7 @@ def test_to_torch_state_dict_rejects_mismatches():
         interop.to_torch_state_dict(cell, [], False)
 
 
+@pytest.mark.bad_input
 def test_rejects_unsupported_modules():
     with pytest.raises(ValueError, match="relu"):
         interop.from_torch(torch.nn.RNN(D, H, nonlinearity="relu"))
@@ -211,6 +218,7 @@ def test_rejects_unsupported_modules():
         interop.from_torch(torch.nn.GRUCell(D, H))
 
 
+@pytest.mark.dtype
 def test_dtype_option():
     _, layer_params = interop.from_torch(make_module("lstm", 1, False, True).double())
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(layer_params))

@@ -64,6 +64,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.cell}-{c.pooling}")
+@pytest.mark.variants
 def test_shapes_and_finite(config):
     params = models.classifier_init(jax.random.key(0), config)
     inputs = inputs_for(config)
@@ -82,6 +83,7 @@ def test_shapes_and_finite(config):
     assert loss.shape == () and bool(jnp.isfinite(loss))
 
 
+@pytest.mark.variants
 def test_params_layout():
     params = models.classifier_init(jax.random.key(0), token_config(bidirectional=True))
     assert set(params) == {"embed", "rnn", "output"}
@@ -110,6 +112,7 @@ def _assert_trees_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.padding_invariance
 def test_padding_invariance_tokens():
     config = token_config(cell="lstm", bidirectional=True, pooling="last")
     params = models.classifier_init(jax.random.key(1), config)
@@ -128,6 +131,7 @@ def test_padding_invariance_tokens():
 
 
 @pytest.mark.parametrize("embed_dim", [None, E])
+@pytest.mark.padding_invariance
 def test_padding_invariance_features(embed_dim):
     # NaN/huge padding reaches neither the logits nor the gradients.
     config = feature_config(cell="gru", embed_dim=embed_dim, bidirectional=True, pooling="mean")
@@ -142,6 +146,7 @@ def test_padding_invariance_features(embed_dim):
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g_junk))
 
 
+@pytest.mark.reference
 def test_labeler_equals_manual_composition():
     config = token_config(cell="gru", bidirectional=True, num_layers=2)
     params = models.labeler_init(jax.random.key(3), config)
@@ -158,6 +163,7 @@ def test_labeler_equals_manual_composition():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.reference
 def test_last_pooling_is_the_last_valid_state(bidirectional):
     config = token_config(cell="lstm", bidirectional=bidirectional, num_layers=2)
     params = models.classifier_init(jax.random.key(4), config)
@@ -174,6 +180,7 @@ def test_last_pooling_is_the_last_valid_state(bidirectional):
 
 
 @pytest.mark.parametrize("pooling_name", ["mean", "max"])
+@pytest.mark.reference
 def test_mean_and_max_pooling(pooling_name):
     config = feature_config(pooling=pooling_name)
     params = models.classifier_init(jax.random.key(5), config)
@@ -184,6 +191,7 @@ def test_mean_and_max_pooling(pooling_name):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
 
+@pytest.mark.variants
 def test_vmap_over_an_ensemble():
     config = token_config(cell="elman", embed_dropout_rate=0.3)
     members = [models.classifier_init(jax.random.key(seed), config) for seed in (6, 7)]
@@ -199,6 +207,7 @@ def test_vmap_over_an_ensemble():
         np.testing.assert_allclose(np.asarray(logits[member]), np.asarray(jitted), atol=1e-6)
 
 
+@pytest.mark.variants
 def test_jit_equals_no_jit():
     config = token_config(cell="elman", dropout_rate=0.3, num_layers=2)
     params = models.classifier_init(jax.random.key(6), config)
@@ -209,6 +218,7 @@ def test_jit_equals_no_jit():
         np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-6)
 
 
+@pytest.mark.determinism
 def test_dropout_only_when_training():
     config = token_config(cell="gru", num_layers=2, dropout_rate=0.5, embed_dropout_rate=0.5)
     params = models.labeler_init(jax.random.key(8), config)
@@ -230,6 +240,7 @@ def test_dropout_only_when_training():
     )
 
 
+@pytest.mark.determinism
 def test_embedding_dropout_alone():
     config = token_config(embed_dropout_rate=0.5)
     params = models.classifier_init(jax.random.key(9), config)
@@ -239,6 +250,7 @@ def test_embedding_dropout_alone():
     assert not np.allclose(np.asarray(a[:2]), np.asarray(b[:2]))
 
 
+@pytest.mark.numerics
 def test_out_of_range_valid_id_is_loud():
     config = token_config()
     params = models.labeler_init(jax.random.key(10), config)
@@ -248,6 +260,7 @@ def test_out_of_range_valid_id_is_loud():
     assert bool(jnp.all(jnp.isfinite(logits[1:])))  # other sequences are untouched
 
 
+@pytest.mark.training_smoke
 def test_training_reduces_the_loss():
     # Tag each token with its id's parity, from a GRU over token ids.
     config = token_config(cell="gru", num_classes=2, embed_dropout_rate=0.1)
@@ -303,11 +316,13 @@ def test_training_reduces_the_loss():
         (dict(hoist_projection=0), TypeError, "hoist_projection"),
     ],
 )
+@pytest.mark.bad_input
 def test_bad_config_raises_naming_the_field(kwargs, error, field):
     with pytest.raises(error, match=f"`{field}`"):
         token_config(**kwargs)
 
 
+@pytest.mark.bad_input
 def test_bad_inputs_raise():
     config = token_config()
     params = models.classifier_init(jax.random.key(0), config)
@@ -327,6 +342,7 @@ def test_bad_inputs_raise():
         models.classifier_apply(fparams, fconfig, token_ids()[..., None], LENGTHS)
 
 
+@pytest.mark.retrace
 def test_config_is_static_and_hashable():
     a, b = token_config(), token_config()
     assert a == b and hash(a) == hash(b)

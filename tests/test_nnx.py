@@ -29,6 +29,7 @@ def _assert_trees_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.reference
 def test_rnn_module_equals_stack():
     cell = cells.gru(H)
     module = jnnx.RNN(cell, D, num_layers=2, dropout_rate=0.5, rngs=nnx.Rngs(0))
@@ -52,6 +53,7 @@ def test_rnn_module_equals_stack():
     assert not np.allclose(np.asarray(hs_a), np.asarray(hs_b))  # fresh masks per call
 
 
+@pytest.mark.roundtrip
 def test_rnn_from_params_and_state_paths():
     cell = cells.gru(H)
     layer_params = recurrence.init_stack(jax.random.key(2), cell, D, num_layers=2)
@@ -106,6 +108,7 @@ CONFIGS = [
     ],
     ids=["classifier", "labeler"],
 )
+@pytest.mark.reference
 def test_model_module_equals_pure_function(config, module_cls, init, apply):
     inputs = IDS if config.tokens else XS
     module = module_cls(config, rngs=nnx.Rngs(params=3, dropout=4))
@@ -121,6 +124,7 @@ def test_model_module_equals_pure_function(config, module_cls, init, apply):
     _assert_trees_equal(module_cls.from_params(config, other_params).to_params(), other_params)
 
 
+@pytest.mark.variants
 def test_nnx_jit_and_grad_match_the_pure_gradient():
     config = CONFIGS[0]
     module = jnnx.SequenceLabeler(config, rngs=nnx.Rngs(0))
@@ -141,6 +145,7 @@ def test_nnx_jit_and_grad_match_the_pure_gradient():
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6), got.to_params(), want)
 
 
+@pytest.mark.bad_input
 def test_model_module_rejects_bad_arguments():
     with pytest.raises(TypeError, match="`config`"):
         jnnx.SequenceClassifier({"num_classes": 2}, rngs=nnx.Rngs(0))
