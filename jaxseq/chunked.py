@@ -1,0 +1,615 @@
+"""Cross-entropy of a linear output layer without materialising the logits.
+
+Notation: N tokens (``B * T`` for ``[B, T, H]`` input), H hidden size, C
+classes; ``tn`` the token chunk, ``tc`` the class chunk.
+
+``linear_cross_entropy(hidden, weight, labels, mask)`` is
+``sequence_labeling_loss(hidden @ weight + bias, labels, mask)`` (the same
+reductions, class weights, label smoothing, z-loss and masking semantics, see
+:mod:`jaxseq.losses`) computed tile by tile: the ``[N, C]`` logits, their
+softmax and their gradient never exist in memory at once. The largest
+temporaries are one ``[tn, tc]`` tile of logits and the ``[H, C]`` gradient of
+``weight`` (the size of ``weight``).
+
+How (all in float32, float64 for float64 inputs; the matmuls take the inputs in
+their own dtype):
+
+* Forward: for each token chunk, an online logsumexp over the class chunks
+  (running max and rescaled sum) and a gather of the true class's logit. Only
+  ``lse`` ``[N]`` is kept for the backward pass, besides the inputs.
+* Backward (``jax.custom_vjp``): the logits of each ``[tn, tc]`` tile are
+  recomputed, ``softmax = exp(z - lse)``, and the tile's gradient is
+  contracted at once into ``d hidden`` (``dz @ W_tile^T``), ``d weight``
+  (``h^T @ dz``) and ``d bias``. One more pass over ``weight`` than the plain
+  path, but no ``[N, C]`` array is written to or read from memory.
+* ``grad_in_forward=True`` (training): under ``jax.grad`` the forward pass of a
+  token chunk computes its logits for all classes (``[tn, C]``), its loss and
+  at once its contribution to the gradients, scaled by the coefficient the
+  reduction gives each token (known before the loss: it depends only on the
+  mask, labels and class weights). The backward pass then only multiplies the
+  stored gradients by the incoming scalar. No recomputation: the matmul work
+  of the plain path, in tiles. Not available for ``reduction="none"`` (its
+  cotangent is not a scalar).
+
+Everything that is linear in the logits (label smoothing's mean logit) or a
+function of ``lse`` and the true logit per token (z-loss, class weights, the
+reductions) is plain JAX on ``[N]`` vectors outside the custom kernels, so its
+gradient comes from JAX's own autodiff, ``class_weights`` included.
+
+Masking is exact: masked tokens' hidden states and labels are replaced by 0
+before any arithmetic, and their loss and weight by 0 after it ("double
+where"), so NaN/inf hidden states or garbage labels at masked positions change
+neither the value nor any gradient. An out-of-range label at a valid position
+gives NaN (the fast path of :mod:`jaxseq.losses`; check with
+:func:`jaxseq.validate_labels`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseq import _checks, losses
+
+#: Reductions of :func:`linear_cross_entropy` for ``[N, H]`` input (no sequences).
+FLAT_REDUCTIONS = ("mean_over_tokens", "sum", "none")
+#: Default tile: 2048 tokens x 4096 classes (32 MiB of float32 logits).
+DEFAULT_TOKEN_CHUNK = 2048
+DEFAULT_CLASS_CHUNK = 4096
+#: ``grad_in_forward`` tiles hold ``[tn, C]``: ``tn`` defaults to this many logits / C.
+FUSED_TILE_ELEMENTS = 2048 * 4096
+
+
+class _Static(NamedTuple):
+    """Hashable settings of the kernels (``custom_vjp`` non-differentiable args)."""
+
+    num_tokens: int  # N (unpadded)
+    num_classes: int  # C
+    token_chunk: int  # tn <= N
+    class_chunk: int  # tc <= C
+    smoothing: float  # the kernels use only (1 - smoothing) (fused kernel)
+    z_loss: float  # fused kernel only
+    dtype: str  # compute dtype
+    grad_dtypes: tuple[str, str, str | None] = ("float32", "float32", None)  # hidden, weight, bias
+
+    @property
+    def num_token_chunks(self) -> int:
+        return -(-self.num_tokens // self.token_chunk)
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.num_token_chunks * self.token_chunk
+
+    def class_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Start column of each class chunk and the first of its columns not seen before.
+
+        C need not be a multiple of ``tc``: the last chunk starts at ``C - tc`` and
+        overlaps the one before; its columns below ``fresh_from`` are skipped (their
+        logits count as -inf, their gradient as 0). ``weight`` is never padded.
+        """
+        c, tc = self.num_classes, self.class_chunk
+        nominal = np.arange(-(-c // tc), dtype=np.int32) * tc
+        starts = np.minimum(nominal, c - tc).astype(np.int32)
+        return starts, (nominal - starts).astype(np.int32)
+
+
+def _pad_tokens(x, s: _Static):
+    pad = s.padded_tokens - s.num_tokens
+    if pad == 0:
+        return x
+    return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _chunks(x, s: _Static):
+    """``[N, ...]`` -> ``[num_token_chunks, tn, ...]`` (zero-padded rows at the end)."""
+    return _pad_tokens(x, s).reshape(s.num_token_chunks, s.token_chunk, *x.shape[1:])
+
+
+def _logit_tile(h_tH, weight, bias, start, s: _Static):
+    """Logits ``[tn, tc]`` of the class chunk beginning at column ``start``."""
+    dtype = jnp.dtype(s.dtype)
+    w_Htc = jax.lax.dynamic_slice_in_dim(weight, start, s.class_chunk, axis=1)
+    z = jnp.matmul(h_tH, w_Htc, preferred_element_type=dtype).astype(dtype)
+    if bias is not None:
+        b_tc = jax.lax.dynamic_slice_in_dim(bias, start, s.class_chunk).astype(dtype)
+        z = z + b_tc[None, :]
+    return z
+
+
+def _true_logit(z_tC, local_t, hit_t):
+    """``z[i, local[i]]`` where ``hit``, else 0."""
+    safe = jnp.clip(local_t, 0, z_tC.shape[1] - 1)
+    picked = jnp.take_along_axis(z_tC, safe[:, None], axis=1)[:, 0]
+    return jnp.where(hit_t, picked, 0.0)
+
+
+def _finish_true_logit(zy_t, y_t, s: _Static):
+    # An out-of-range label at a valid position is loud, never a plausible number.
+    in_range = (y_t >= 0) & (y_t < s.num_classes)
+    return jnp.where(in_range, zy_t, jnp.nan)
+
+
+# ----------------------------------------------------------------------------- recompute kernel
+
+
+def _lse_chunk(h_tH, y_t, weight, bias, s: _Static):
+    """Online logsumexp over the class chunks and the true logit, both ``[tn]``."""
+    dtype = jnp.dtype(s.dtype)
+    starts, fresh_from = s.class_starts()
+    col = jnp.arange(s.class_chunk, dtype=jnp.int32)
+
+    def body(carry, xs):
+        m_t, acc_t, zy_t = carry
+        start, first = xs
+        z = _logit_tile(h_tH, weight, bias, start, s)
+        z = jnp.where((col >= first)[None, :], z, -jnp.inf)
+        m_new = jnp.maximum(m_t, jnp.max(z, axis=1))
+        acc_t = acc_t * jnp.exp(m_t - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=1)
+        local = y_t - start
+        zy_t = zy_t + _true_logit(z, local, (local >= first) & (local < s.class_chunk))
+        return (m_new, acc_t, zy_t), None
+
+    tn = s.token_chunk
+    init = (
+        jnp.full((tn,), -jnp.inf, dtype),
+        jnp.zeros((tn,), dtype),
+        jnp.zeros((tn,), dtype),
+    )
+    (m_t, acc_t, zy_t), _ = jax.lax.scan(body, init, (jnp.asarray(starts), jnp.asarray(fresh_from)))
+    return m_t + jnp.log(acc_t), _finish_true_logit(zy_t, y_t, s)
+
+
+def _lse_forward(s: _Static, hidden, weight, bias, labels):
+    def body(_, xs):
+        h_tH, y_t = xs
+        return None, _lse_chunk(h_tH, y_t, weight, bias, s)
+
+    _, (lse, zy) = jax.lax.scan(body, None, (_chunks(hidden, s), _chunks(labels, s)))
+    return lse.reshape(-1)[: s.num_tokens], zy.reshape(-1)[: s.num_tokens]
+
+
+def _lse_and_true_logit(s: _Static, hidden, weight, bias, labels):
+    """``(logsumexp(h W + b), (h W + b)[label])`` per token, each ``[N]``."""
+    return _lse_forward(s, hidden, weight, bias, labels)
+
+
+_lse_and_true_logit = jax.custom_vjp(_lse_and_true_logit, nondiff_argnums=(0,))
+
+
+def _lse_fwd(s, hidden, weight, bias, labels):
+    lse, zy = _lse_forward(s, hidden, weight, bias, labels)
+    return (lse, zy), (hidden, weight, bias, labels, lse)
+
+
+def _lse_bwd(s, residuals, cotangents):
+    hidden, weight, bias, labels, lse = residuals
+    g_lse, g_zy = cotangents
+    dtype = jnp.dtype(s.dtype)
+    starts, fresh_from = s.class_starts()
+    col = jnp.arange(s.class_chunk, dtype=jnp.int32)
+    h_H = hidden.shape[1]
+
+    def token_body(carry, xs):
+        h_tH, y_t, lse_t, glse_t, gzy_t = xs
+
+        def class_body(inner, cs):
+            dh_tH, dw_HC, db_C = inner
+            start, first = cs
+            fresh = (col >= first)[None, :]
+            z = _logit_tile(h_tH, weight, bias, start, s)
+            p = jnp.exp(z - lse_t[:, None])
+            onehot = (start + col)[None, :] == y_t[:, None]
+            dz = glse_t[:, None] * p + jnp.where(onehot, gzy_t[:, None], 0.0)
+            dz = jnp.where(fresh, dz, 0.0)
+            w_Htc = jax.lax.dynamic_slice_in_dim(weight, start, s.class_chunk, axis=1)
+            dh_tH = dh_tH + jnp.matmul(dz, w_Htc.astype(dtype).T)
+            dw_tile = jax.lax.dynamic_slice_in_dim(dw_HC, start, s.class_chunk, axis=1)
+            dw_tile = dw_tile + jnp.matmul(h_tH.astype(dtype).T, dz)
+            dw_HC = jax.lax.dynamic_update_slice_in_dim(dw_HC, dw_tile, start, axis=1)
+            if db_C is not None:
+                db_tile = jax.lax.dynamic_slice_in_dim(db_C, start, s.class_chunk)
+                db_C = jax.lax.dynamic_update_slice_in_dim(
+                    db_C, db_tile + jnp.sum(dz, axis=0), start, axis=0
+                )
+            return (dh_tH, dw_HC, db_C), None
+
+        dw_HC, db_C = carry
+        dh_tH = jnp.zeros((s.token_chunk, h_H), dtype)
+        (dh_tH, dw_HC, db_C), _ = jax.lax.scan(
+            class_body, (dh_tH, dw_HC, db_C), (jnp.asarray(starts), jnp.asarray(fresh_from))
+        )
+        return (dw_HC, db_C), dh_tH
+
+    db0 = None if bias is None else jnp.zeros((s.num_classes,), dtype)
+    xs = tuple(
+        _chunks(x, s) for x in (hidden, labels, lse, g_lse.astype(dtype), g_zy.astype(dtype))
+    )
+    (dw_HC, db_C), dh = jax.lax.scan(token_body, (jnp.zeros(weight.shape, dtype), db0), xs)
+    dh = dh.reshape(s.padded_tokens, h_H)[: s.num_tokens]
+    d_bias = None if bias is None else db_C.astype(bias.dtype)
+    return dh.astype(hidden.dtype), dw_HC.astype(weight.dtype), d_bias, None
+
+
+_lse_and_true_logit.defvjp(_lse_fwd, _lse_bwd)
+
+
+# ----------------------------------------------------------------------------- fused kernel
+
+
+def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool):
+    """``sum_n coef_n l_n`` with ``l = lse - (1 - a) z_y + z_loss lse^2`` and, if asked,
+    its gradients w.r.t. hidden, weight, bias, plus ``l`` ``[N]``."""
+    dtype = jnp.dtype(s.dtype)
+    tn, num_c = s.token_chunk, s.num_classes
+    keep = 1.0 - s.smoothing
+    classes = jnp.arange(num_c, dtype=jnp.int32)
+
+    def body(carry, xs):
+        h_tH, y_t, c_t = xs
+        z = jnp.matmul(h_tH, weight, preferred_element_type=dtype).astype(dtype)
+        if bias is not None:
+            z = z + bias.astype(dtype)[None, :]
+        lse_t = jax.nn.logsumexp(z, axis=1)
+        zy_t = _finish_true_logit(_true_logit(z, y_t, jnp.ones((tn,), bool)), y_t, s)
+        l_t = lse_t - keep * zy_t
+        if s.z_loss:
+            l_t = l_t + s.z_loss * jnp.square(lse_t)
+        if not with_grads:
+            return carry, l_t
+        scale_t = c_t if not s.z_loss else c_t * (1.0 + 2.0 * s.z_loss * lse_t)
+        onehot = classes[None, :] == y_t[:, None]
+        dz = scale_t[:, None] * jnp.exp(z - lse_t[:, None])
+        dz = dz - jnp.where(onehot, keep * c_t[:, None], 0.0)
+        dh_tH = jnp.matmul(dz, weight.astype(dtype).T)
+        dw_HC, db_C = carry
+        dw_HC = dw_HC + jnp.matmul(h_tH.astype(dtype).T, dz)
+        if db_C is not None:
+            db_C = db_C + jnp.sum(dz, axis=0)
+        return (dw_HC, db_C), (l_t, dh_tH)
+
+    xs = (_chunks(hidden, s), _chunks(labels, s), _chunks(coef.astype(dtype), s))
+    if not with_grads:
+        _, l_t = jax.lax.scan(body, None, xs)
+        l_N = l_t.reshape(-1)[: s.num_tokens]
+        return jnp.sum(coef.astype(dtype) * l_N), l_N
+    db0 = None if bias is None else jnp.zeros((num_c,), dtype)
+    (dw_HC, db_C), (l_t, dh) = jax.lax.scan(body, (jnp.zeros(weight.shape, dtype), db0), xs)
+    l_N = l_t.reshape(-1)[: s.num_tokens]
+    dh = dh.reshape(s.padded_tokens, hidden.shape[1])[: s.num_tokens]
+    return jnp.sum(coef.astype(dtype) * l_N), l_N, (dh, dw_HC, db_C)
+
+
+def _fused_total(s: _Static, hidden, weight, bias, labels, coef):
+    """``sum_n coef_n (lse_n - (1 - a) z_{n, y_n} + z_loss lse_n^2)``."""
+    total, _ = _fused_core(s, hidden, weight, bias, labels, coef, with_grads=False)
+    return total
+
+
+_fused_total = jax.custom_vjp(_fused_total, nondiff_argnums=(0,))
+
+
+def _fused_fwd(s, hidden, weight, bias, labels, coef):
+    total, l_N, grads = _fused_core(s, hidden, weight, bias, labels, coef, with_grads=True)
+    return total, (grads, l_N)
+
+
+def _fused_bwd(s, residuals, g):
+    (dh, dw_HC, db_C), l_N = residuals
+    h_dtype, w_dtype, b_dtype = s.grad_dtypes
+    g = g.astype(jnp.dtype(s.dtype))
+    d_bias = None if db_C is None else (g * db_C).astype(b_dtype)
+    return (
+        (g * dh).astype(h_dtype),
+        (g * dw_HC).astype(w_dtype),
+        d_bias,
+        None,
+        g * l_N,
+    )
+
+
+_fused_total.defvjp(_fused_fwd, _fused_bwd)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check_chunk(value, name: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive Python int (or None), got {value!r}")
+
+
+def _check_inputs(hidden, weight, labels, mask, bias, reductions, reduction):
+    _checks.check_choice(reduction, reductions, "reduction")
+    hidden = _checks.as_array(hidden, "hidden")
+    weight = _checks.as_array(weight, "weight")
+    labels = _checks.as_array(labels, "labels")
+    mask = _checks.as_array(mask, "mask")
+    _checks.check_floating(hidden, "hidden")
+    _checks.check_floating(weight, "weight")
+    _checks.check_integer(labels, "labels")
+    _checks.check_bool(mask, "mask")
+    _checks.check_rank(hidden, (2, 3), "hidden", "[N, H] or [B, T, H]")
+    _checks.check_rank(weight, 2, "weight", "[H, C]")
+    if weight.shape[0] != hidden.shape[-1]:
+        raise ValueError(
+            f"`weight` must have shape [H, C] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+            f"got {tuple(weight.shape)}"
+        )
+    doc = "[N]" if hidden.ndim == 2 else "[B, T]"
+    _checks.check_shape(labels, hidden.shape[:-1], "labels", f"{doc} (= hidden.shape[:-1])")
+    _checks.check_shape(mask, hidden.shape[:-1], "mask", f"{doc} (= hidden.shape[:-1])")
+    if bias is not None:
+        bias = _checks.as_array(bias, "bias")
+        _checks.check_floating(bias, "bias")
+        _checks.check_shape(bias, (weight.shape[1],), "bias", "[C] (C from `weight`)")
+    if hidden.ndim == 2 and reduction not in FLAT_REDUCTIONS:
+        raise ValueError(
+            f"`reduction` {reduction!r} needs sequences: pass `hidden` [B, T, H] with `mask` "
+            f"[B, T], or use one of {FLAT_REDUCTIONS} for [N, H]"
+        )
+    return hidden, weight, labels, mask, bias
+
+
+def _static(
+    num_tokens, num_classes, dtype, token_chunk, class_chunk, smoothing, z_loss, fused, grad_dtypes
+):
+    if fused:
+        default_tn = max(8, FUSED_TILE_ELEMENTS // max(num_classes, 1) // 8 * 8)
+    else:
+        default_tn = DEFAULT_TOKEN_CHUNK
+    tn = default_tn if token_chunk is None else int(token_chunk)
+    tc = DEFAULT_CLASS_CHUNK if class_chunk is None else int(class_chunk)
+    return _Static(
+        num_tokens=num_tokens,
+        num_classes=num_classes,
+        token_chunk=max(1, min(tn, num_tokens)),
+        class_chunk=max(1, min(tc, num_classes)),
+        smoothing=float(smoothing),
+        z_loss=float(z_loss),
+        dtype=jnp.dtype(dtype).name,
+        grad_dtypes=grad_dtypes,
+    )
+
+
+def _per_token_weights(labels_N, valid_N, class_weights, dtype):
+    if class_weights is None:
+        return valid_N.astype(dtype)
+    safe = jnp.clip(labels_N, 0, class_weights.shape[0] - 1).astype(jnp.int32)
+    return jnp.where(valid_N, jnp.asarray(class_weights, dtype)[safe], 0.0)
+
+
+def _linear_ce(
+    hidden,
+    weight,
+    labels,
+    mask,
+    *,
+    bias,
+    reductions,
+    reduction,
+    label_smoothing,
+    class_weights,
+    z_loss,
+    token_chunk,
+    class_chunk,
+    grad_in_forward,
+    terms: bool,
+):
+    """The shared body: returns LossTerms (``terms``) or the reduced loss."""
+    hidden, weight, labels, mask, bias = _check_inputs(
+        hidden, weight, labels, mask, bias, reductions, reduction
+    )
+    num_classes = weight.shape[1]
+    class_weights = losses._check_settings(label_smoothing, z_loss, class_weights, num_classes)
+    _check_chunk(token_chunk, "token_chunk")
+    _check_chunk(class_chunk, "class_chunk")
+    if not isinstance(grad_in_forward, bool):
+        raise TypeError(f"`grad_in_forward` must be a bool, got {grad_in_forward!r}")
+    if grad_in_forward and reduction == "none":
+        raise ValueError(
+            "`reduction` 'none' is not available with `grad_in_forward=True` (its gradients "
+            "are computed for a scalar loss); use the default recomputing backward pass"
+        )
+
+    seq_shape = hidden.shape[:-1]
+    shape_BT = seq_shape if hidden.ndim == 3 else (1, seq_shape[0])
+    num_tokens = int(np.prod(seq_shape))
+    dtype = losses.compute_dtype(
+        jnp.float64 if jnp.float64 in (hidden.dtype, weight.dtype) else jnp.float32
+    )
+    valid_N = mask.reshape(num_tokens)
+    # First where: nothing from a masked token (NaN hidden state, garbage label) enters the math.
+    hidden_NH = jnp.where(valid_N[:, None], hidden.reshape(num_tokens, hidden.shape[-1]), 0)
+    labels_N = jnp.where(valid_N, labels.reshape(num_tokens), 0).astype(jnp.int32)
+    weight_N = _per_token_weights(labels_N, valid_N, class_weights, dtype)
+    weight_BT = weight_N.reshape(shape_BT)
+
+    if num_tokens == 0 or num_classes == 0:
+        loss_BT = jnp.zeros(shape_BT, dtype)
+        return _reduce(loss_BT, weight_BT, reduction, terms, seq_shape)
+
+    s = _static(
+        num_tokens,
+        num_classes,
+        dtype,
+        token_chunk,
+        class_chunk,
+        label_smoothing,
+        z_loss,
+        grad_in_forward,
+        (hidden.dtype.name, weight.dtype.name, None if bias is None else bias.dtype.name),
+    )
+    smoothing_N = None
+    if label_smoothing:
+        # Target (1 - a) one_hot + a / C: the mean logit is linear, plain JAX does it.
+        mean_w_H = jnp.mean(weight.astype(dtype), axis=1)
+        smoothing_N = jnp.matmul(hidden_NH.astype(dtype), mean_w_H)
+        if bias is not None:
+            smoothing_N = smoothing_N + jnp.mean(bias.astype(dtype))
+        smoothing_N = label_smoothing * smoothing_N
+
+    if not grad_in_forward:
+        lse_N, zy_N = _lse_and_true_logit(s, hidden_NH, weight, bias, labels_N)
+        l_N = lse_N - (1.0 - label_smoothing) * zy_N
+        if smoothing_N is not None:
+            l_N = l_N - smoothing_N
+        if z_loss:
+            l_N = l_N + z_loss * jnp.square(lse_N)
+        # Second where: masked tokens give exactly 0, in value and gradient.
+        loss_N = jnp.where(valid_N, weight_N * l_N, 0.0)
+        return _reduce(loss_N.reshape(shape_BT), weight_BT, reduction, terms, seq_shape)
+
+    # grad_in_forward: total = sum_n coef_n l_n with coefficients from the reduction.
+    weight_B = jnp.sum(weight_BT, axis=1)
+    if reduction == "mean_over_time":
+        coef_BT = losses.safe_divide(weight_BT, weight_B[:, None])
+    else:
+        coef_BT = weight_BT
+    coef_N = coef_BT.reshape(num_tokens)
+    total = _fused_total(s, hidden_NH, weight, bias, labels_N, coef_N)
+    if smoothing_N is not None:
+        total = total - jnp.sum(jnp.where(valid_N, coef_N * smoothing_N, 0.0))
+    if reduction == "sum":
+        return total
+    if reduction == "mean_over_tokens":
+        count = jnp.sum(weight_B)
+    else:
+        count = jnp.sum((weight_B > 0).astype(dtype))
+    result = losses.LossTerms(total, count)
+    return result if terms else result.loss
+
+
+def _reduce(loss_BT, weight_BT, reduction, terms, seq_shape):
+    if terms:
+        return losses._labeling_terms(loss_BT, weight_BT, reduction)
+    if reduction == "none":
+        return loss_BT.reshape(seq_shape)
+    if reduction == "sum":
+        return jnp.sum(loss_BT)
+    return losses._labeling_terms(loss_BT, weight_BT, reduction).loss
+
+
+def linear_cross_entropy(
+    hidden: jax.Array,
+    weight: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    *,
+    bias: jax.Array | None = None,
+    reduction: str = "mean_over_tokens",
+    label_smoothing: float = 0.0,
+    class_weights: jax.Array | None = None,
+    z_loss: float = 0.0,
+    token_chunk: int | None = None,
+    class_chunk: int | None = None,
+    grad_in_forward: bool = False,
+) -> jax.Array:
+    """Cross-entropy of ``hidden @ weight + bias`` without materialising the logits.
+
+    Equal (within float32 rounding) to
+    ``sequence_labeling_loss(hidden @ weight + bias, labels, mask, ...)``, values
+    and gradients w.r.t. ``hidden``, ``weight``, ``bias`` and ``class_weights``,
+    with temporary memory ``O(tn * tc + H * C)`` instead of ``O(N * C)``.
+
+    Args:
+      hidden: float ``[B, T, H]`` (or ``[N, H]`` tokens with no sequence
+        structure); any value (NaN included) at masked positions.
+      weight: float ``[H, C]``, the output projection.
+      labels: integer ``[B, T]`` (``[N]``); any value at masked positions.
+      mask: bool ``[B, T]`` (``[N]``), True where a token counts.
+      bias: optional float ``[C]``.
+      reduction: as in :func:`jaxseq.sequence_labeling_loss`:
+        ``"sum_over_time"``, ``"mean_over_time"``, ``"mean_over_tokens"``
+        (default here: every token weighs the same, the usual language-model
+        loss, and the only mean that needs no sequences), ``"sum"`` or
+        ``"none"``. ``[N, H]`` input allows ``"mean_over_tokens"``, ``"sum"``
+        and ``"none"``.
+      label_smoothing, class_weights, z_loss: as in :func:`jaxseq.cross_entropy`.
+      token_chunk: tokens per tile ``tn`` (default 2048; with
+        ``grad_in_forward``, ``2**23 // C`` rounded down to a multiple of 8).
+        Need not divide N.
+      class_chunk: classes per tile ``tc`` (default 4096). Need not divide C.
+        Unused with ``grad_in_forward`` (its tiles hold all classes).
+      grad_in_forward: compute the gradients already in the forward pass of a
+        ``jax.grad`` (see the module docstring): the fastest choice for a
+        training step; without ``grad`` it changes nothing. Not with
+        ``reduction="none"``.
+
+    Returns:
+      float32 scalar (float64 for float64 inputs); ``labels.shape`` for
+      ``"none"``.
+
+    >>> import jax, jax.numpy as jnp, jaxseq as js
+    >>> from jaxseq.chunked import linear_cross_entropy
+    >>> hidden = jax.random.normal(jax.random.key(0), (2, 3, 4))      # [B, T, H]
+    >>> weight = jax.random.normal(jax.random.key(1), (4, 10))        # [H, C]
+    >>> labels = jnp.array([[1, 2, 3], [4, 5, 0]])
+    >>> mask = js.length_mask(jnp.array([3, 2]), 3)
+    >>> chunked = linear_cross_entropy(hidden, weight, labels, mask, class_chunk=4)
+    >>> plain = js.sequence_labeling_loss(hidden @ weight, labels, mask,
+    ...                                   reduction="mean_over_tokens")
+    >>> bool(jnp.allclose(chunked, plain, rtol=1e-5))
+    True
+    """
+    return _linear_ce(
+        hidden,
+        weight,
+        labels,
+        mask,
+        bias=bias,
+        reductions=losses.REDUCTIONS,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        class_weights=class_weights,
+        z_loss=z_loss,
+        token_chunk=token_chunk,
+        class_chunk=class_chunk,
+        grad_in_forward=grad_in_forward,
+        terms=False,
+    )
+
+
+def linear_cross_entropy_terms(
+    hidden: jax.Array,
+    weight: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    *,
+    bias: jax.Array | None = None,
+    reduction: str = "mean_over_tokens",
+    label_smoothing: float = 0.0,
+    class_weights: jax.Array | None = None,
+    z_loss: float = 0.0,
+    token_chunk: int | None = None,
+    class_chunk: int | None = None,
+    grad_in_forward: bool = False,
+) -> losses.LossTerms:
+    """:func:`linear_cross_entropy` as exact ``LossTerms(total, count)``.
+
+    The terms of :func:`jaxseq.sequence_labeling_loss_terms` (``reduction`` one
+    of ``"sum_over_time"``, ``"mean_over_time"``, ``"mean_over_tokens"``; only
+    the last for ``[N, H]`` input): sum them over microbatches or devices and
+    divide once. ``jaxseq.train`` differentiates ``total``, which works with
+    ``grad_in_forward=True``.
+    """
+    return _linear_ce(
+        hidden,
+        weight,
+        labels,
+        mask,
+        bias=bias,
+        reductions=losses.TERM_REDUCTIONS,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        class_weights=class_weights,
+        z_loss=z_loss,
+        token_chunk=token_chunk,
+        class_chunk=class_chunk,
+        grad_in_forward=grad_in_forward,
+        terms=True,
+    )

@@ -1,0 +1,524 @@
+"""The chunked linear cross-entropy against the materialised loss, a float64 reference, and
+its own semantics (masking, chunking, memory)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxseq as js
+from jaxseq import chunked
+from tests import reference_losses as ref
+
+# 3 x 7 = 21 tokens and 23 classes: neither divisible by the tiles used below.
+B, T, H, C = 3, 7, 5, 23
+TILES = {"token_chunk": 4, "class_chunk": 5}
+RTOL, ATOL = 2e-5, 2e-5
+# Gradients are sums of ~N*C float32 products in a different order: a little looser.
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
+
+MODES = {"recompute": False, "grad_in_forward": True}
+MASK_KINDS = ("full", "partial", "padding_row", "all_padding")
+
+
+def class_weights():
+    # A JAX array: the materialised path (jaxseq.losses) indexes it with traced labels.
+    return jnp.asarray(np.random.default_rng(99).uniform(0.0, 2.0, C), jnp.float32)
+
+
+OPTIONS = {
+    "plain": lambda: {},
+    "class_weights": lambda: {"class_weights": class_weights()},
+    "smoothing": lambda: {"label_smoothing": 0.2},
+    "z_loss": lambda: {"z_loss": 1e-2},
+    "all": lambda: {"class_weights": class_weights(), "label_smoothing": 0.1, "z_loss": 1e-3},
+}
+
+
+def make_mask(kind, rng, b=B, t=T):
+    if kind == "full":
+        return np.ones((b, t), bool)
+    if kind == "all_padding":
+        return np.zeros((b, t), bool)
+    lengths = rng.integers(1, t + 1, size=b)
+    if kind == "padding_row":
+        lengths[1] = 0
+    return np.arange(t)[None, :] < lengths[:, None]
+
+
+def make_data(seed, b=B, t=T, h=H, c=C, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(b, t, h)).astype(dtype)
+    weight = (rng.normal(size=(h, c)) * 1.5).astype(dtype)  # logits of scale ~3
+    bias = rng.normal(size=(c,)).astype(dtype)
+    labels = rng.integers(0, c, size=(b, t)).astype(np.int32)
+    return rng, hidden, weight, bias, labels
+
+
+def materialised(hidden, weight, bias, labels, mask, reduction, **options):
+    logits = jnp.matmul(hidden, weight) + bias[None, None, :]
+    return js.sequence_labeling_loss(logits, labels, mask, reduction=reduction, **options)
+
+
+def value_and_grads(fn, hidden, weight, bias):
+    """Jitted (one compilation instead of many op-by-op ones): value and the three gradients."""
+    step = jax.jit(jax.value_and_grad(lambda h, w, b: jnp.sum(fn(h, w, b)), argnums=(0, 1, 2)))
+    return step(jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(bias))
+
+
+def mode_reduction_pairs(reductions):
+    """Every (mode, reduction) except grad_in_forward with 'none' (not available)."""
+    return [
+        (mode, reduction)
+        for mode in MODES
+        for reduction in reductions
+        if not (MODES[mode] and reduction == "none")
+    ]
+
+
+def assert_grads_close(got, want):
+    for name, g, w in zip(("hidden", "weight", "bias"), got, want):
+        np.testing.assert_allclose(
+            np.asarray(g), np.asarray(w), rtol=GRAD_RTOL, atol=GRAD_ATOL, err_msg=name
+        )
+
+
+# ---------------------------------------------------------------- reference
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(("mode", "reduction"), mode_reduction_pairs(js.REDUCTIONS))
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_equals_materialised_loss_and_gradients(mode, reduction, option):
+    rng, hidden, weight, bias, labels = make_data(hash((reduction, option)) % 2**32)
+    mask = make_mask("padding_row", rng)
+    options = OPTIONS[option]()
+
+    def fn(h, w, b):
+        return chunked.linear_cross_entropy(
+            h, w, labels, mask, bias=b, reduction=reduction,
+            grad_in_forward=MODES[mode], **TILES, **options,
+        )  # fmt: skip
+
+    value, grads = value_and_grads(fn, hidden, weight, bias)
+    want_value, want_grads = value_and_grads(
+        lambda h, w, b: materialised(h, w, b, labels, mask, reduction, **options),
+        hidden,
+        weight,
+        bias,
+    )
+    np.testing.assert_allclose(float(value), float(want_value), rtol=RTOL, atol=ATOL)
+    assert_grads_close(grads, want_grads)
+    # The value itself against the float64 plain-Python loops of design.md.
+    logits64 = hidden.astype(np.float64) @ weight.astype(np.float64) + bias.astype(np.float64)
+    ref_options = {
+        k: (np.asarray(v, np.float64) if k == "class_weights" else v) for k, v in options.items()
+    }
+    got = fn(hidden, weight, bias)
+    assert got.dtype == jnp.float32
+    want = ref.labeling_loss(logits64, labels, mask, reduction, **ref_options)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=1e-4)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+@pytest.mark.parametrize("reduction", ["sum_over_time", "mean_over_time", "mean_over_tokens"])
+def test_mask_kinds_and_class_weight_gradient(mode, mask_kind, reduction):
+    rng, hidden, weight, bias, labels = make_data(7 + MASK_KINDS.index(mask_kind))
+    mask = make_mask(mask_kind, rng)
+
+    def chunked_loss(h, w, cw):
+        return chunked.linear_cross_entropy(
+            h, w, labels, mask, reduction=reduction, class_weights=cw,
+            grad_in_forward=MODES[mode], **TILES,
+        )  # fmt: skip
+
+    def plain_loss(h, w, cw):
+        return js.sequence_labeling_loss(
+            jnp.matmul(h, w), labels, mask, reduction=reduction, class_weights=cw
+        )
+
+    args = (jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(class_weights()))
+    value, grads = jax.value_and_grad(chunked_loss, argnums=(0, 1, 2))(*args)
+    want, want_grads = jax.value_and_grad(plain_loss, argnums=(0, 1, 2))(*args)
+    np.testing.assert_allclose(float(value), float(want), rtol=RTOL, atol=ATOL)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("reduction", ["sum_over_time", "mean_over_time", "mean_over_tokens"])
+def test_terms_equal_materialised_terms(mode, reduction):
+    rng, hidden, weight, bias, labels = make_data(17)
+    mask = make_mask("padding_row", rng)
+    options = OPTIONS["all"]()
+
+    def total(h, w):
+        terms = chunked.linear_cross_entropy_terms(
+            h, w, labels, mask, bias=bias, reduction=reduction,
+            grad_in_forward=MODES[mode], **TILES, **options,
+        )  # fmt: skip
+        return terms.total, terms
+
+    def want_total(h, w):
+        logits = jnp.matmul(h, w) + jnp.asarray(bias)[None, None, :]
+        terms = js.sequence_labeling_loss_terms(
+            logits, labels, mask, reduction=reduction, **options
+        )
+        return terms.total, terms
+
+    args = (jnp.asarray(hidden), jnp.asarray(weight))
+    grads, terms = jax.grad(total, argnums=(0, 1), has_aux=True)(*args)
+    want_grads, want = jax.grad(want_total, argnums=(0, 1), has_aux=True)(*args)
+    np.testing.assert_allclose(float(terms.total), float(want.total), rtol=RTOL, atol=ATOL)
+    assert float(terms.count) == float(want.count)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(("mode", "reduction"), mode_reduction_pairs(chunked.FLAT_REDUCTIONS))
+def test_flat_tokens_equal_materialised(mode, reduction):
+    rng, hidden, weight, bias, labels = make_data(27)
+    mask = make_mask("partial", rng)
+    n = B * T
+    h_NH, y_N, m_N = hidden.reshape(n, H), labels.reshape(n), mask.reshape(n)
+
+    def fn(h, w, b):
+        return chunked.linear_cross_entropy(
+            h, w, y_N, m_N, bias=b, reduction=reduction, grad_in_forward=MODES[mode], **TILES
+        )
+
+    value, grads = value_and_grads(fn, h_NH, weight, bias)
+    want_value, want_grads = value_and_grads(
+        lambda h, w, b: materialised(h[None], w, b, y_N[None], m_N[None], reduction),
+        h_NH,
+        weight,
+        bias,
+    )
+    np.testing.assert_allclose(float(value), float(want_value), rtol=RTOL, atol=ATOL)
+    assert_grads_close(grads, want_grads)
+    if reduction == "none":
+        assert fn(h_NH, weight, bias).shape == (n,)
+
+
+# ---------------------------------------------------------------- chunking
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize(
+    "tiles", [(1, 1), (2, 22), (4, 5), (7, 23), (8, 8), (21, 4), (64, 100), (None, None)]
+)
+def test_every_tiling_gives_the_same_result(mode, tiles):
+    rng, hidden, weight, bias, labels = make_data(37)
+    mask = make_mask("padding_row", rng)
+    options = OPTIONS["all"]()
+    reduction = "mean_over_time"
+    token_chunk, class_chunk = tiles
+
+    def fn(h, w, b):
+        return chunked.linear_cross_entropy(
+            h, w, labels, mask, bias=b, reduction=reduction, token_chunk=token_chunk,
+            class_chunk=class_chunk, grad_in_forward=MODES[mode], **options,
+        )  # fmt: skip
+
+    value, grads = value_and_grads(fn, hidden, weight, bias)
+    want_value, want_grads = value_and_grads(
+        lambda h, w, b: materialised(h, w, b, labels, mask, reduction, **options),
+        hidden,
+        weight,
+        bias,
+    )
+    np.testing.assert_allclose(float(value), float(want_value), rtol=RTOL, atol=ATOL)
+    assert_grads_close(grads, want_grads)
+
+
+@pytest.mark.variants
+@pytest.mark.parametrize("mode", list(MODES))
+def test_jit_vmap_and_no_bias(mode):
+    rng, hidden, weight, _, labels = make_data(47)
+    mask = make_mask("partial", rng)
+
+    def fn(h, y, m):
+        return chunked.linear_cross_entropy(
+            h, weight, y, m, reduction="sum_over_time", grad_in_forward=MODES[mode], **TILES
+        )
+
+    eager = fn(hidden, labels, mask)
+    np.testing.assert_allclose(float(jax.jit(fn)(hidden, labels, mask)), float(eager), rtol=1e-6)
+    # vmap over a leading axis of independent problems equals a loop over them.
+    stacked = [np.stack([x, x[::-1]]) for x in (hidden, labels, mask)]
+    batched = jax.vmap(fn)(*stacked)
+    looped = [fn(stacked[0][i], stacked[1][i], stacked[2][i]) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=1e-6)
+    grad = jax.grad(lambda h: fn(h, labels, mask))(jnp.asarray(hidden))
+    want = jax.grad(lambda h: js.sequence_labeling_loss(jnp.matmul(h, weight), labels, mask))(
+        jnp.asarray(hidden)
+    )
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+# ---------------------------------------------------------------- masking
+
+POISONS = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf, "1e30": 1e30}
+
+
+@pytest.mark.padding_invariance
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("poison", list(POISONS))
+def test_poisoned_padding_changes_nothing(mode, poison):
+    # One reduction per poison (all of them are covered over the four poisons).
+    reduction = ["sum_over_time", "mean_over_time", "mean_over_tokens", "sum"][
+        list(POISONS).index(poison)
+    ]
+    rng, hidden, weight, bias, labels = make_data(57)
+    mask = make_mask("padding_row", rng)
+    poisoned = np.where(mask[..., None], hidden, POISONS[poison]).astype(np.float32)
+    garbage = rng.choice(np.array([-100, -1, C, 10**6], np.int32), size=labels.shape)
+    poisoned_labels = np.where(mask, labels, garbage).astype(np.int32)
+    options = OPTIONS["all"]()
+
+    @jax.jit
+    def step(h, w, b, y):
+        def fn(h, w, b):
+            return chunked.linear_cross_entropy(
+                h, w, y, mask, bias=b, reduction=reduction,
+                grad_in_forward=MODES[mode], **TILES, **options,
+            )  # fmt: skip
+
+        return jax.value_and_grad(fn, argnums=(0, 1, 2))(h, w, b)
+
+    clean_value, clean_grads = step(hidden, weight, bias, labels)
+    value, grads = step(poisoned, weight, bias, poisoned_labels)
+    assert np.isfinite(float(value)) and float(value) == float(clean_value)
+    for g, clean in zip(grads, clean_grads):  # hidden, weight and bias
+        assert np.all(np.isfinite(np.asarray(g)))
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(clean))
+    assert np.all(np.asarray(grads[0])[~mask] == 0.0)
+
+
+@pytest.mark.padding_invariance
+@pytest.mark.parametrize("mode", list(MODES))
+def test_masking_equals_removal(mode):
+    rng, hidden, weight, bias, labels = make_data(67)
+    mask = make_mask("partial", rng)
+    padded = chunked.linear_cross_entropy(
+        hidden, weight, labels, mask, bias=bias, grad_in_forward=MODES[mode], **TILES
+    )
+    removed = chunked.linear_cross_entropy(
+        hidden[mask], weight, labels[mask], np.ones(int(mask.sum()), bool), bias=bias,
+        grad_in_forward=MODES[mode], **TILES,
+    )  # fmt: skip
+    np.testing.assert_allclose(float(padded), float(removed), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- numerics
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize(("mode", "reduction"), mode_reduction_pairs(js.REDUCTIONS))
+def test_all_padding_gives_zero_loss_and_zero_gradient(mode, reduction):
+    _, hidden, weight, bias, labels = make_data(77)
+    mask = np.zeros((B, T), bool)
+    poisoned = np.full_like(hidden, np.nan)
+
+    def fn(h, w, b):
+        return chunked.linear_cross_entropy(
+            h, w, labels, mask, bias=b, reduction=reduction, grad_in_forward=MODES[mode], **TILES
+        )
+
+    value, grads = value_and_grads(fn, poisoned, weight, bias)
+    assert float(value) == 0.0
+    for g in grads:
+        assert np.all(np.asarray(g) == 0.0)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("mode", list(MODES))
+def test_nan_or_bad_label_at_a_valid_token_is_nan(mode):
+    rng, hidden, weight, bias, labels = make_data(87)
+    mask = make_mask("full", rng)
+    bad_hidden = hidden.copy()
+    bad_hidden[1, 2, 3] = np.nan
+    kw = {"grad_in_forward": MODES[mode], **TILES}
+    assert np.isnan(float(chunked.linear_cross_entropy(bad_hidden, weight, labels, mask, **kw)))
+    for bad in (-1, C, -100):
+        bad_labels = labels.copy()
+        bad_labels[0, 1] = bad
+        loss = chunked.linear_cross_entropy(hidden, weight, bad_labels, mask, **kw)
+        assert np.isnan(float(loss)), bad
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("shift", [1e4, -1e4])
+def test_large_logits_are_stable(mode, shift):
+    rng, hidden, weight, bias, labels = make_data(97)
+    mask = make_mask("partial", rng)
+    kw = {"grad_in_forward": MODES[mode], "reduction": "mean_over_tokens", **TILES}
+    base = chunked.linear_cross_entropy(hidden, weight, labels, mask, bias=bias, **kw)
+    shifted_bias = (bias + np.float32(shift)).astype(np.float32)
+    value, grad = jax.value_and_grad(
+        lambda h: chunked.linear_cross_entropy(h, weight, labels, mask, bias=shifted_bias, **kw)
+    )(jnp.asarray(hidden))
+    np.testing.assert_allclose(float(value), float(base), atol=5e-3)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+@pytest.mark.dtype
+@pytest.mark.parametrize("mode", list(MODES))
+def test_bfloat16_inputs_compute_in_float32(mode):
+    rng, hidden, weight, bias, labels = make_data(107)
+    mask = make_mask("partial", rng)
+    h16, w16 = jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight, jnp.bfloat16)
+
+    def fn(h, w):
+        return chunked.linear_cross_entropy(
+            h, w, labels, mask, grad_in_forward=MODES[mode], **TILES
+        )
+
+    value, (gh, gw) = jax.value_and_grad(fn, argnums=(0, 1))(h16, w16)
+    assert value.dtype == jnp.float32
+    assert gh.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
+    # The same float32 computation on the rounded inputs.
+    want = fn(h16.astype(jnp.float32), w16.astype(jnp.float32))
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- gradcheck
+
+
+@pytest.mark.gradcheck
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("reduction", ["sum_over_time", "mean_over_time", "mean_over_tokens"])
+def test_check_grads_float64(mode, reduction):
+    with jax.enable_x64(True):
+        rng, hidden, weight, bias, labels = make_data(117, b=2, t=3, h=3, c=7, dtype=np.float64)
+        mask = make_mask("padding_row", rng, b=3, t=3)[[0, 2]]
+        cw = np.array([0.5, 1.0, 2.0, 1.0, 0.3, 1.2, 0.7])
+
+        def fn(h, w, b):
+            return chunked.linear_cross_entropy(
+                h, w, labels, mask, bias=b, reduction=reduction, label_smoothing=0.1,
+                class_weights=cw, z_loss=1e-2, token_chunk=2, class_chunk=3,
+                grad_in_forward=MODES[mode],
+            )  # fmt: skip
+
+        args = tuple(jnp.asarray(x) for x in (hidden, weight, bias))
+        assert fn(*args).dtype == jnp.float64
+        # custom_vjp: reverse mode only. Second order checks that the backward pass is
+        # itself differentiable JAX code (grad-of-grad, e.g. gradient penalties).
+        order = 2 if reduction == "mean_over_tokens" else 1
+        check_grads(jax.jit(fn), args, order=order, modes=["rev"])
+
+
+# ---------------------------------------------------------------- memory budget
+
+
+@pytest.mark.perf_budget
+@pytest.mark.parametrize("mode", list(MODES))
+def test_compiled_temp_memory_is_a_fraction_of_the_plain_path(mode):
+    n, h, c = 2048, 64, 8192  # plain logits: 64 MiB; compiled only, never run
+    hidden = jax.ShapeDtypeStruct((n, h), jnp.float32)
+    weight = jax.ShapeDtypeStruct((h, c), jnp.float32)
+    labels = jnp.zeros((n,), jnp.int32)
+    mask = jnp.ones((n,), bool)
+
+    def plain(hd, w):
+        ce = js.cross_entropy(jnp.matmul(hd, w), labels, where=mask)
+        return jnp.sum(ce) / n
+
+    def tiled(hd, w):
+        tiles = {"token_chunk": 128} if MODES[mode] else {"token_chunk": 512, "class_chunk": 1024}
+        return chunked.linear_cross_entropy(
+            hd, w, labels, mask, grad_in_forward=MODES[mode], **tiles
+        )
+
+    def temp_bytes(fn):
+        step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+        analysis = step.lower(hidden, weight).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("this backend gives no memory analysis")
+        return analysis.temp_size_in_bytes
+
+    plain_bytes, tiled_bytes = temp_bytes(plain), temp_bytes(tiled)
+    assert plain_bytes >= n * c * 4  # the logits are materialised
+    assert tiled_bytes * 8 < plain_bytes, (tiled_bytes, plain_bytes)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _bad_calls():
+    hidden = np.zeros((2, 3, 4), np.float32)
+    weight = np.zeros((4, 5), np.float32)
+    labels = np.zeros((2, 3), np.int32)
+    mask = np.ones((2, 3), bool)
+    L = chunked.linear_cross_entropy
+    return {
+        "hidden rank": (lambda: L(hidden[0, 0], weight, labels[0, 0], mask[0, 0]), "hidden"),
+        "hidden int": (lambda: L(hidden.astype(np.int32), weight, labels, mask), "hidden"),
+        "weight rank": (lambda: L(hidden, weight[0], labels, mask), "weight"),
+        "weight H": (lambda: L(hidden, weight[:3], labels, mask), "weight"),
+        "weight int": (lambda: L(hidden, weight.astype(np.int32), labels, mask), "weight"),
+        "labels shape": (lambda: L(hidden, weight, labels[:, :2], mask), "labels"),
+        "labels float": (lambda: L(hidden, weight, labels.astype(np.float32), mask), "labels"),
+        "mask shape": (lambda: L(hidden, weight, labels, mask[:1]), "mask"),
+        "mask int": (lambda: L(hidden, weight, labels, mask.astype(np.int32)), "mask"),
+        "bias shape": (lambda: L(hidden, weight, labels, mask, bias=np.zeros(4)), "bias"),
+        "bias int": (
+            lambda: L(hidden, weight, labels, mask, bias=np.zeros(5, np.int32)),
+            "bias",
+        ),
+        "unknown reduction": (
+            lambda: L(hidden, weight, labels, mask, reduction="mean"),
+            "reduction",
+        ),
+        "sequence reduction on flat tokens": (
+            lambda: L(hidden[0], weight, labels[0], mask[0], reduction="sum_over_time"),
+            "reduction",
+        ),
+        "none with grad_in_forward": (
+            lambda: L(hidden, weight, labels, mask, reduction="none", grad_in_forward=True),
+            "reduction",
+        ),
+        "terms reduction sum": (
+            lambda: chunked.linear_cross_entropy_terms(
+                hidden, weight, labels, mask, reduction="sum"
+            ),
+            "reduction",
+        ),
+        "token_chunk 0": (lambda: L(hidden, weight, labels, mask, token_chunk=0), "token_chunk"),
+        "class_chunk float": (
+            lambda: L(hidden, weight, labels, mask, class_chunk=2.0),
+            "class_chunk",
+        ),
+        "grad_in_forward not bool": (
+            lambda: L(hidden, weight, labels, mask, grad_in_forward=1),
+            "grad_in_forward",
+        ),
+        "smoothing 1": (
+            lambda: L(hidden, weight, labels, mask, label_smoothing=1.0),
+            "label_smoothing",
+        ),
+        "z_loss negative": (lambda: L(hidden, weight, labels, mask, z_loss=-1.0), "z_loss"),
+        "class_weights shape": (
+            lambda: L(hidden, weight, labels, mask, class_weights=np.ones(4, np.float32)),
+            "class_weights",
+        ),
+    }
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("case", list(_bad_calls()))
+def test_bad_input_raises_naming_the_argument(case):
+    call, name = _bad_calls()[case]
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    assert f"`{name}`" in str(info.value)
