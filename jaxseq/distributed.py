@@ -71,6 +71,7 @@ __all__ = [
     "process_rows",
     "replicate",
     "replicated_sharding",
+    "setup",
     "setup_from_env",
     "shard_batch",
     "shard_batches",
@@ -277,18 +278,33 @@ class Layout:
 _SETUP: dict[str, Any] = {}
 
 
+def setup(layout: Layout | None = None) -> Mesh | None:
+    """:meth:`Layout.setup` once per process; the data mesh, or None for a plain run.
+
+    Later calls with an equal layout return the first call's mesh (JAX is
+    initialised once per process); a different layout raises ``RuntimeError``.
+    """
+    layout = Layout() if layout is None else layout
+    if "layout" in _SETUP:
+        if _SETUP["layout"] != layout:
+            raise RuntimeError(
+                f"the device layout is already {_SETUP['layout']}; it cannot change to "
+                f"{layout} within a process"
+            )
+        return _SETUP["mesh"]
+    mesh = layout.setup()
+    _SETUP.update(layout=layout, mesh=mesh)
+    return mesh
+
+
 def setup_from_env(environ: Mapping[str, str] | None = None) -> Mesh | None:
-    """The hook for experiment scripts: :meth:`Layout.from_env` then :meth:`Layout.setup`.
+    """The hook for experiment scripts: ``setup(Layout.from_env())``.
 
     Returns None when no ``JAXSEQ_*`` variable asks for devices or processes,
-    so a single-device user sees no change. Idempotent: later calls return the
-    first call's mesh (JAX can be initialised once per process).
+    so a single-device user sees no change (nothing is initialised). Call it
+    before any JAX operation; it is idempotent.
     """
-    if "mesh" not in _SETUP:
-        layout = Layout.from_env(environ)
-        _SETUP["mesh"] = layout.setup()
-        _SETUP["layout"] = layout
-    return _SETUP["mesh"]
+    return setup(Layout.from_env(environ))
 
 
 # ----------------------------------------------------------------------------- mesh

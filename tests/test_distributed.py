@@ -2,7 +2,7 @@
 
 A process's device count is fixed at its first JAX operation, so the sharded
 runs happen in subprocesses (tests/distributed_worker.py), started together
-when the first test of this module needs them and compared here:
+when the module starts (those its selected tests need), and compared here:
 
 * ``devices`` (8 fake CPU devices): one train step of the plain single-device
   step vs the sharded step on 1, 2, 4 and 8 devices, each reduction; k
@@ -148,12 +148,14 @@ class Runs:
                 proc.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def runs(request, tmp_path_factory):
+    """Starts, with the module, the workers its selected tests read (the in-process
+    tests run meanwhile); kills whatever is left at the end."""
     selected = {
         getattr(item, "originalname", item.name)
         for item in request.session.items
-        if item.module is request.module
+        if getattr(item, "module", None) is request.module
     }
     jobs = set().union(*(NEEDS.get(name, set()) for name in selected))
     runs = Runs(tmp_path_factory.mktemp("distributed"), jobs)
@@ -212,7 +214,7 @@ def test_pad_batch_to_multiple_adds_rows_that_change_no_loss(reduction):
 
 
 @pytest.mark.bad_input
-def test_layout_from_environment_and_bad_values():
+def test_layout_from_environment_and_bad_values(monkeypatch):
     assert distributed.Layout.from_env({}) == distributed.Layout()
     assert not distributed.Layout.from_env({}).data_parallel  # single-device users: no change
     layout = distributed.Layout.from_env(
@@ -240,6 +242,12 @@ def test_layout_from_environment_and_bad_values():
     for env, name in bad:
         with pytest.raises(ValueError, match=name):
             distributed.Layout.from_env(env)
+    # The default layout initialises nothing; the layout cannot change afterwards.
+    monkeypatch.setattr(distributed, "_SETUP", {})
+    assert distributed.setup_from_env({}) is None
+    assert distributed.setup(distributed.Layout()) is None
+    with pytest.raises(RuntimeError, match="cannot change"):
+        distributed.setup(distributed.Layout(cpu_devices=8))
     with pytest.raises(ValueError, match="multiple"):
         distributed.pad_batch_to_multiple(_labeling_batch(3), 0)
     with pytest.raises(ValueError, match="leading size"):
