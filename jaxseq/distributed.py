@@ -196,10 +196,13 @@ class Layout:
 
     def __post_init__(self):
         if self.num_processes < 1:
-            raise ValueError(f"`num_processes` must be >= 1, got {self.num_processes}")
+            raise ValueError(
+                f"`num_processes` ({_ENV['num_processes']}) must be >= 1, got {self.num_processes}"
+            )
         if not 0 <= self.process_id < self.num_processes:
             raise ValueError(
-                f"`process_id` must be in [0, {self.num_processes}), got {self.process_id}"
+                f"`process_id` ({_ENV['process_id']}) must be in [0, {self.num_processes}), "
+                f"got {self.process_id}"
             )
         if self.num_processes > 1 and self.coordinator is None and not self.auto:
             raise ValueError(
@@ -207,9 +210,14 @@ class Layout:
                 f"({_ENV['coordinator']}=host:port of process 0)"
             )
         if self.num_devices is not None and self.num_devices != -1 and self.num_devices < 1:
-            raise ValueError(f"`num_devices` must be >= 1 or -1 (all), got {self.num_devices}")
+            raise ValueError(
+                f"`num_devices` ({_ENV['num_devices']}) must be >= 1 or -1 (all), "
+                f"got {self.num_devices}"
+            )
         if self.cpu_devices is not None and self.cpu_devices < 1:
-            raise ValueError(f"`cpu_devices` must be >= 1, got {self.cpu_devices}")
+            raise ValueError(
+                f"`cpu_devices` ({_ENV['cpu_devices']}) must be >= 1, got {self.cpu_devices}"
+            )
 
     @property
     def multi_process(self) -> bool:
