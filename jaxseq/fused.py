@@ -16,32 +16,30 @@ available, because the recurrence is a ``jax.custom_vjp``; use
 are rejected (the backward pass is written by hand for each).
 
 How it differs from the reference path (``vmap`` of a per-example masked
-``lax.scan`` differentiated by JAX):
+``lax.scan``, differentiated by JAX):
 
 * One time-major loop over ``[T, B, ...]``: every step is a ``[B, H] @ [H, G]``
-  matmul, not B matrix-vector products.
-* No mask work inside the loop. Padded inputs are zeroed, and every sequence
-  simply runs on for all T steps. Outputs are masked afterwards, and the final
-  carry is *picked* at step ``length - 1`` (the initial carry when the length is
-  0). This is the same function as holding the carry: the steps after
-  ``length - 1`` never reach an output or the final carry, so their
-  cotangents are exactly zero, and their values stay finite (bounded
-  nonlinearities, zero inputs), so ``0 * value`` is 0 in the backward pass.
-* A hand-written backward pass (``jax.custom_vjp`` over the whole sequence).
-  The forward pass stores only the states (``h``; LSTM also ``c``), which
-  are its outputs anyway. The backward pass rebuilds the gate activations for
-  all steps at once with one ``[T*B, H] @ [H, G]`` matmul, folds them into
-  per-step coefficients, and runs a reverse loop whose only matmul is
-  ``dG @ W_hᵀ``. ``dW_i``, ``dW_h``, the bias gradients and ``dxs`` come after
-  the loop, as ``[T*B]``-row matmuls and sums (what cuDNN and oneDNN do).
-* The input projection ``xs @ W_i + b`` is one ``[T*B, D] @ [D, G]`` matmul
-  before the loop. Each step's slice is fetched into the loop carry one step
-  ahead, because on XLA:CPU an elementwise fusion that reads a dynamic slice of
-  a stacked array runs several times slower than one that reads a plain buffer.
+  matmul, not B matrix-vector products. The input projection ``xs @ W_i`` is one
+  ``[T*B, D] @ [D, G]`` matmul before the loop.
+* A hand-written backward pass (``jax.custom_vjp`` over the whole sequence). The
+  forward loop stores, per step, the gate activations (written *over* that step's
+  projected inputs, in place) and the states. The backward pass is a reverse
+  loop whose only matmul is ``dG @ W_hᵀ``; it writes each step's ``dG`` over
+  that step's activations, in place again. ``dW_i``, ``dW_h``, the bias
+  gradients and ``dxs`` come after the loop, as ``[T*B]``-row matmuls and sums
+  (what cuDNN and oneDNN do). No per-step stacks are zero-filled or copied.
+* Masking costs a select per step: every sequence runs on for all T steps on
+  zeroed padding, the outputs are zeroed at padded steps as they are written,
+  and the final carry is picked at step ``length - 1``. In the backward pass
+  the cotangents of padded steps are exactly 0 and the values there finite
+  (bounded nonlinearities, zero inputs), so nothing leaks from them.
+* Gate nonlinearities are ``tanh`` only (``sigmoid(a) = (1 + tanh(a / 2)) / 2``,
+  one ``tanh`` for all four LSTM gates): on XLA:CPU, ``logistic`` fused with a
+  dynamic slice, as in a loop body, runs several times slower than ``tanh``.
 
-Memory: the residuals are ``hs`` (and ``cs``) plus the projected inputs
-``[T, B, G]``; no per-step gate stacks. ``remat`` is therefore not an option
-here.
+Memory: the residuals are ``hs`` and one ``[T, B, G]`` buffer (LSTM: also ``cs``;
+GRU: one more ``[T, B, H]``); the same buffers then hold the backward pass's
+``dG``. ``remat`` is therefore not an option here.
 
 Numerics: the results equal the reference path's up to float rounding (the
 tests compare values and gradients at ``1e-5``), not bit for bit: the batched
@@ -76,23 +74,13 @@ KINDS = ("elman", "gru", "lstm")
 
 
 class _Plan(NamedTuple):
-    """How the core loops are laid out (speed only; every plan computes the same function).
-
-    Private: the benchmarks use it to measure each lever.
+    """How the core loops run (speed only; every plan computes the same function).
 
     Attributes:
-      hoist: project the inputs of all steps before the loop (True) or one step
-        at a time inside it (False).
-      prefetch: fetch step t+1's per-step inputs into the loop carry during step t.
-      save_gates: the forward loop also stores each step's recurrent matmul
-        output (True) instead of the backward pass recomputing it with one big
-        matmul (False).
-      unroll: ``lax.scan``'s unroll of both loops.
+      unroll: steps per iteration of the forward and backward loops (``fori_loop``'s
+        ``unroll``).
     """
 
-    hoist: bool = True
-    prefetch: bool = True
-    save_gates: bool = False
     unroll: int = 1
 
 
@@ -102,118 +90,273 @@ DEFAULT_PLAN = _Plan()
 # ---------------------------------------------------------------------------- helpers
 
 
-def _bias(b_G, ndim: int):
-    """``b [G]`` reshaped to broadcast against a rank-``ndim`` array (no rank promotion)."""
-    return b_G.reshape((1,) * (ndim - 1) + b_G.shape)
+def _row(v, dtype):
+    """A ``[G]`` vector as a ``[1, G]`` array of ``dtype`` (broadcasts against ``[B, G]``)."""
+    return jnp.asarray(v, dtype).reshape(1, -1)
 
 
-def _proj(x, w, b):
-    """``x [..., K] @ w [K, G] + b [G]``."""
-    out = x @ w
-    return out + _bias(b, out.ndim)
+def _at(stack_TBF, t):
+    return jax.lax.dynamic_index_in_dim(stack_TBF, t, 0, keepdims=False)
+
+
+def _put(stack_TBF, t, value_BF):
+    return jax.lax.dynamic_update_index_in_dim(stack_TBF, value_BF, t, 0)
+
+
+def _steps(t, lengths_B):
+    """``valid [B, 1]`` (step t is inside the sequence) and ``last [B, 1]`` (t is its last)."""
+    return (t < lengths_B)[:, None], (t == lengths_B - 1)[:, None]
+
+
+def _lstm_gate_constants(size: int, dtype):
+    """Per-column ``k, s, m`` with ``act = m + s * tanh(k * a)`` for the 4H LSTM gates.
+
+    ``sigmoid(a) = 0.5 + 0.5 * tanh(a / 2)`` for i, f, o and ``tanh(a)`` for g: one
+    ``tanh`` over all four blocks, no ``logistic`` (XLA:CPU runs ``logistic`` several
+    times slower than ``tanh`` when it is fused with a dynamic slice, as in a loop).
+    ``d act / d a = s k (1 - u²)`` with ``u = (act - m) / s``.
+    """
+    import numpy as np
+
+    k = np.full(4 * size, 0.5)
+    s = np.full(4 * size, 0.5)
+    m = np.full(4 * size, 0.5)
+    k[2 * size : 3 * size] = 1.0
+    s[2 * size : 3 * size] = 1.0
+    m[2 * size : 3 * size] = 0.0
+    return _row(k, dtype), _row(s, dtype), _row(m, dtype), _row(s * k, dtype), _row(1 / s, dtype)
+
+
+def _sigmoid(a):
+    return 0.5 + 0.5 * jnp.tanh(0.5 * a)
+
+
+# ---------------------------------------------------------------------------- cells
+#
+# step(w, carry, xp_BG) -> (new carry, h_BH, act_BG or None, extra_BH or None)
+#   act: what the backward pass needs of the gates, written over xp in the projection
+#   buffer; extra: one more [B, H] per step (LSTM: c, GRU: the n block of h W_h + b_h).
+# The weights ``w`` are a dict: "W_i" [D, G], "W_h" [H, G], "b_i" [G] (+ "b_h" [3H] for gru).
+
+
+def _elman_step(w, h_BH, xp_BG):
+    h_BH = jnp.tanh(xp_BG + h_BH @ w["W_h"] + _row(w["b_i"], h_BH.dtype))
+    return h_BH, h_BH, None, None
+
+
+def _gru_step(w, h_BH, xp_BG):
+    size = h_BH.shape[-1]
+    b_i, b_h = _row(w["b_i"], h_BH.dtype), _row(w["b_h"], h_BH.dtype)
+    hp_BG = h_BH @ w["W_h"]
+    rz_B2H = _sigmoid(
+        xp_BG[:, : 2 * size] + hp_BG[:, : 2 * size] + b_i[:, : 2 * size] + b_h[:, : 2 * size]
+    )
+    hp_n_BH = hp_BG[:, 2 * size :] + b_h[:, 2 * size :]
+    n_BH = jnp.tanh(xp_BG[:, 2 * size :] + b_i[:, 2 * size :] + rz_B2H[:, :size] * hp_n_BH)
+    new_BH = n_BH + rz_B2H[:, size:] * (h_BH - n_BH)
+    return new_BH, new_BH, jnp.concatenate([rz_B2H, n_BH], axis=1), hp_n_BH
+
+
+def _lstm_step(w, carry, xp_BG):
+    h_BH, c_BH = carry
+    size = h_BH.shape[-1]
+    k, s, m, _, _ = _lstm_gate_constants(size, h_BH.dtype)
+    a_BG = xp_BG + h_BH @ w["W_h"] + _row(w["b_i"], h_BH.dtype)
+    act_BG = m + s * jnp.tanh(k * a_BG)
+    i, f, g, o = (act_BG[:, j * size : (j + 1) * size] for j in range(4))
+    c_BH = f * c_BH + i * g
+    h_BH = o * jnp.tanh(c_BH)
+    return (h_BH, c_BH), h_BH, act_BG, c_BH
+
+
+_STEPS = {"elman": _elman_step, "gru": _gru_step, "lstm": _lstm_step}
+
+
+def _forward(kind: str, plan: _Plan, w, xs_TBD, carry0, lengths_B, *, save: bool):
+    """The forward loop. Returns ``(hs [T, B, H] masked, final carry)`` and the residuals.
+
+    ``buf [T, B, G]`` starts as ``xs @ W_i`` (one matmul for all steps). Step t reads
+    its slice from the loop carry, where step t-1 put it; with ``save``, step t writes
+    the gate activations over slice t, *then* reads slice t+1 from the updated buffer:
+    a loop whose every read of a buffer follows its in-place update is one that XLA
+    runs without copying the buffer (a read that may come after the update forces a
+    copy of the whole buffer per step).
+    """
+    steps = xs_TBD.shape[0]
+    step = _STEPS[kind]
+    buf_TBG = xs_TBD @ w["W_i"]
+    h0_BH = carry0[0] if kind == "lstm" else carry0
+    hs_TBH = jnp.zeros((steps,) + h0_BH.shape, h0_BH.dtype)
+    extra_TBH = hs_TBH if save and kind != "elman" else None
+
+    def body(t, state):
+        carry, final, xp_BG, buf_TBG, hs_TBH, extra_TBH = state
+        carry, h_BH, act_BG, extra_BH = step(w, carry, xp_BG)
+        valid_B1, last_B1 = _steps(t, lengths_B)
+        if save and act_BG is not None:
+            buf_TBG = _put(buf_TBG, t, act_BG)
+            extra_TBH = _put(extra_TBH, t, extra_BH)
+        xp_BG = _at(buf_TBG, jnp.minimum(t + 1, steps - 1))
+        hs_TBH = _put(hs_TBH, t, jnp.where(valid_B1, h_BH, jnp.zeros((), h_BH.dtype)))
+        final = jax.tree.map(lambda n, f: jnp.where(last_B1, n, f), carry, final)
+        return carry, final, xp_BG, buf_TBG, hs_TBH, extra_TBH
+
+    state = (carry0, carry0, buf_TBG[0], buf_TBG, hs_TBH, extra_TBH)
+    _, final, _, buf_TBG, hs_TBH, extra_TBH = jax.lax.fori_loop(
+        0, steps, body, state, unroll=plan.unroll
+    )
+    return (hs_TBH, final), (buf_TBG, hs_TBH, extra_TBH)
+
+
+def _reverse_loop(body, carry, first_BG, buf_TBG, plan: _Plan):
+    """``body(t, carry, act_BG) -> (carry, d_BG)`` for t = T-1 .. 0; ``d`` is written over
+    slice t of ``buf`` and slice t-1 is read after the write (see :func:`_forward`)."""
+    steps = buf_TBG.shape[0]
+
+    def loop_body(j, state):
+        carry, act_BG, buf_TBG = state
+        t = steps - 1 - j
+        carry, d_BG = body(t, carry, act_BG)
+        buf_TBG = _put(buf_TBG, t, d_BG)
+        return carry, _at(buf_TBG, jnp.maximum(t - 1, 0)), buf_TBG
+
+    carry, _, buf_TBG = jax.lax.fori_loop(
+        0, steps, loop_body, (carry, first_BG, buf_TBG), unroll=plan.unroll
+    )
+    return carry, buf_TBG
+
+
+def _previous(t, stack_TBH, first_BH):
+    """The state before step t: ``stack[t - 1]``, or ``first`` at t = 0."""
+    return jnp.where(t == 0, first_BH, _at(stack_TBH, jnp.maximum(t - 1, 0)))
+
+
+def _output_cotangent(t, lengths_B, dhs_TBH, dfinal_BH):
+    """d loss / d h_t from the outputs (valid steps only) and the final carry (at its step)."""
+    valid_B1, last_B1 = _steps(t, lengths_B)
+    zero = jnp.zeros((), dhs_TBH.dtype)
+    return jnp.where(valid_B1, _at(dhs_TBH, t), zero) + jnp.where(last_B1, dfinal_BH, zero)
+
+
+def _elman_backward(plan, w, carry0, lengths_B, residuals, cotangents):
+    buf_TBG, hs_TBH, _ = residuals
+    dhs_TBH, dfinal_BH = cotangents
+    w_hT = w["W_h"].T
+
+    def body(t, dh_BH, _):
+        h_BH = _at(hs_TBH, t)
+        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_TBH, dfinal_BH)
+        da_BH = dh_BH * (1.0 - h_BH * h_BH)
+        return da_BH @ w_hT, da_BH
+
+    dh0_BH, da_TBG = _reverse_loop(body, jnp.zeros_like(carry0), buf_TBG[-1], buf_TBG, plan)
+    return da_TBG, da_TBG, dh0_BH, dfinal_BH
+
+
+def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents):
+    act_TBG, hs_TBH, hp_n_TBH = residuals
+    dhs_TBH, dfinal_BH = cotangents
+    size = carry0.shape[-1]
+    w_hT = w["W_h"].T
+    # dxp = [d_r, d_z, d_n] goes over the activations; the n block of dhp (d_n * r) goes
+    # over hp_n, with the same read-after-write order as the activations.
+    steps = act_TBG.shape[0]
+
+    def loop_body(j, state):
+        dh_BH, act_BG, hp_n_BH, act_TBG, hp_n_TBH = state
+        t = steps - 1 - j
+        r, z, n = act_BG[:, :size], act_BG[:, size : 2 * size], act_BG[:, 2 * size :]
+        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_TBH, dfinal_BH)
+        # h' = n + z (h - n)
+        d_n = dh_BH * (1.0 - z) * (1.0 - n * n)
+        d_z = dh_BH * (_previous(t, hs_TBH, carry0) - n) * z * (1.0 - z)
+        d_r = d_n * hp_n_BH * r * (1.0 - r)
+        d_hn = d_n * r
+        dh_BH = dh_BH * z + jnp.concatenate([d_r, d_z, d_hn], axis=1) @ w_hT
+        act_TBG = _put(act_TBG, t, jnp.concatenate([d_r, d_z, d_n], axis=1))
+        hp_n_TBH = _put(hp_n_TBH, t, d_hn)
+        previous = jnp.maximum(t - 1, 0)
+        return dh_BH, _at(act_TBG, previous), _at(hp_n_TBH, previous), act_TBG, hp_n_TBH
+
+    state = (jnp.zeros_like(carry0), act_TBG[-1], hp_n_TBH[-1], act_TBG, hp_n_TBH)
+    dh0_BH, _, _, dxp_TBG, d_hn_TBH = jax.lax.fori_loop(
+        0, steps, loop_body, state, unroll=plan.unroll
+    )
+    dhp_TBG = jnp.concatenate([dxp_TBG[..., : 2 * size], d_hn_TBH], axis=-1)
+    return dxp_TBG, dhp_TBG, dh0_BH, dfinal_BH
+
+
+def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
+    act_TBG, hs_TBH, cs_TBH = residuals
+    dhs_TBH, (dh_final_BH, dc_final_BH) = cotangents
+    h0_BH, c0_BH = carry0
+    size = h0_BH.shape[-1]
+    _, _, m, sk, inv_s = _lstm_gate_constants(size, h0_BH.dtype)
+    w_hT = w["W_h"].T
+    zero = jnp.zeros((), h0_BH.dtype)
+
+    def body(t, carry, act_BG):
+        dh_BH, dc_BH = carry
+        i, f, g, o = (act_BG[:, j * size : (j + 1) * size] for j in range(4))
+        c_BH = _at(cs_TBH, t)
+        c_prev_BH = _previous(t, cs_TBH, c0_BH)
+        _, last_B1 = _steps(t, lengths_B)
+        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_TBH, dh_final_BH)
+        tc = jnp.tanh(c_BH)
+        # c' = f c + i g, h' = o tanh(c')
+        dc_BH = dc_BH + jnp.where(last_B1, dc_final_BH, zero) + dh_BH * o * (1.0 - tc * tc)
+        dact_BG = jnp.concatenate([dc_BH * g, dc_BH * c_prev_BH, dc_BH * i, dh_BH * tc], axis=1)
+        u = (act_BG - m) * inv_s
+        da_BG = dact_BG * sk * (1.0 - u * u)
+        return (da_BG @ w_hT, dc_BH * f), da_BG
+
+    zeros = jnp.zeros_like(h0_BH)
+    (dh0_BH, dc0_BH), da_TBG = _reverse_loop(body, (zeros, zeros), act_TBG[-1], act_TBG, plan)
+    return da_TBG, da_TBG, (dh0_BH, dc0_BH), (dh_final_BH, dc_final_BH)
+
+
+_BACKWARDS = {"elman": _elman_backward, "gru": _gru_backward, "lstm": _lstm_backward}
+
+
+@functools.cache
+def _core(kind: str, plan: _Plan):
+    """``core(w, xs_TBD, carry0, lengths_B) -> (hs_TBH, final_carry)`` with its VJP.
+
+    The time-major recurrence over all T steps: ``hs`` is 0 at padded steps and the
+    final carry is the carry after step ``length - 1`` (``carry0`` for length 0).
+    """
+
+    def run(w, xs_TBD, carry0, lengths_B):
+        return _forward(kind, plan, w, xs_TBD, carry0, lengths_B, save=False)[0]
+
+    def run_fwd(w, xs_TBD, carry0, lengths_B):
+        outputs, residuals = _forward(kind, plan, w, xs_TBD, carry0, lengths_B, save=True)
+        return outputs, (w, xs_TBD, carry0, lengths_B, residuals)
+
+    def run_bwd(saved, cotangents):
+        w, xs_TBD, carry0, lengths_B, residuals = saved
+        dxp_TBG, dhp_TBG, dcarry0, dfinal = _BACKWARDS[kind](
+            plan, w, carry0, lengths_B, residuals, cotangents
+        )
+        # The final carry is carry0 itself where a sequence is empty.
+        empty_B1 = (lengths_B == 0)[:, None]
+        dcarry0 = jax.tree.map(
+            lambda d, df: d + jnp.where(empty_B1, df, jnp.zeros((), df.dtype)), dcarry0, dfinal
+        )
+        hs_TBH = residuals[1]
+        h0_BH = carry0[0] if kind == "lstm" else carry0
+        prev_TBH = jnp.concatenate([h0_BH[None], hs_TBH[:-1]], axis=0)
+        grads, dxs_TBD = _weight_grads(w, xs_TBD, prev_TBH, dxp_TBG, dhp_TBG)
+        return grads, dxs_TBD, dcarry0, None
+
+    core = jax.custom_vjp(run)
+    core.defvjp(run_fwd, run_bwd)
+    return core
 
 
 def _rows(x):
     """``[T, B, F]`` -> ``[T*B, F]``."""
     return x.reshape((-1, x.shape[-1]))
-
-
-def _shift_in(first_BF, stack_TBF):
-    """``[first, stack[0], ..., stack[T-2]]``: each step's previous state."""
-    return jnp.concatenate([first_BF[None], stack_TBF[:-1]], axis=0)
-
-
-def _tile(x_BH, n: int):
-    """``[B, H]`` -> ``[B, n*H]``, ``x`` repeated n times along the features."""
-    return jnp.concatenate([x_BH] * n, axis=-1)
-
-
-def _loop(body, carry, seqs, *, reverse: bool, plan: _Plan):
-    """``lax.scan(body, carry, seqs, reverse=reverse)``; with ``plan.prefetch`` the
-    per-step slices of ``seqs`` for the next step are fetched into the carry."""
-    if not plan.prefetch:
-        return jax.lax.scan(body, carry, seqs, reverse=reverse, unroll=plan.unroll)
-    steps = jax.tree.leaves(seqs)[0].shape[0]
-
-    def take(t):
-        return jax.tree.map(lambda s: jax.lax.dynamic_index_in_dim(s, t, 0, keepdims=False), seqs)
-
-    def fetch_body(state, t):
-        carry, current = state
-        following = take(jnp.clip(t - 1 if reverse else t + 1, 0, steps - 1))
-        carry, out = body(carry, current)
-        return (carry, following), out
-
-    first = take(steps - 1 if reverse else 0)
-    (carry, _), outs = jax.lax.scan(
-        fetch_body,
-        (carry, first),
-        jnp.arange(steps, dtype=jnp.int32),
-        reverse=reverse,
-        unroll=plan.unroll,
-    )
-    return carry, outs
-
-
-# ---------------------------------------------------------------------------- cells
-#
-# Each kind has:
-#   forward(w, x_or_xp_t, carry) -> (carry, out_t)          one step of the forward loop
-#   backward(...)                                           the custom VJP of the whole core
-# The weights ``w`` are a dict: "W_i" [D, G], "W_h" [H, G], "b_i" [G] (+ "b_h" [3H] for gru).
-
-
-def _elman_cell(w, xp_BG, h_BH):
-    h_BH = jnp.tanh(xp_BG + h_BH @ w["W_h"])
-    return h_BH, (h_BH, None)
-
-
-def _gru_cell(w, xp_BG, h_BH):
-    hp_BG = _proj(h_BH, w["W_h"], w["b_h"])
-    size = h_BH.shape[-1]
-    rz_B2H = jax.nn.sigmoid(xp_BG[:, : 2 * size] + hp_BG[:, : 2 * size])
-    r_BH, z_BH = rz_B2H[:, :size], rz_B2H[:, size:]
-    n_BH = jnp.tanh(xp_BG[:, 2 * size :] + r_BH * hp_BG[:, 2 * size :])
-    h_BH = n_BH + z_BH * (h_BH - n_BH)
-    return h_BH, (h_BH, hp_BG)
-
-
-def _lstm_cell(w, xp_BG, carry):
-    h_BH, c_BH = carry
-    size = h_BH.shape[-1]
-    a_BG = xp_BG + h_BH @ w["W_h"]
-    ifo = jax.nn.sigmoid(a_BG)
-    i_BH, f_BH, o_BH = ifo[:, :size], ifo[:, size : 2 * size], ifo[:, 3 * size :]
-    g_BH = jnp.tanh(a_BG[:, 2 * size : 3 * size])
-    c_BH = f_BH * c_BH + i_BH * g_BH
-    h_BH = o_BH * jnp.tanh(c_BH)
-    return (h_BH, c_BH), ((h_BH, c_BH), a_BG)
-
-
-_CELLS = {"elman": _elman_cell, "gru": _gru_cell, "lstm": _lstm_cell}
-
-
-def _forward(kind: str, plan: _Plan, w, xs_TBD, carry0):
-    """The unmasked forward loop. Returns (states, xp_TBG or None, saved gates or None)."""
-    cell = _CELLS[kind]
-    if plan.hoist:
-        xp_TBG = _proj(xs_TBD, w["W_i"], w["b_i"])
-        seqs = xp_TBG
-
-        def body(carry, xp_BG):
-            carry, (out, gates) = cell(w, xp_BG, carry)
-            return carry, (out, gates if plan.save_gates else None)
-
-    else:
-        xp_TBG = None
-        seqs = xs_TBD
-
-        def body(carry, x_BD):
-            carry, (out, gates) = cell(w, _proj(x_BD, w["W_i"], w["b_i"]), carry)
-            return carry, (out, gates if plan.save_gates else None)
-
-    _, (states, gates) = _loop(body, carry0, seqs, reverse=False, plan=plan)
-    return states, xp_TBG, gates
 
 
 def _weight_grads(w, xs_TBD, prev_TBH, dxp_TBG, dhp_TBG):
@@ -229,130 +372,6 @@ def _weight_grads(w, xs_TBD, prev_TBH, dxp_TBG, dhp_TBG):
         grads["b_h"] = jnp.sum(dhp, axis=0)
     dxs_TBD = (dxp @ w["W_i"].T).reshape(xs_TBD.shape)
     return grads, dxs_TBD
-
-
-def _elman_backward(plan, w, xs_TBD, h0_BH, hs_TBH, xp_TBG, gates, dhs_TBH):
-    del xp_TBG, gates
-    w_hT = w["W_h"].T
-
-    def body(dh_BH, inputs):
-        dout_BH, h_BH = inputs
-        da_BH = (dout_BH + dh_BH) * (1.0 - h_BH * h_BH)
-        return da_BH @ w_hT, da_BH
-
-    dh0_BH, da_TBH = _loop(body, jnp.zeros_like(h0_BH), (dhs_TBH, hs_TBH), reverse=True, plan=plan)
-    grads, dxs_TBD = _weight_grads(w, xs_TBD, _shift_in(h0_BH, hs_TBH), da_TBH, da_TBH)
-    return grads, dxs_TBD, dh0_BH
-
-
-def _gru_backward(plan, w, xs_TBD, h0_BH, hs_TBH, xp_TBG, hp_TBG, dhs_TBH):
-    size = h0_BH.shape[-1]
-    prev_TBH = _shift_in(h0_BH, hs_TBH)
-    if xp_TBG is None:
-        xp_TBG = _proj(xs_TBD, w["W_i"], w["b_i"])
-    if hp_TBG is None:
-        hp_TBG = _proj(prev_TBH, w["W_h"], w["b_h"])
-    rz = jax.nn.sigmoid(xp_TBG[..., : 2 * size] + hp_TBG[..., : 2 * size])
-    r, z = rz[..., :size], rz[..., size:]
-    hp_n = hp_TBG[..., 2 * size :]
-    n = jnp.tanh(xp_TBG[..., 2 * size :] + r * hp_n)
-    # h' = n + z (h - n):  dn = (1 - z) dh',  dz = (h - n) dh',  dh = z dh' + dhp W_hᵀ
-    k_n = (1.0 - z) * (1.0 - n * n)  # d a_n / d h'
-    k_z = (prev_TBH - n) * z * (1.0 - z)  # d a_z / d h'
-    k_r = k_n * hp_n * r * (1.0 - r)  # d a_r / d h'
-    coef_TB4H = jnp.concatenate([k_r, k_z, k_n * r, z], axis=-1)
-    w_hT = w["W_h"].T
-
-    def body(dh_BH, inputs):
-        dout_BH, coef_B4H = inputs
-        dh_BH = dout_BH + dh_BH
-        dhp_BG = _tile(dh_BH, 3) * coef_B4H[:, : 3 * size]
-        return dh_BH * coef_B4H[:, 3 * size :] + dhp_BG @ w_hT, dh_BH
-
-    dh0_BH, dh_TBH = _loop(
-        body, jnp.zeros_like(h0_BH), (dhs_TBH, coef_TB4H), reverse=True, plan=plan
-    )
-    dhp_TBG = jnp.concatenate([dh_TBH * k_r, dh_TBH * k_z, dh_TBH * k_n * r], axis=-1)
-    dxp_TBG = jnp.concatenate([dh_TBH * k_r, dh_TBH * k_z, dh_TBH * k_n], axis=-1)
-    grads, dxs_TBD = _weight_grads(w, xs_TBD, prev_TBH, dxp_TBG, dhp_TBG)
-    return grads, dxs_TBD, dh0_BH
-
-
-def _lstm_backward(plan, w, xs_TBD, carry0, states, xp_TBG, a_TBG, douts):
-    h0_BH, c0_BH = carry0
-    hs_TBH, cs_TBH = states
-    dhs_TBH, dcs_TBH = douts
-    size = h0_BH.shape[-1]
-    prev_TBH = _shift_in(h0_BH, hs_TBH)
-    if a_TBG is None:
-        if xp_TBG is None:
-            xp_TBG = _proj(xs_TBD, w["W_i"], w["b_i"])
-        a_TBG = xp_TBG + prev_TBH @ w["W_h"]
-    i = jax.nn.sigmoid(a_TBG[..., :size])
-    f = jax.nn.sigmoid(a_TBG[..., size : 2 * size])
-    g = jnp.tanh(a_TBG[..., 2 * size : 3 * size])
-    o = jax.nn.sigmoid(a_TBG[..., 3 * size :])
-    tc = jnp.tanh(cs_TBH)
-    c_prev = _shift_in(c0_BH, cs_TBH)
-    # c' = f c + i g, h' = o tanh(c'):  per step, with dc' = dcs + dc + dh' o (1 - tanh²c'),
-    # dA = [dc' K_i, dc' K_f, dc' K_g, dh' K_o] and dc = f dc'.
-    coef_TB6H = jnp.concatenate(
-        [
-            g * i * (1.0 - i),  # K_i
-            c_prev * f * (1.0 - f),  # K_f
-            i * (1.0 - g * g),  # K_g
-            tc * o * (1.0 - o),  # K_o
-            o * (1.0 - tc * tc),  # d c' / d h'
-            f,
-        ],
-        axis=-1,
-    )
-    w_hT = w["W_h"].T
-
-    def body(carry, inputs):
-        dh_BH, dc_BH = carry
-        dout_BH, dcout_BH, coef_B6H = inputs
-        dh_BH = dout_BH + dh_BH
-        dc_BH = dcout_BH + dc_BH + dh_BH * coef_B6H[:, 4 * size : 5 * size]
-        da_BG = jnp.concatenate([dc_BH, dc_BH, dc_BH, dh_BH], axis=-1) * coef_B6H[:, : 4 * size]
-        return (da_BG @ w_hT, dc_BH * coef_B6H[:, 5 * size :]), da_BG
-
-    zeros = jnp.zeros_like(h0_BH)
-    (dh0_BH, dc0_BH), da_TBG = _loop(
-        body, (zeros, zeros), (dhs_TBH, dcs_TBH, coef_TB6H), reverse=True, plan=plan
-    )
-    grads, dxs_TBD = _weight_grads(w, xs_TBD, prev_TBH, da_TBG, da_TBG)
-    return grads, dxs_TBD, (dh0_BH, dc0_BH)
-
-
-_BACKWARDS = {"elman": _elman_backward, "gru": _gru_backward, "lstm": _lstm_backward}
-
-
-@functools.cache
-def _core(kind: str, plan: _Plan):
-    """``core(w, xs_TBD, carry0) -> states``: the unmasked time-major recurrence with its VJP.
-
-    ``states`` is ``hs [T, B, H]`` (LSTM: ``(hs, cs)``), the state after every step
-    of running all T steps.
-    """
-
-    def run(w, xs_TBD, carry0):
-        return _forward(kind, plan, w, xs_TBD, carry0)[0]
-
-    def run_fwd(w, xs_TBD, carry0):
-        states, xp_TBG, gates = _forward(kind, plan, w, xs_TBD, carry0)
-        return states, (w, xs_TBD, carry0, states, xp_TBG, gates)
-
-    def run_bwd(residuals, dstates):
-        w, xs_TBD, carry0, states, xp_TBG, gates = residuals
-        grads, dxs_TBD, dcarry0 = _BACKWARDS[kind](
-            plan, w, xs_TBD, carry0, states, xp_TBG, gates, dstates
-        )
-        return grads, dxs_TBD, dcarry0
-
-    core = jax.custom_vjp(run)
-    core.defvjp(run_fwd, run_bwd)
-    return core
 
 
 # ---------------------------------------------------------------------------- reversal
@@ -420,20 +439,10 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan):
     if reverse:
         index_BT = jax.vmap(lambda n: masks.reverse_index(n, steps))(lengths_B)
         xs_BTD = _flip(xs_BTD, index_BT)
-    states = _core(cell.name, plan)(
-        _weights(cell.name, params, dtype), jnp.swapaxes(xs_BTD, 0, 1), carry
+    hs_TBH, final_carry = _core(cell.name, plan)(
+        _weights(cell.name, params, dtype), jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B
     )
-    mask_TB1 = jnp.swapaxes(mask_BT, 0, 1)[..., None]
-    last_TB1 = (jnp.arange(steps, dtype=jnp.int32)[:, None] == lengths_B[None, :] - 1)[..., None]
-    some_B1 = (lengths_B > 0)[:, None]
-
-    def final(state_TBH, initial_BH):
-        picked_BH = jnp.sum(jnp.where(last_TB1, state_TBH, jnp.zeros((), dtype)), axis=0)
-        return jnp.where(some_B1, picked_BH, initial_BH)
-
-    final_carry = jax.tree.map(final, states, carry)
-    hs_TBH = states[0] if cell.name == "lstm" else states
-    hs_BTH = jnp.swapaxes(jnp.where(mask_TB1, hs_TBH, jnp.zeros((), dtype)), 0, 1)
+    hs_BTH = jnp.swapaxes(hs_TBH, 0, 1)
     if reverse:
         hs_BTH = _flip(hs_BTH, index_BT)
     return final_carry, hs_BTH
