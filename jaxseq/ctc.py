@@ -1,0 +1,256 @@
+"""Connectionist temporal classification (CTC) loss with lengths, reductions and true infinities.
+
+Notation: B batch, T input steps (frames), K classes including the blank, S the
+padded label length.
+
+:func:`ctc_loss` runs ``optax.ctc_loss`` (the forward algorithm in log space,
+vectorised over the batch) and adds what it lacks:
+
+* lengths instead of padding indicators (``logit_lengths``, ``label_lengths``);
+* the reductions of ``torch.nn.CTCLoss`` (``"mean"``: each sequence's loss
+  divided by its label length, then the mean over the batch) and jaxseq's
+  (``"sum"``, ``"mean_over_sequences"``, ``"none"``);
+* ``+inf`` for an impossible alignment instead of optax's ``~1e5`` sentinel
+  (``log_epsilon``-sized), or 0 with ``zero_infinity=True``, and a gradient of
+  exactly 0 for such a sequence in both cases. Impossibility is decided
+  exactly, not by a threshold: a label sequence of length U with R adjacent
+  repeats needs ``U + R`` frames (a blank must separate equal neighbours), so
+  it is impossible iff ``U + R > logit_length``;
+* masking: logits beyond ``logit_length`` and labels beyond ``label_length``
+  are replaced by constants before any arithmetic (NaN padding changes
+  nothing);
+* checks: shapes and dtypes name the argument; ``blank`` must lie in
+  ``[0, K)``; with concrete (host) lengths and labels, lengths out of
+  ``[0, T]`` / ``[0, S]`` and labels that are out of range or equal to
+  ``blank`` raise ``ValueError``. Under ``jit`` such a sequence's loss is NaN
+  (loud, never a plausible number). :func:`validate_ctc_inputs` also reports
+  impossible alignments as errors, for data pipelines that want them found
+  before training rather than zeroed.
+
+Computed in float32 (float64 for float64 logits).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxseq import _checks, losses
+
+CTC_REDUCTIONS = ("mean", "sum", "mean_over_sequences", "none")
+
+
+def _check_int_vector(x, name: str, batch: int):
+    x = _checks.as_array(x, name)
+    _checks.check_integer(x, name)
+    _checks.check_shape(x, (batch,), name, "[B] (B from `logits`)")
+    return x
+
+
+def _check_args(logits, logit_lengths, labels, label_lengths, blank, reduction, zero_infinity):
+    logits = _checks.as_array(logits, "logits")
+    _checks.check_floating(logits, "logits")
+    _checks.check_rank(logits, 3, "logits", "[B, T, K]")
+    batch, _, num_classes = logits.shape
+    labels = _checks.as_array(labels, "labels")
+    _checks.check_integer(labels, "labels")
+    _checks.check_rank(labels, 2, "labels", "[B, S]")
+    if labels.shape[0] != batch:
+        raise ValueError(
+            f"`labels` must have shape [B, S] with B = logits.shape[0] = {batch}, "
+            f"got {tuple(labels.shape)}"
+        )
+    logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
+    label_lengths = _check_int_vector(label_lengths, "label_lengths", batch)
+    if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
+        raise TypeError(f"`blank` must be a Python int, got {blank!r}")
+    if not 0 <= blank < num_classes:
+        raise ValueError(f"`blank` must be in [0, K) = [0, {num_classes}), got {blank}")
+    _checks.check_choice(reduction, CTC_REDUCTIONS, "reduction")
+    if not isinstance(zero_infinity, bool):
+        raise TypeError(f"`zero_infinity` must be a bool, got {zero_infinity!r}")
+    return logits, logit_lengths, labels, label_lengths
+
+
+def _first_bad(bad: np.ndarray) -> int:
+    return int(np.argwhere(bad)[0][0])
+
+
+def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank):
+    """Errors for bad lengths and labels, when they are host data (not tracers)."""
+    if _checks.is_concrete(logit_lengths):
+        lengths = np.asarray(logit_lengths)
+        bad = (lengths < 0) | (lengths > max_t)
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(
+                f"`logit_lengths` must be in [0, T] = [0, {max_t}], got {int(lengths[i])} "
+                f"for sequence {i}"
+            )
+    if not _checks.is_concrete(label_lengths):
+        return
+    lengths = np.asarray(label_lengths)
+    max_s = labels.shape[1]
+    bad = (lengths < 0) | (lengths > max_s)
+    if bad.any():
+        i = _first_bad(bad)
+        raise ValueError(
+            f"`label_lengths` must be in [0, S] = [0, {max_s}] (S = labels.shape[1]), got "
+            f"{int(lengths[i])} for sequence {i}"
+        )
+    if not _checks.is_concrete(labels):
+        return
+    labels_np = np.asarray(labels)
+    valid = np.arange(max_s)[None, :] < lengths[:, None]
+    bad = valid & ((labels_np < 0) | (labels_np >= num_classes) | (labels_np == blank))
+    if bad.any():
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        raise ValueError(
+            f"`labels` must be in [0, K) = [0, {num_classes}) and differ from `blank` "
+            f"({blank}) within `label_lengths`; got {int(labels_np[i, j])} at "
+            f"sequence {i}, position {j}"
+        )
+
+
+def required_lengths(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
+    """The fewest frames that can emit each label sequence: ``U + repeats``, int32 ``[B]``.
+
+    ``U`` is the label length and ``repeats`` the number of adjacent equal labels
+    within it (each needs a blank between the two). Only ``labels[b, :U]`` is read.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxseq.ctc import required_lengths
+    >>> required_lengths(jnp.array([[1, 1, 2, 2, 2], [3, 3, 0, 0, 0]]), jnp.array([5, 1]))
+    Array([8, 1], dtype=int32)
+    """
+    max_s = labels.shape[1]
+    label_lengths = label_lengths.astype(jnp.int32)
+    if max_s < 2:
+        return label_lengths
+    # A pair (n, n + 1) counts when both lie within the length.
+    pair_valid = jnp.arange(1, max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
+    repeats = pair_valid & (labels[:, :-1] == labels[:, 1:])
+    return label_lengths + jnp.sum(repeats, axis=1, dtype=jnp.int32)
+
+
+def ctc_loss(
+    logits: jax.Array,
+    logit_lengths: jax.Array,
+    labels: jax.Array,
+    label_lengths: jax.Array,
+    *,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> jax.Array:
+    """CTC loss ``-log p(labels | logits)`` summed over alignments, reduced over the batch.
+
+    Args:
+      logits: float ``[B, T, K]`` unnormalised scores (log-softmax is applied
+        here); steps ``t >= logit_lengths[b]`` may hold anything.
+      logit_lengths: integer ``[B]``, valid steps per sequence, in ``[0, T]``.
+      labels: integer ``[B, S]`` class ids in ``[0, K)``, not ``blank``, right
+        padded; positions ``>= label_lengths[b]`` may hold anything.
+      label_lengths: integer ``[B]``, in ``[0, S]``.
+      blank: the blank's class id, in ``[0, K)``.
+      reduction: ``"mean"`` (PyTorch's: ``mean_b loss_b / max(U_b, 1)``),
+        ``"sum"``, ``"mean_over_sequences"`` (``mean_b loss_b``) or ``"none"``
+        (``[B]``). The means count every row of the batch, as PyTorch does.
+      zero_infinity: give impossible alignments loss 0 instead of ``+inf``
+        (their gradient is 0 either way).
+
+    Returns:
+      float32 scalar, or ``[B]`` for ``"none"``.
+
+    >>> import jax.numpy as jnp, jaxseq as js
+    >>> from jaxseq.ctc import ctc_loss
+    >>> logits = jnp.zeros((1, 2, 3))    # uniform over {blank, a, b} at both steps
+    >>> # "a" is emitted by (a, a), (a, blank) or (blank, a): p = 3/9, -log p = log 3.
+    >>> loss = ctc_loss(logits, jnp.array([2]), jnp.array([[1]]), jnp.array([1]))
+    >>> round(float(loss), 4)
+    1.0986
+    >>> float(ctc_loss(logits, jnp.array([2]), jnp.array([[1, 1]]), jnp.array([2])))
+    inf
+    """
+    logits, logit_lengths, labels, label_lengths = _check_args(
+        logits, logit_lengths, labels, label_lengths, blank, reduction, zero_infinity
+    )
+    batch, max_t, num_classes = logits.shape
+    max_s = labels.shape[1]
+    _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank)
+    dtype = losses.compute_dtype(logits.dtype)
+    logit_lengths = logit_lengths.astype(jnp.int32)
+    label_lengths = label_lengths.astype(jnp.int32)
+
+    # Values only a traced call can carry (concrete ones raised above): NaN, never a number.
+    bad_lengths = (
+        (logit_lengths < 0)
+        | (logit_lengths > max_t)
+        | (label_lengths < 0)
+        | (label_lengths > max_s)
+    )
+    label_valid = jnp.arange(max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
+    bad_labels = label_valid & ((labels < 0) | (labels >= num_classes) | (labels == blank))
+    malformed = bad_lengths | jnp.any(bad_labels, axis=1)
+
+    # First where: padding (logits beyond the length, labels beyond theirs) becomes constants.
+    logit_valid = jnp.arange(max_t, dtype=jnp.int32)[None, :] < logit_lengths[:, None]
+    safe_logits = jnp.where(logit_valid[..., None], logits.astype(dtype), 0.0)
+    # Padded labels become `blank`, which no valid label equals, so optax's repeat test
+    # between the last label and the padding after it is always False.
+    safe_labels = jnp.where(label_valid, labels, blank).astype(jnp.int32)
+    impossible = required_lengths(safe_labels, label_lengths) > logit_lengths
+    # Impossible (or malformed) sequences are run with no labels: finite, then replaced.
+    skip = impossible | malformed
+    label_paddings = jnp.where(skip[:, None] | ~label_valid, 1.0, 0.0).astype(dtype)
+    logit_paddings = jnp.where(logit_valid, 0.0, 1.0).astype(dtype)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes float32 constants in
+        per_seq = optax.ctc_loss(
+            safe_logits, logit_paddings, safe_labels, label_paddings, blank_id=blank
+        ).astype(dtype)
+    # Second where: the replaced values carry exactly zero gradient to the logits.
+    per_seq = jnp.where(impossible, 0.0 if zero_infinity else jnp.inf, per_seq)
+    per_seq = jnp.where(malformed, jnp.nan, per_seq)
+
+    if reduction == "none":
+        return per_seq
+    if reduction == "sum":
+        return jnp.sum(per_seq)
+    if reduction == "mean_over_sequences":
+        return jnp.sum(per_seq) / batch if batch else jnp.zeros((), dtype)
+    normalised = per_seq / jnp.maximum(label_lengths, 1).astype(dtype)
+    return jnp.sum(normalised) / batch if batch else jnp.zeros((), dtype)
+
+
+def validate_ctc_inputs(logit_lengths, labels, label_lengths, *, num_classes: int, blank: int = 0):
+    """Raise ``ValueError`` for host data :func:`ctc_loss` would score inf or NaN.
+
+    Checks, per sequence: lengths non-negative and ``label_lengths <= S``; labels
+    within the length in ``[0, num_classes)`` and not ``blank``; and that the
+    input can emit the labels: ``label_length + adjacent repeats <= logit_length``.
+    The message names the first offending sequence.
+    """
+    logit_np = np.asarray(_checks.as_array(logit_lengths, "logit_lengths"))
+    labels_np = np.asarray(_checks.as_array(labels, "labels"))
+    label_np = np.asarray(_checks.as_array(label_lengths, "label_lengths"))
+    if labels_np.ndim != 2:
+        raise ValueError(f"`labels` must have rank 2 [B, S], got shape {labels_np.shape}")
+    if logit_np.shape != (labels_np.shape[0],) or label_np.shape != logit_np.shape:
+        raise ValueError(
+            f"`logit_lengths` and `label_lengths` must have shape [B] = ({labels_np.shape[0]},), "
+            f"got {logit_np.shape} and {label_np.shape}"
+        )
+    max_t = int(logit_np.max(initial=0))
+    _check_concrete_values(logit_np, labels_np, label_np, max_t, num_classes, blank)
+    needed = np.asarray(required_lengths(jnp.asarray(labels_np), jnp.asarray(label_np)))
+    bad = needed > logit_np
+    if bad.any():
+        i = _first_bad(bad)
+        raise ValueError(
+            f"`label_lengths`: sequence {i} has {int(label_np[i])} labels with "
+            f"{int(needed[i] - label_np[i])} adjacent repeat(s), which need {int(needed[i])} "
+            f"frames, but its `logit_lengths` is {int(logit_np[i])} (impossible alignment; "
+            f"upsample the input or drop the sequence)"
+        )

@@ -1,0 +1,353 @@
+"""CTC loss: parity with torch.nn.CTCLoss, exact impossibility, masking, checks, G2P smoke run."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+from jaxseq.ctc import CTC_REDUCTIONS, ctc_loss, required_lengths, validate_ctc_inputs
+
+torch = pytest.importorskip("torch")
+
+B, T, K, S = 6, 12, 5, 6
+# float32 forward algorithm (optax) vs PyTorch's float32 CPU kernel.
+LOSS_ATOL, LOSS_RTOL = 1e-4, 1e-5
+GRAD_ATOL = 1e-5
+
+
+def make_data(seed: int, *, impossible: bool, blank: int = 0, b=B, t=T, k=K, s=S):
+    """Random logits and labels (never `blank`) with lengths covering the edge cases.
+
+    Rows: a full-length one, one exactly as long as it must be (labels with repeats),
+    a short one, one with no labels, one of length 0 with no labels, and (when
+    ``impossible``) one whose labels need more frames than it has.
+    """
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(b, t, k)) * 2.0).astype(np.float32)
+    non_blank = np.array([c for c in range(k) if c != blank])
+    labels = rng.choice(non_blank, size=(b, s)).astype(np.int32)
+    logit_lengths = np.array([t, 7, 5, 9, 0, 4])
+    label_lengths = np.array([s, 4, 2, 0, 0, 3])
+    labels[1, :4] = non_blank[0]  # 4 labels, 3 repeats: needs exactly 7 frames
+    labels[5, :3] = [non_blank[1], non_blank[1], non_blank[2]]  # needs 4 frames: exactly 4
+    if impossible:
+        logit_lengths[5] = 3  # 3 labels + 1 repeat > 3 frames
+    return logits, logit_lengths, labels, label_lengths
+
+
+def torch_ctc(logits, logit_lengths, labels, label_lengths, *, blank=0, reduction, zero_infinity):
+    """torch.nn.CTCLoss on log_softmax(logits) in its (T, B, K) layout; loss and d loss/d logits."""
+    z = torch.tensor(logits, requires_grad=True)
+    log_probs = z.log_softmax(-1).transpose(0, 1)
+    loss = torch.nn.CTCLoss(blank=blank, reduction=reduction, zero_infinity=zero_infinity)(
+        log_probs,
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(logit_lengths, dtype=torch.long),
+        torch.tensor(label_lengths, dtype=torch.long),
+    )
+    loss.sum().backward()
+    return loss.detach().numpy(), z.grad.numpy()
+
+
+def jax_ctc(logits, logit_lengths, labels, label_lengths, **kwargs):
+    fn = lambda z: ctc_loss(z, logit_lengths, labels, label_lengths, **kwargs)
+    value = fn(jnp.asarray(logits))
+    grad = jax.grad(lambda z: jnp.sum(fn(z)))(jnp.asarray(logits))
+    return np.asarray(value), np.asarray(grad)
+
+
+# ---------------------------------------------------------------- PyTorch parity
+
+
+@pytest.mark.loss_oracle
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_equals_torch_ctc_loss(seed, reduction, zero_infinity):
+    data = make_data(seed, impossible=True)
+    want, want_grad = torch_ctc(*data, reduction=reduction, zero_infinity=zero_infinity)
+    got, grad = jax_ctc(*data, reduction=reduction, zero_infinity=zero_infinity)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL, atol=LOSS_ATOL)  # inf == inf
+    if reduction == "none":
+        assert np.isposinf(got[5]) != zero_infinity and (zero_infinity == (got[5] == 0.0))
+    assert np.all(np.isfinite(grad))
+    if zero_infinity:
+        # PyTorch zeroes the impossible row's gradient too: the whole gradient matches.
+        np.testing.assert_allclose(grad, want_grad, atol=GRAD_ATOL)
+    assert np.all(grad[5] == 0.0)
+
+
+@pytest.mark.loss_oracle
+@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradients_equal_torch_without_impossible_rows(seed, reduction):
+    data = make_data(seed, impossible=False)
+    want, want_grad = torch_ctc(*data, reduction=reduction, zero_infinity=False)
+    got, grad = jax_ctc(*data, reduction=reduction)
+    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL, atol=LOSS_ATOL)
+    np.testing.assert_allclose(grad, want_grad, atol=GRAD_ATOL)
+
+
+@pytest.mark.loss_oracle
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_mean_over_sequences_is_torch_sum_over_batch(zero_infinity):
+    data = make_data(4, impossible=True)
+    want, _ = torch_ctc(*data, reduction="sum", zero_infinity=zero_infinity)
+    got = ctc_loss(*data, reduction="mean_over_sequences", zero_infinity=zero_infinity)
+    np.testing.assert_allclose(float(got), want / B, rtol=LOSS_RTOL)
+
+
+@pytest.mark.loss_oracle
+@pytest.mark.parametrize("blank", [2, K - 1])
+def test_other_blank_ids_equal_torch(blank):
+    data = make_data(5, impossible=True, blank=blank)
+    want, want_grad = torch_ctc(*data, blank=blank, reduction="none", zero_infinity=True)
+    got, grad = jax_ctc(*data, blank=blank, reduction="none", zero_infinity=True)
+    np.testing.assert_allclose(got, want, rtol=LOSS_RTOL, atol=LOSS_ATOL)
+    np.testing.assert_allclose(grad, want_grad, atol=GRAD_ATOL)
+
+
+@pytest.mark.loss_oracle
+def test_hand_computed_values():
+    uniform = jnp.zeros((1, 2, 3))  # p = 1/3 for every class at both steps
+    one = lambda labels, n: float(ctc_loss(uniform, jnp.array([2]), jnp.array([labels]),
+                                           jnp.array([n]), reduction="sum"))  # fmt: skip
+    np.testing.assert_allclose(one([1, 0], 1), np.log(3.0), rtol=1e-6)  # aa, a_, _a: 3/9
+    np.testing.assert_allclose(one([1, 2], 2), np.log(9.0), rtol=1e-6)  # only (a, b)
+    np.testing.assert_allclose(one([0, 0], 0), np.log(9.0), rtol=1e-6)  # only (_, _)
+    assert one([1, 1], 2) == np.inf  # a _ a needs 3 frames
+
+
+# ---------------------------------------------------------------- impossibility
+
+
+@pytest.mark.numerics
+def test_impossibility_is_exact_at_the_boundary():
+    labels = jnp.array([[1, 1, 2, 2, 2]] * 2)
+    label_lengths = jnp.array([5, 5])
+    assert np.asarray(required_lengths(labels, label_lengths)).tolist() == [8, 8]
+    logits = jnp.asarray(np.random.default_rng(6).normal(size=(2, 9, 3)), jnp.float32)
+    losses = ctc_loss(logits, jnp.array([8, 7]), labels, label_lengths, reduction="none")
+    assert np.isfinite(float(losses[0])) and float(losses[1]) == np.inf
+    # optax alone returns a finite ~1e5 sentinel there: the reason for this wrapper.
+    pads = (jnp.arange(9)[None, :] >= jnp.array([8, 7])[:, None]).astype(jnp.float32)
+    with jax.numpy_dtype_promotion("standard"):
+        sentinel = optax.ctc_loss(logits, pads, labels, jnp.zeros((2, 5)))
+    assert np.isfinite(float(sentinel[1])) and float(sentinel[1]) > 1e4
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_impossible_rows_have_exactly_zero_gradient(zero_infinity):
+    logits, logit_lengths, labels, label_lengths = make_data(7, impossible=True)
+    fn = lambda z: jnp.sum(
+        ctc_loss(z, logit_lengths, labels, label_lengths, reduction="none",
+                 zero_infinity=zero_infinity)[jnp.array([0, 1, 2, 3, 4])]
+    )  # fmt: skip
+    full = lambda z: ctc_loss(
+        z, logit_lengths, labels, label_lengths, reduction="sum", zero_infinity=zero_infinity
+    )
+    grad = np.asarray(jax.grad(full)(jnp.asarray(logits)))
+    assert np.all(grad[5] == 0.0)
+    # The other rows' gradient is that of the loss without the impossible row.
+    np.testing.assert_array_equal(grad[:5], np.asarray(jax.grad(fn)(jnp.asarray(logits)))[:5])
+
+
+@pytest.mark.numerics
+def test_large_logits_and_long_sequences_are_finite():
+    rng = np.random.default_rng(8)
+    logits = (rng.normal(size=(2, 400, 6)) * 30.0).astype(np.float32)
+    labels = rng.integers(1, 6, size=(2, 50)).astype(np.int32)
+    value, grad = jax.value_and_grad(
+        lambda z: ctc_loss(z, jnp.array([400, 250]), labels, jnp.array([50, 40]))
+    )(jnp.asarray(logits))
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+
+
+@pytest.mark.numerics
+def test_malformed_values_under_jit_give_nan():
+    logits, logit_lengths, labels, label_lengths = make_data(9, impossible=False)
+    f = jax.jit(lambda z, tl, y, ul: ctc_loss(z, tl, y, ul, reduction="none"))
+    bad_labels = labels.copy()
+    bad_labels[0, 0] = 0  # the blank at a valid position
+    out = np.asarray(f(logits, logit_lengths, bad_labels, label_lengths))
+    assert np.isnan(out[0]) and np.all(np.isfinite(out[1:]))
+    bad_labels[0, 0] = K  # out of range
+    assert np.isnan(np.asarray(f(logits, logit_lengths, bad_labels, label_lengths))[0])
+    too_long = label_lengths.copy()
+    too_long[2] = S + 1
+    assert np.isnan(np.asarray(f(logits, logit_lengths, labels, too_long))[2])
+
+
+# ---------------------------------------------------------------- masking
+
+
+@pytest.mark.padding_invariance
+@pytest.mark.parametrize(
+    ("reduction", "poison"), list(zip(CTC_REDUCTIONS, [np.nan, np.inf, -1e30, np.nan]))
+)
+def test_padding_beyond_the_lengths_changes_nothing(reduction, poison):
+    logits, logit_lengths, labels, label_lengths = make_data(10, impossible=True)
+    beyond_t = np.arange(T)[None, :] >= logit_lengths[:, None]
+    beyond_s = np.arange(S)[None, :] >= label_lengths[:, None]
+    poisoned = np.where(beyond_t[..., None], np.float32(poison), logits).astype(np.float32)
+    garbage = np.where(beyond_s, np.int32(-7), labels).astype(np.int32)
+
+    @jax.jit
+    def value_and_grad(z, y):
+        return jax.value_and_grad(
+            lambda z: jnp.sum(
+                ctc_loss(z, logit_lengths, y, label_lengths, reduction=reduction,
+                         zero_infinity=True)
+            )
+        )(z)  # fmt: skip
+
+    v0, g0 = value_and_grad(logits, labels)
+    v1, g1 = value_and_grad(poisoned, garbage)
+    assert float(v0) == float(v1)
+    np.testing.assert_array_equal(np.asarray(g0), np.asarray(g1))
+    assert np.all(np.asarray(g1)[beyond_t] == 0.0)
+
+
+@pytest.mark.padding_invariance
+def test_batch_padding_equals_removal():
+    logits, logit_lengths, labels, label_lengths = make_data(11, impossible=False)
+    batched = ctc_loss(logits, logit_lengths, labels, label_lengths, reduction="none")
+    for b in range(B):
+        t, u = int(logit_lengths[b]), int(label_lengths[b])
+        alone = ctc_loss(
+            logits[b : b + 1, : max(t, 1)], np.array([t]), labels[b : b + 1, : max(u, 1)],
+            np.array([u]), reduction="none",
+        )  # fmt: skip
+        np.testing.assert_allclose(float(alone[0]), float(batched[b]), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- transformations
+
+
+@pytest.mark.gradcheck
+def test_check_grads_float64():
+    with jax.enable_x64(True):
+        logits, logit_lengths, labels, label_lengths = make_data(12, impossible=True, t=6, s=3)
+        label_lengths = np.minimum(label_lengths, 3)
+        logit_lengths = np.minimum(logit_lengths, 6)
+        f = jax.jit(lambda z: ctc_loss(z, logit_lengths, labels[:, :3], label_lengths,
+                                       zero_infinity=True))  # fmt: skip
+        z = jnp.asarray(logits[:, :6], jnp.float64)
+        assert f(z).dtype == jnp.float64
+        check_grads(f, (z,), order=1, modes=["rev"])
+
+
+@pytest.mark.variants
+def test_jit_equals_eager_and_bfloat16_is_float32():
+    data = make_data(13, impossible=True)
+    eager = ctc_loss(*data, reduction="none")
+    jitted = jax.jit(lambda *a: ctc_loss(*a, reduction="none"))(*data)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-6)
+    low = ctc_loss(jnp.asarray(data[0], jnp.bfloat16), *data[1:], reduction="none")
+    assert low.dtype == jnp.float32
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _bad_calls():
+    logits, logit_lengths, labels, label_lengths = make_data(14, impossible=False)
+    L = ctc_loss
+    return {
+        "logits rank": (lambda: L(logits[0], logit_lengths, labels, label_lengths), "logits"),
+        "logits int": (
+            lambda: L(logits.astype(np.int32), logit_lengths, labels, label_lengths),
+            "logits",
+        ),
+        "labels rank": (lambda: L(logits, logit_lengths, labels[0], label_lengths), "labels"),
+        "labels batch": (lambda: L(logits, logit_lengths, labels[:2], label_lengths), "labels"),
+        "labels float": (
+            lambda: L(logits, logit_lengths, labels.astype(np.float32), label_lengths),
+            "labels",
+        ),
+        "logit_lengths shape": (
+            lambda: L(logits, logit_lengths[:2], labels, label_lengths),
+            "logit_lengths",
+        ),
+        "logit_lengths float": (
+            lambda: L(logits, logit_lengths.astype(np.float32), labels, label_lengths),
+            "logit_lengths",
+        ),
+        "label_lengths shape": (
+            lambda: L(logits, logit_lengths, labels, label_lengths[None]),
+            "label_lengths",
+        ),
+        "blank out of range": (
+            lambda: L(logits, logit_lengths, labels, label_lengths, blank=K),
+            "blank",
+        ),
+        "blank negative": (
+            lambda: L(logits, logit_lengths, labels, label_lengths, blank=-1),
+            "blank",
+        ),
+        "blank bool": (
+            lambda: L(logits, logit_lengths, labels, label_lengths, blank=True),
+            "blank",
+        ),
+        "unknown reduction": (
+            lambda: L(logits, logit_lengths, labels, label_lengths, reduction="mean_over_tokens"),
+            "reduction",
+        ),
+        "zero_infinity not bool": (
+            lambda: L(logits, logit_lengths, labels, label_lengths, zero_infinity=1),
+            "zero_infinity",
+        ),
+        "logit_lengths > T": (
+            lambda: L(logits, logit_lengths + T, labels, label_lengths),
+            "logit_lengths",
+        ),
+        "logit_lengths negative": (
+            lambda: L(logits, logit_lengths - 100, labels, label_lengths),
+            "logit_lengths",
+        ),
+        "label_lengths > S": (
+            lambda: L(logits, logit_lengths, labels, label_lengths + S),
+            "label_lengths",
+        ),
+        "blank label": (
+            lambda: L(logits, logit_lengths, np.zeros_like(labels), label_lengths),
+            "labels",
+        ),
+        "label >= K": (lambda: L(logits, logit_lengths, labels + K, label_lengths), "labels"),
+        "validate impossible": (
+            lambda: validate_ctc_inputs(
+                np.array([3]), np.array([[1, 1, 2]]), np.array([3]), num_classes=3
+            ),
+            "label_lengths",
+        ),
+        "validate blank label": (
+            lambda: validate_ctc_inputs(
+                np.array([5]), np.array([[1, 0, 2]]), np.array([3]), num_classes=3
+            ),
+            "labels",
+        ),
+    }
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("case", list(_bad_calls()))
+def test_bad_input_raises_naming_the_argument(case):
+    call, name = _bad_calls()[case]
+    with pytest.raises((ValueError, TypeError)) as info:
+        call()
+    assert f"`{name}`" in str(info.value)
+
+
+@pytest.mark.bad_input
+def test_validate_accepts_good_data_and_names_the_sequence():
+    validate_ctc_inputs(np.array([4, 0]), np.array([[1, 1, 2], [0, 0, 0]]), np.array([3, 0]),
+                        num_classes=3)  # fmt: skip
+    with pytest.raises(ValueError, match=r"sequence 1 has 2 labels with 1 adjacent repeat"):
+        validate_ctc_inputs(np.array([4, 2]), np.array([[1, 2], [2, 2]]), np.array([2, 2]),
+                            num_classes=3)  # fmt: skip
