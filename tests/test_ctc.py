@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -351,3 +353,31 @@ def test_validate_accepts_good_data_and_names_the_sequence():
     with pytest.raises(ValueError, match=r"sequence 1 has 2 labels with 1 adjacent repeat"):
         validate_ctc_inputs(np.array([4, 2]), np.array([[1, 2], [2, 2]]), np.array([2, 2]),
                             num_classes=3)  # fmt: skip
+
+
+# ---------------------------------------------------------------- the G2P experiment
+
+
+@pytest.mark.training_smoke
+def test_g2p_experiment_smoke_run(tmp_path):
+    from experiments import cmudict_g2p_ctc
+
+    result = cmudict_g2p_ctc.main(["--smoke", "--out-dir", str(tmp_path)])
+    for name in ("config.json", "metrics.jsonl", "result.json", "curves.png"):
+        assert (tmp_path / name).exists(), name
+    assert 0.0 < result.test["per"] <= 1.5 and result.test["words"] == 128
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert all(np.isfinite(train_losses)) and train_losses[-1] < train_losses[0]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["jaxseq"] == result.test["per"] and saved["step"] == 10
+
+
+@pytest.mark.training_smoke
+def test_g2p_decoding_and_edit_distance():
+    from experiments.cmudict_g2p_ctc import edit_distance, greedy_decode
+
+    assert greedy_decode(np.array([0, 3, 3, 0, 3, 5, 5, 0, 9]), 8) == [3, 3, 5]
+    assert edit_distance([1, 2, 3], [1, 3]) == 1
+    assert edit_distance([], [4, 5]) == 2
+    assert edit_distance([1, 2, 3, 4], [2, 1, 3, 5]) == 3
