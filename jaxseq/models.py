@@ -38,11 +38,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxseq import _checks, cells, parallel_cells, pooling, recurrence
+from jaxseq import _checks, cells, fused, parallel_cells, pooling, recurrence
 from jaxseq.masks import length_mask
 
 CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
 POOLINGS = ("last", "mean", "max")
+IMPLEMENTATIONS = ("scan", "fused")
 
 __all__ = [
     "CELLS",
@@ -114,6 +115,11 @@ class SequenceModelConfig:
         ignored by the other cells.
       unroll, remat, hoist_projection: passed to :func:`jaxseq.recurrence.stack`
         (speed/memory only; the values do not change).
+      implementation: ``"scan"`` (:func:`jaxseq.recurrence.stack`, any cell) or
+        ``"fused"`` (:func:`jaxseq.fused.stack`: the time-major recurrence with a
+        hand-written backward pass; elman, gru and lstm only; no ``remat`` or
+        ``hoist_projection``). Same values and gradients up to float rounding;
+        speed only.
     """
 
     num_classes: int
@@ -131,6 +137,7 @@ class SequenceModelConfig:
     unroll: int = 1
     remat: bool = False
     hoist_projection: bool = False
+    implementation: str = "scan"
 
     def __post_init__(self):
         _check_int(self.num_classes, "num_classes", 2)
@@ -161,6 +168,20 @@ class SequenceModelConfig:
         _check_int(self.unroll, "unroll", 1)
         _check_bool(self.remat, "remat")
         _check_bool(self.hoist_projection, "hoist_projection")
+        if not isinstance(self.implementation, str):
+            raise TypeError(f"`implementation` must be a string, got {self.implementation!r}")
+        _checks.check_choice(self.implementation, IMPLEMENTATIONS, "implementation")
+        if self.implementation == "fused":
+            if self.cell not in fused.KINDS:
+                raise ValueError(
+                    f"implementation='fused' supports the cells {fused.KINDS}, got "
+                    f"cell={self.cell!r}; use implementation='scan'"
+                )
+            if self.remat or self.hoist_projection:
+                raise ValueError(
+                    "`remat` and `hoist_projection` are options of implementation='scan'; "
+                    "the fused implementation always hoists and stores only the states"
+                )
 
     @property
     def tokens(self) -> bool:
@@ -331,18 +352,23 @@ def encode(
     x_BTE = _input_layer(params, config, inputs, mask_BT)
     if train and config.embed_dropout_rate > 0:
         x_BTE = _variational_dropout(key_embed, x_BTE, config.embed_dropout_rate)
-    return recurrence.stack(
-        make_cell(config),
-        params["rnn"],
-        x_BTE,
-        lengths,
+    stack_options = dict(
         bidirectional=config.bidirectional,
         dropout_rate=config.dropout_rate,
         key=key_stack,
         train=train and config.dropout_rate > 0,
         unroll=config.unroll,
+    )
+    if config.implementation == "fused":
+        return fused.stack(make_cell(config), params["rnn"], x_BTE, lengths, **stack_options)
+    return recurrence.stack(
+        make_cell(config),
+        params["rnn"],
+        x_BTE,
+        lengths,
         remat=config.remat,
         hoist_projection=config.hoist_projection,
+        **stack_options,
     )
 
 
