@@ -6,7 +6,8 @@ of the batch), and the losses of its first two train steps from the shared initi
 weights (the equivalence check: the same function and the same gradients give the
 same two numbers).
 
-* ``jaxseq`` (``implementation="scan"`` or ``"fused"``): the library's labeler.
+* ``jaxseq-scan`` / ``jaxseq-fused``: the library's labeler
+  (:func:`jaxseq.models.labeler_apply`) with ``implementation="scan"`` or ``"fused"``.
 * ``torch``: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` on the padded batch, masked loss
   (``ignore_index``); ``torch+pack``: the same behind ``pack_padded_sequence``.
 * ``flax``: linen ``nn.RNN(cell)(x, seq_lengths=lengths)`` with ``SimpleCell``,
@@ -113,20 +114,27 @@ def _temp_bytes(compiled) -> int | None:
 
 
 def jaxseq_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *, implementation: str):
-    """The jaxseq labeler (embedding -> rnn -> dense) with the scan or the fused recurrence."""
-    import jax.numpy as jnp
+    """The jaxseq labeler (:func:`jaxseq.models.labeler_apply`) with the given implementation."""
+    from jaxseq import models
 
-    from jaxseq import cells, fused, recurrence
-
-    cell = {"elman": cells.elman, "gru": cells.gru, "lstm": cells.lstm}[cell_name](shape.hidden)
-    rnn = {"scan": recurrence.rnn, "fused": fused.rnn}[implementation]
+    config = models.SequenceModelConfig(
+        num_classes=CLASSES,
+        hidden_size=shape.hidden,
+        cell=cell_name,
+        vocab_size=VOCAB,
+        embed_dim=EMBED,
+        implementation=implementation,
+    )
+    params = {
+        "embed": {"E": weights["embed"]},
+        "rnn": [weights["rnn"]],
+        "output": {"V": weights["V"], "c": weights["c"]},
+    }
 
     def logits_fn(params, ids, lengths):
-        x_BTE = jnp.take(params["embed"], ids, axis=0)
-        _, hs_BTH = rnn(cell, params["rnn"], x_BTE, lengths)
-        return hs_BTH @ params["V"] + params["c"].reshape(1, 1, -1)
+        return models.labeler_apply(params, config, ids, lengths)
 
-    return _jax_impl(f"jaxseq-{implementation}", logits_fn, weights, batch)
+    return _jax_impl(f"jaxseq-{implementation}", logits_fn, params, batch)
 
 
 def fused_plan_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *, plan, name):

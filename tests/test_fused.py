@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxseq import cells, fused, recurrence
+from jaxseq import cells, fused, models, recurrence
 from tests import reference_rnn as ref
 from tests.test_cells import random_carry, random_params
 
@@ -307,3 +307,38 @@ def test_unsupported_cell_and_bad_inputs_raise():
         fused.rnn(CELLS["gru"], params, xs[0], lengths)
     with pytest.raises(ValueError, match="`lengths`"):
         fused.rnn(CELLS["gru"], params, xs, jnp.array([1, 2, 3, T + 1]))
+
+
+@pytest.mark.variants
+def test_model_implementation_switch():
+    cell = "lstm"
+
+    def config(implementation):
+        return models.SequenceModelConfig(
+            num_classes=3,
+            hidden_size=H,
+            cell=cell,
+            num_layers=2,
+            bidirectional=True,
+            vocab_size=11,
+            embed_dim=D,
+            dropout_rate=0.2,
+            implementation=implementation,
+        )
+
+    params = models.classifier_init(jax.random.key(0), config("scan"))
+    ids = jax.random.randint(jax.random.key(1), (B, T), 0, 11)
+    lengths = jnp.asarray(PATTERNS["with_0_and_1"][1])
+
+    def total(params, implementation):
+        logits = models.classifier_apply(
+            params, config(implementation), ids, lengths, key=jax.random.key(2), train=True
+        )
+        return jnp.sum(jnp.sin(logits))
+
+    grad = jax.jit(jax.value_and_grad(total), static_argnums=1)
+    chex.assert_trees_all_close(grad(params, "fused"), grad(params, "scan"), **TOL)
+    with pytest.raises(ValueError, match="remat"):
+        models.SequenceModelConfig(
+            num_classes=3, hidden_size=H, input_size=D, remat=True, implementation="fused"
+        )
