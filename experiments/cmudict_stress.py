@@ -35,11 +35,11 @@ TARGET = 0.95
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: common.ModelConfig = common.ModelConfig(
-        cell="lstm", hidden_size=64, num_layers=2, bidirectional=True, embed_dim=32
+        cell="gru", hidden_size=64, num_layers=2, bidirectional=True, embed_dim=32
     )
     train: common.TrainConfig = common.TrainConfig(
-        batch_size=128, num_epochs=2, learning_rate=5e-3, num_buckets=2, train_subset=40_000,
-        log_every=50, eval_every=200,
+        batch_size=128, num_epochs=3, learning_rate=1e-2, warmup_steps=100, num_buckets=2,
+        log_every=50, eval_every=500,
     )  # fmt: skip
     smoke: bool = False
     """Shrink the run to seconds (tiny model, few steps, subset of data)."""
@@ -58,8 +58,8 @@ SMOKE = {
               "eval_subset": 256, "progress": False},
 }  # fmt: skip
 FULL = {
-    "model": {"hidden_size": 128},
-    "train": {"num_epochs": 5, "train_subset": None, "eval_every": 1000, "log_every": 100},
+    "model": {"hidden_size": 128, "cell": "lstm"},
+    "train": {"num_epochs": 8, "eval_every": 1000, "log_every": 100},
 }
 
 
@@ -101,6 +101,7 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         init=lambda key: models.labeler_init(key, model),
         logits_fn=common.model_logits(model, "labeling"),
         baseline=baseline,
+        metric_label="token accuracy (vowels)",
         target=TARGET,
         timer=timer,
         resolved={"model": dataclasses.asdict(model)},

@@ -38,12 +38,12 @@ VOWEL_RUNS = re.compile(r"[aeiouy]+")
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: common.ModelConfig = common.ModelConfig(
-        cell="lstm", hidden_size=64, num_layers=1, bidirectional=True, embed_dim=32,
+        cell="gru", hidden_size=64, num_layers=1, bidirectional=True, embed_dim=32,
         pooling="last",
     )  # fmt: skip
     train: common.TrainConfig = common.TrainConfig(
-        batch_size=128, num_epochs=2, learning_rate=5e-3, num_buckets=2, train_subset=50_000,
-        log_every=50, eval_every=200,
+        batch_size=128, num_epochs=4, learning_rate=1e-2, warmup_steps=100, num_buckets=2,
+        log_every=50, eval_every=500,
     )  # fmt: skip
     max_count: int = 6
     """Syllable counts >= this share the top class."""
@@ -67,8 +67,8 @@ SMOKE = {
               "eval_subset": 256, "progress": False},
 }  # fmt: skip
 FULL = {
-    "model": {"hidden_size": 128, "num_layers": 2},
-    "train": {"num_epochs": 5, "train_subset": None, "eval_every": 1000, "log_every": 100},
+    "model": {"hidden_size": 128, "num_layers": 2, "cell": "lstm"},
+    "train": {"num_epochs": 8, "eval_every": 1000, "log_every": 100},
 }
 
 

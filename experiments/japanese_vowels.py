@@ -42,7 +42,7 @@ class Config:
     )
     train: common.TrainConfig = common.TrainConfig(
         batch_size=32, num_epochs=60, learning_rate=3e-3, weight_decay=1e-4, num_buckets=2,
-        log_every=10, eval_every=40,
+        log_every=10, eval_every=40, checkpoint_every=160,
     )  # fmt: skip
     dev_per_class: int = 3
     """Training series per speaker held out as dev (0: no dev curve)."""

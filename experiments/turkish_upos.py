@@ -39,15 +39,15 @@ TARGET = 0.93
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: common.ModelConfig = common.ModelConfig(
-        cell="lstm", hidden_size=128, bidirectional=True, embed_dropout_rate=0.25
+        cell="lstm", hidden_size=64, bidirectional=True, embed_dropout_rate=0.25
     )
     train: common.TrainConfig = common.TrainConfig(
-        batch_size=32, num_epochs=12, learning_rate=3e-3, num_buckets=2, log_every=25,
-        eval_every=250,
+        batch_size=32, num_epochs=6, learning_rate=5e-3, num_buckets=2, log_every=25,
+        eval_every=244,
     )  # fmt: skip
     word_dim: int = 64
-    char_dim: int = 32
-    char_filters: int = 96
+    char_dim: int = 24
+    char_filters: int = 64
     char_width: int = 3
     word_dropout: float = 0.25
     """Probability that a training word is looked up as <unk> (its characters stay)."""
@@ -70,8 +70,10 @@ SMOKE = {
     "word_dim": 8, "char_dim": 8, "char_filters": 8,
 }  # fmt: skip
 FULL = {
-    "model": {"hidden_size": 256, "num_layers": 2, "dropout_rate": 0.3},
-    "train": {"num_epochs": 30, "eval_every": 500},
+    "model": {"hidden_size": 128, "num_layers": 2, "dropout_rate": 0.3},
+    "train": {"num_epochs": 20, "eval_every": 500, "learning_rate": 3e-3},
+    "char_dim": 32,
+    "char_filters": 96,
 }
 
 
@@ -148,6 +150,7 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         logits_fn=functools.partial(logits_fn, config=config, model=model),
         extra_metrics=unknown_accuracy,
         baseline=baseline,
+        metric_label="token accuracy",
         target=TARGET,
         timer=timer,
         resolved={
