@@ -1,7 +1,7 @@
-"""A fast path for the batched masked recurrence: time-major, with a hand-written backward.
+"""A fast path for the batched masked recurrence: one loop over the batch, hand-written VJP.
 
 Notation: B batch, T time, D input features, H hidden, G projected width (H for
-Elman, 3H for GRU, 4H for LSTM). Shape suffixes on local names (``xs_TBD``).
+Elman, 3H for GRU, 4H for LSTM). Shape suffixes on local names (``xs_BTD``).
 
 :func:`rnn`, :func:`bidirectional` and :func:`stack` have the signatures and
 the semantics of their namesakes in :mod:`jaxseq.recurrence` (padded outputs
@@ -18,15 +18,18 @@ are rejected (the backward pass is written by hand for each).
 How it differs from the reference path (``vmap`` of a per-example masked
 ``lax.scan``, differentiated by JAX):
 
-* One time-major loop over ``[T, B, ...]``: every step is a ``[B, H] @ [H, G]``
+* One loop over the steps of the whole batch: every step is a ``[B, H] @ [H, G]``
   matmul, not B matrix-vector products. The input projection ``xs @ W_i`` is one
-  ``[T*B, D] @ [D, G]`` matmul before the loop.
+  ``[B*T, D] @ [D, G]`` matmul before the loop. The per-step stacks stay
+  ``[B, T, ...]`` (step t is a strided slice): on XLA:CPU that is as fast as a
+  time-major layout and saves transposing the inputs, the outputs and their
+  gradients.
 * A hand-written backward pass (``jax.custom_vjp`` over the whole sequence). The
   forward loop stores, per step, the gate activations (written *over* that step's
   projected inputs, in place) and the states. The backward pass is a reverse
   loop whose only matmul is ``dG @ W_hᵀ``; it writes each step's ``dG`` over
   that step's activations, in place again. ``dW_i``, ``dW_h``, the bias
-  gradients and ``dxs`` come after the loop, as ``[T*B]``-row matmuls and sums
+  gradients and ``dxs`` come after the loop, as ``[B*T]``-row matmuls and sums
   (what cuDNN and oneDNN do). No per-step stacks are zero-filled or copied.
 * Masking costs a select per step: every sequence runs on for all T steps on
   zeroed padding, the outputs are zeroed at padded steps as they are written,
@@ -37,8 +40,8 @@ How it differs from the reference path (``vmap`` of a per-example masked
   one ``tanh`` for all four LSTM gates): on XLA:CPU, ``logistic`` fused with a
   dynamic slice, as in a loop body, runs several times slower than ``tanh``.
 
-Memory: the residuals are ``hs`` and one ``[T, B, G]`` buffer (LSTM: also ``cs``;
-GRU: one more ``[T, B, H]``); the same buffers then hold the backward pass's
+Memory: the residuals are ``hs`` and one ``[B, T, G]`` buffer (LSTM: also ``cs``;
+GRU: one more ``[B, T, H]``); the same buffers then hold the backward pass's
 ``dG``. ``remat`` is therefore not an option here.
 
 Numerics: the results equal the reference path's up to float rounding (the
@@ -79,9 +82,17 @@ class _Plan(NamedTuple):
     Attributes:
       unroll: steps per iteration of the forward and backward loops (``fori_loop``'s
         ``unroll``).
+      time_major: the core's per-step stacks are ``[T, B, ...]`` (inputs and outputs
+        transposed around it) instead of ``[B, T, ...]`` (step t a strided slice).
+        Batch-major measured as fast or faster on XLA:CPU and needs no transposes.
     """
 
     unroll: int = 1
+    time_major: bool = False
+
+    @property
+    def axis(self) -> int:
+        return 0 if self.time_major else 1
 
 
 DEFAULT_PLAN = _Plan()
@@ -95,12 +106,17 @@ def _row(v, dtype):
     return jnp.asarray(v, dtype).reshape(1, -1)
 
 
-def _at(stack_TBF, t):
-    return jax.lax.dynamic_index_in_dim(stack_TBF, t, 0, keepdims=False)
+def _at(stack, t, axis: int):
+    """Step t of a per-step stack (``[B, T, F]`` for axis 1, ``[T, B, F]`` for axis 0)."""
+    return jax.lax.dynamic_index_in_dim(stack, t, axis, keepdims=False)
 
 
-def _put(stack_TBF, t, value_BF):
-    return jax.lax.dynamic_update_index_in_dim(stack_TBF, value_BF, t, 0)
+def _put(stack, t, value_BF, axis: int):
+    return jax.lax.dynamic_update_index_in_dim(stack, value_BF, t, axis)
+
+
+def _last(stack, axis: int):
+    return _at(stack, stack.shape[axis] - 1, axis)
 
 
 def _steps(t, lengths_B):
@@ -172,123 +188,135 @@ def _lstm_step(w, carry, xp_BG):
 _STEPS = {"elman": _elman_step, "gru": _gru_step, "lstm": _lstm_step}
 
 
-def _forward(kind: str, plan: _Plan, w, xs_TBD, carry0, lengths_B, *, save: bool):
-    """The forward loop. Returns ``(hs [T, B, H] masked, final carry)`` and the residuals.
+def _forward(kind: str, plan: _Plan, w, xs_BTD, carry0, lengths_B, *, save: bool):
+    """The forward loop. Returns ``(hs [B, T, H] masked, final carry)`` and the residuals.
 
-    ``buf [T, B, G]`` starts as ``xs @ W_i`` (one matmul for all steps). Step t reads
+    Stacks are ``[B, T, ...]`` (``[T, B, ...]`` with ``plan.time_major``).
+    ``buf [B, T, G]`` starts as ``xs @ W_i`` (one matmul for all steps). Step t reads
     its slice from the loop carry, where step t-1 put it; with ``save``, step t writes
     the gate activations over slice t, *then* reads slice t+1 from the updated buffer:
     a loop whose every read of a buffer follows its in-place update is one that XLA
     runs without copying the buffer (a read that may come after the update forces a
     copy of the whole buffer per step).
     """
-    steps = xs_TBD.shape[0]
+    axis = plan.axis
+    steps = xs_BTD.shape[axis]
     step = _STEPS[kind]
-    buf_TBG = xs_TBD @ w["W_i"]
+    buf_BTG = xs_BTD @ w["W_i"]
     h0_BH = carry0[0] if kind == "lstm" else carry0
-    hs_TBH = jnp.zeros((steps,) + h0_BH.shape, h0_BH.dtype)
-    extra_TBH = hs_TBH if save and kind != "elman" else None
+    hs_BTH = jnp.zeros(buf_BTG.shape[:2] + h0_BH.shape[-1:], h0_BH.dtype)
+    extra_BTH = hs_BTH if save and kind != "elman" else None
 
     def body(t, state):
-        carry, final, xp_BG, buf_TBG, hs_TBH, extra_TBH = state
+        carry, final, xp_BG, buf_BTG, hs_BTH, extra_BTH = state
         carry, h_BH, act_BG, extra_BH = step(w, carry, xp_BG)
         valid_B1, last_B1 = _steps(t, lengths_B)
         if save and act_BG is not None:
-            buf_TBG = _put(buf_TBG, t, act_BG)
-            extra_TBH = _put(extra_TBH, t, extra_BH)
-        xp_BG = _at(buf_TBG, jnp.minimum(t + 1, steps - 1))
-        hs_TBH = _put(hs_TBH, t, jnp.where(valid_B1, h_BH, jnp.zeros((), h_BH.dtype)))
+            buf_BTG = _put(buf_BTG, t, act_BG, axis)
+            extra_BTH = _put(extra_BTH, t, extra_BH, axis)
+        xp_BG = _at(buf_BTG, jnp.minimum(t + 1, steps - 1), axis)
+        zero = jnp.zeros((), h_BH.dtype)
+        hs_BTH = _put(hs_BTH, t, jnp.where(valid_B1, h_BH, zero), axis)
         final = jax.tree.map(lambda n, f: jnp.where(last_B1, n, f), carry, final)
-        return carry, final, xp_BG, buf_TBG, hs_TBH, extra_TBH
+        return carry, final, xp_BG, buf_BTG, hs_BTH, extra_BTH
 
-    state = (carry0, carry0, buf_TBG[0], buf_TBG, hs_TBH, extra_TBH)
-    _, final, _, buf_TBG, hs_TBH, extra_TBH = jax.lax.fori_loop(
+    state = (carry0, carry0, _at(buf_BTG, 0, axis), buf_BTG, hs_BTH, extra_BTH)
+    _, final, _, buf_BTG, hs_BTH, extra_BTH = jax.lax.fori_loop(
         0, steps, body, state, unroll=plan.unroll
     )
-    return (hs_TBH, final), (buf_TBG, hs_TBH, extra_TBH)
+    return (hs_BTH, final), (buf_BTG, hs_BTH, extra_BTH)
 
 
-def _reverse_loop(body, carry, first_BG, buf_TBG, plan: _Plan):
+def _reverse_loop(body, carry, buf_BTG, plan: _Plan):
     """``body(t, carry, act_BG) -> (carry, d_BG)`` for t = T-1 .. 0; ``d`` is written over
     slice t of ``buf`` and slice t-1 is read after the write (see :func:`_forward`)."""
-    steps = buf_TBG.shape[0]
+    steps = buf_BTG.shape[plan.axis]
 
     def loop_body(j, state):
-        carry, act_BG, buf_TBG = state
+        carry, act_BG, buf_BTG = state
         t = steps - 1 - j
         carry, d_BG = body(t, carry, act_BG)
-        buf_TBG = _put(buf_TBG, t, d_BG)
-        return carry, _at(buf_TBG, jnp.maximum(t - 1, 0)), buf_TBG
+        buf_BTG = _put(buf_BTG, t, d_BG, plan.axis)
+        return carry, _at(buf_BTG, jnp.maximum(t - 1, 0), plan.axis), buf_BTG
 
-    carry, _, buf_TBG = jax.lax.fori_loop(
-        0, steps, loop_body, (carry, first_BG, buf_TBG), unroll=plan.unroll
+    carry, _, buf_BTG = jax.lax.fori_loop(
+        0, steps, loop_body, (carry, _last(buf_BTG, plan.axis), buf_BTG), unroll=plan.unroll
     )
-    return carry, buf_TBG
+    return carry, buf_BTG
 
 
-def _previous(t, stack_TBH, first_BH):
-    """The state before step t: ``stack[t - 1]``, or ``first`` at t = 0."""
-    return jnp.where(t == 0, first_BH, _at(stack_TBH, jnp.maximum(t - 1, 0)))
+def _previous(t, stack_BTH, first_BH, axis: int):
+    """The state before step t: step t-1 of ``stack``, or ``first`` at t = 0."""
+    return jnp.where(t == 0, first_BH, _at(stack_BTH, jnp.maximum(t - 1, 0), axis))
 
 
-def _output_cotangent(t, lengths_B, dhs_TBH, dfinal_BH):
+def _output_cotangent(t, lengths_B, dhs_BTH, dfinal_BH, axis: int):
     """d loss / d h_t from the outputs (valid steps only) and the final carry (at its step)."""
     valid_B1, last_B1 = _steps(t, lengths_B)
-    zero = jnp.zeros((), dhs_TBH.dtype)
-    return jnp.where(valid_B1, _at(dhs_TBH, t), zero) + jnp.where(last_B1, dfinal_BH, zero)
+    zero = jnp.zeros((), dhs_BTH.dtype)
+    dout_BH = _at(dhs_BTH, t, axis)
+    return jnp.where(valid_B1, dout_BH, zero) + jnp.where(last_B1, dfinal_BH, zero)
 
 
 def _elman_backward(plan, w, carry0, lengths_B, residuals, cotangents):
-    buf_TBG, hs_TBH, _ = residuals
-    dhs_TBH, dfinal_BH = cotangents
+    buf_BTG, hs_BTH, _ = residuals
+    dhs_BTH, dfinal_BH = cotangents
     w_hT = w["W_h"].T
 
     def body(t, dh_BH, _):
-        h_BH = _at(hs_TBH, t)
-        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_TBH, dfinal_BH)
+        h_BH = _at(hs_BTH, t, plan.axis)
+        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_BTH, dfinal_BH, plan.axis)
         da_BH = dh_BH * (1.0 - h_BH * h_BH)
         return da_BH @ w_hT, da_BH
 
-    dh0_BH, da_TBG = _reverse_loop(body, jnp.zeros_like(carry0), buf_TBG[-1], buf_TBG, plan)
-    return da_TBG, da_TBG, dh0_BH, dfinal_BH
+    dh0_BH, da_BTG = _reverse_loop(body, jnp.zeros_like(carry0), buf_BTG, plan)
+    return da_BTG, da_BTG, dh0_BH, dfinal_BH
 
 
 def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents):
-    act_TBG, hs_TBH, hp_n_TBH = residuals
-    dhs_TBH, dfinal_BH = cotangents
+    act_BTG, hs_BTH, hp_n_BTH = residuals
+    dhs_BTH, dfinal_BH = cotangents
     size = carry0.shape[-1]
     w_hT = w["W_h"].T
     # dxp = [d_r, d_z, d_n] goes over the activations; the n block of dhp (d_n * r) goes
     # over hp_n, with the same read-after-write order as the activations.
-    steps = act_TBG.shape[0]
+    axis = plan.axis
+    steps = act_BTG.shape[axis]
 
     def loop_body(j, state):
-        dh_BH, act_BG, hp_n_BH, act_TBG, hp_n_TBH = state
+        dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH = state
         t = steps - 1 - j
         r, z, n = act_BG[:, :size], act_BG[:, size : 2 * size], act_BG[:, 2 * size :]
-        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_TBH, dfinal_BH)
+        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_BTH, dfinal_BH, axis)
         # h' = n + z (h - n)
         d_n = dh_BH * (1.0 - z) * (1.0 - n * n)
-        d_z = dh_BH * (_previous(t, hs_TBH, carry0) - n) * z * (1.0 - z)
+        d_z = dh_BH * (_previous(t, hs_BTH, carry0, axis) - n) * z * (1.0 - z)
         d_r = d_n * hp_n_BH * r * (1.0 - r)
         d_hn = d_n * r
         dh_BH = dh_BH * z + jnp.concatenate([d_r, d_z, d_hn], axis=1) @ w_hT
-        act_TBG = _put(act_TBG, t, jnp.concatenate([d_r, d_z, d_n], axis=1))
-        hp_n_TBH = _put(hp_n_TBH, t, d_hn)
+        act_BTG = _put(act_BTG, t, jnp.concatenate([d_r, d_z, d_n], axis=1), axis)
+        hp_n_BTH = _put(hp_n_BTH, t, d_hn, axis)
         previous = jnp.maximum(t - 1, 0)
-        return dh_BH, _at(act_TBG, previous), _at(hp_n_TBH, previous), act_TBG, hp_n_TBH
+        act_BG, hp_n_BH = _at(act_BTG, previous, axis), _at(hp_n_BTH, previous, axis)
+        return dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH
 
-    state = (jnp.zeros_like(carry0), act_TBG[-1], hp_n_TBH[-1], act_TBG, hp_n_TBH)
-    dh0_BH, _, _, dxp_TBG, d_hn_TBH = jax.lax.fori_loop(
+    state = (
+        jnp.zeros_like(carry0),
+        _last(act_BTG, axis),
+        _last(hp_n_BTH, axis),
+        act_BTG,
+        hp_n_BTH,
+    )
+    dh0_BH, _, _, dxp_BTG, d_hn_BTH = jax.lax.fori_loop(
         0, steps, loop_body, state, unroll=plan.unroll
     )
-    dhp_TBG = jnp.concatenate([dxp_TBG[..., : 2 * size], d_hn_TBH], axis=-1)
-    return dxp_TBG, dhp_TBG, dh0_BH, dfinal_BH
+    dhp_BTG = jnp.concatenate([dxp_BTG[..., : 2 * size], d_hn_BTH], axis=-1)
+    return dxp_BTG, dhp_BTG, dh0_BH, dfinal_BH
 
 
 def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
-    act_TBG, hs_TBH, cs_TBH = residuals
-    dhs_TBH, (dh_final_BH, dc_final_BH) = cotangents
+    act_BTG, hs_BTH, cs_BTH = residuals
+    dhs_BTH, (dh_final_BH, dc_final_BH) = cotangents
     h0_BH, c0_BH = carry0
     size = h0_BH.shape[-1]
     _, _, m, sk, inv_s = _lstm_gate_constants(size, h0_BH.dtype)
@@ -298,10 +326,10 @@ def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
     def body(t, carry, act_BG):
         dh_BH, dc_BH = carry
         i, f, g, o = (act_BG[:, j * size : (j + 1) * size] for j in range(4))
-        c_BH = _at(cs_TBH, t)
-        c_prev_BH = _previous(t, cs_TBH, c0_BH)
+        c_BH = _at(cs_BTH, t, plan.axis)
+        c_prev_BH = _previous(t, cs_BTH, c0_BH, plan.axis)
         _, last_B1 = _steps(t, lengths_B)
-        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_TBH, dh_final_BH)
+        dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_BTH, dh_final_BH, plan.axis)
         tc = jnp.tanh(c_BH)
         # c' = f c + i g, h' = o tanh(c')
         dc_BH = dc_BH + jnp.where(last_B1, dc_final_BH, zero) + dh_BH * o * (1.0 - tc * tc)
@@ -311,8 +339,8 @@ def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
         return (da_BG @ w_hT, dc_BH * f), da_BG
 
     zeros = jnp.zeros_like(h0_BH)
-    (dh0_BH, dc0_BH), da_TBG = _reverse_loop(body, (zeros, zeros), act_TBG[-1], act_TBG, plan)
-    return da_TBG, da_TBG, (dh0_BH, dc0_BH), (dh_final_BH, dc_final_BH)
+    (dh0_BH, dc0_BH), da_BTG = _reverse_loop(body, (zeros, zeros), act_BTG, plan)
+    return da_BTG, da_BTG, (dh0_BH, dc0_BH), (dh_final_BH, dc_final_BH)
 
 
 _BACKWARDS = {"elman": _elman_backward, "gru": _gru_backward, "lstm": _lstm_backward}
@@ -320,22 +348,23 @@ _BACKWARDS = {"elman": _elman_backward, "gru": _gru_backward, "lstm": _lstm_back
 
 @functools.cache
 def _core(kind: str, plan: _Plan):
-    """``core(w, xs_TBD, carry0, lengths_B) -> (hs_TBH, final_carry)`` with its VJP.
+    """``core(w, xs_BTD, carry0, lengths_B) -> (hs_BTH, final_carry)`` with its VJP.
 
-    The time-major recurrence over all T steps: ``hs`` is 0 at padded steps and the
+    The recurrence over all T steps (``[T, B, ...]`` in and out with
+    ``plan.time_major``): ``hs`` is 0 at padded steps and the
     final carry is the carry after step ``length - 1`` (``carry0`` for length 0).
     """
 
-    def run(w, xs_TBD, carry0, lengths_B):
-        return _forward(kind, plan, w, xs_TBD, carry0, lengths_B, save=False)[0]
+    def run(w, xs_BTD, carry0, lengths_B):
+        return _forward(kind, plan, w, xs_BTD, carry0, lengths_B, save=False)[0]
 
-    def run_fwd(w, xs_TBD, carry0, lengths_B):
-        outputs, residuals = _forward(kind, plan, w, xs_TBD, carry0, lengths_B, save=True)
-        return outputs, (w, xs_TBD, carry0, lengths_B, residuals)
+    def run_fwd(w, xs_BTD, carry0, lengths_B):
+        outputs, residuals = _forward(kind, plan, w, xs_BTD, carry0, lengths_B, save=True)
+        return outputs, (w, xs_BTD, carry0, lengths_B, residuals)
 
     def run_bwd(saved, cotangents):
-        w, xs_TBD, carry0, lengths_B, residuals = saved
-        dxp_TBG, dhp_TBG, dcarry0, dfinal = _BACKWARDS[kind](
+        w, xs_BTD, carry0, lengths_B, residuals = saved
+        dxp_BTG, dhp_BTG, dcarry0, dfinal = _BACKWARDS[kind](
             plan, w, carry0, lengths_B, residuals, cotangents
         )
         # The final carry is carry0 itself where a sequence is empty.
@@ -343,11 +372,14 @@ def _core(kind: str, plan: _Plan):
         dcarry0 = jax.tree.map(
             lambda d, df: d + jnp.where(empty_B1, df, jnp.zeros((), df.dtype)), dcarry0, dfinal
         )
-        hs_TBH = residuals[1]
+        hs_BTH = residuals[1]
         h0_BH = carry0[0] if kind == "lstm" else carry0
-        prev_TBH = jnp.concatenate([h0_BH[None], hs_TBH[:-1]], axis=0)
-        grads, dxs_TBD = _weight_grads(w, xs_TBD, prev_TBH, dxp_TBG, dhp_TBG)
-        return grads, dxs_TBD, dcarry0, None
+        if plan.time_major:
+            prev_BTH = jnp.concatenate([h0_BH[None], hs_BTH[:-1]], axis=0)
+        else:
+            prev_BTH = jnp.concatenate([h0_BH[:, None], hs_BTH[:, :-1]], axis=1)
+        grads, dxs_BTD = _weight_grads(w, xs_BTD, prev_BTH, dxp_BTG, dhp_BTG)
+        return grads, dxs_BTD, dcarry0, None
 
     core = jax.custom_vjp(run)
     core.defvjp(run_fwd, run_bwd)
@@ -355,23 +387,23 @@ def _core(kind: str, plan: _Plan):
 
 
 def _rows(x):
-    """``[T, B, F]`` -> ``[T*B, F]``."""
+    """``[B, T, F]`` -> ``[B*T, F]``."""
     return x.reshape((-1, x.shape[-1]))
 
 
-def _weight_grads(w, xs_TBD, prev_TBH, dxp_TBG, dhp_TBG):
-    """The gradients that need no loop: [T*B]-row matmuls and sums after it."""
-    dxp = _rows(dxp_TBG)
-    dhp = _rows(dhp_TBG)
+def _weight_grads(w, xs_BTD, prev_BTH, dxp_BTG, dhp_BTG):
+    """The gradients that need no loop: [B*T]-row matmuls and sums after it."""
+    dxp = _rows(dxp_BTG)
+    dhp = _rows(dhp_BTG)
     grads = {
-        "W_i": _rows(xs_TBD).T @ dxp,
-        "W_h": _rows(prev_TBH).T @ dhp,
+        "W_i": _rows(xs_BTD).T @ dxp,
+        "W_h": _rows(prev_BTH).T @ dhp,
         "b_i": jnp.sum(dxp, axis=0),
     }
     if "b_h" in w:
         grads["b_h"] = jnp.sum(dhp, axis=0)
-    dxs_TBD = (dxp @ w["W_i"].T).reshape(xs_TBD.shape)
-    return grads, dxs_TBD
+    dxs_BTD = (dxp @ w["W_i"].T).reshape(xs_BTD.shape)
+    return grads, dxs_BTD
 
 
 # ---------------------------------------------------------------------------- reversal
@@ -439,10 +471,13 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan):
     if reverse:
         index_BT = jax.vmap(lambda n: masks.reverse_index(n, steps))(lengths_B)
         xs_BTD = _flip(xs_BTD, index_BT)
-    hs_TBH, final_carry = _core(cell.name, plan)(
-        _weights(cell.name, params, dtype), jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B
-    )
-    hs_BTH = jnp.swapaxes(hs_TBH, 0, 1)
+    core = _core(cell.name, plan)
+    weights = _weights(cell.name, params, dtype)
+    if plan.time_major:
+        hs_TBH, final_carry = core(weights, jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B)
+        hs_BTH = jnp.swapaxes(hs_TBH, 0, 1)
+    else:
+        hs_BTH, final_carry = core(weights, xs_BTD, carry, lengths_B)
     if reverse:
         hs_BTH = _flip(hs_BTH, index_BT)
     return final_carry, hs_BTH
