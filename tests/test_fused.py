@@ -231,12 +231,30 @@ def test_jit_equals_eager():
 
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.variants
-def test_unroll_agrees(name):
+def test_unroll_and_layout_plans_agree(name):
+    # The public `unroll` is accepted and not applied; the private plans still must agree.
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, _ = make_batch("with_0_and_1")
-    base = RUN(fused, cell, params, xs, lengths, "reverse")
-    unrolled = RUN(fused, cell, params, xs, lengths, "reverse", unroll=4)
-    chex.assert_trees_all_close(unrolled, base, **SAME)
+    carry = carry_for(name)
+    base = GRAD(fused, cell, params, xs, carry, lengths, WEIGHTS, "bidirectional")
+    public = RUN(fused, cell, params, xs, lengths, "reverse", unroll=4)
+    chex.assert_trees_all_equal(public, RUN(fused, cell, params, xs, lengths, "reverse"))
+
+    def plan_loss(plan, params, xs, carry):
+        total = 0.0
+        for reverse, p in ((False, params["forward"]), (True, params["backward"])):
+            final, hs = fused._checked_rnn(
+                cell, p, xs, lengths, carry=carry, reverse=reverse, plan=plan
+            )
+            total += jnp.sum(
+                hs * WEIGHTS[..., : hs.shape[-1]] if not reverse else hs * WEIGHTS[..., H:]
+            )
+            total += sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(final))
+        return total
+
+    grad = jax.jit(jax.value_and_grad(plan_loss, argnums=(1, 2, 3)), static_argnums=0)
+    for plan in (fused._Plan(unroll=3), fused._Plan(time_major=True)):
+        chex.assert_trees_all_close(grad(plan, params, xs, carry), base, **TOL)
 
 
 @pytest.mark.variants
