@@ -34,14 +34,17 @@ Evaluation modes (``mode=``, every function here):
 * ``"sequential"``: ``lax.scan`` over the steps, one ``cell.step`` each (any cell).
 * ``"parallel"``: only for cells whose recurrence is linear in the state,
   ``s_t = a_t * s_{t-1} + b_t`` (:mod:`jaxseq.parallel_cells`: minGRU, minLSTM,
-  LRU): all inputs are projected at once and the sequence is evaluated with
-  ``lax.associative_scan`` in O(log T) depth. A padded step becomes the
-  identity element ``(a, b) = (1, 0)``, so the carry is held there, and a
-  ``reverse`` pass is a reverse associative scan (the padded tail, all
-  identities, leaves the state untouched until the last valid step). Same
-  semantics as the sequential mode, equal up to float rounding. ``unroll`` is
-  ignored and ``hoist_projection`` is implied; ``remat`` checkpoints the
-  whole scan.
+  LRU): the sequence is evaluated with ``lax.associative_scan`` in O(log T)
+  depth. A padded step becomes the identity element ``(a, b) = (1, 0)``, so
+  the carry is held there, and a ``reverse`` pass is a reverse associative
+  scan (the padded tail, all identities, leaves the state untouched until the
+  last valid step). Same semantics as the sequential mode, equal up to float
+  rounding. ``unroll`` is ignored.
+
+  For linear cells both modes compute every step's ``(a_t, b_t)`` at once,
+  before the scan (``hoist_projection`` is implied), and ``"sequential"``
+  loops over ``s = a * s + b`` only; ``remat`` checkpoints the whole
+  evaluation.
 * ``"auto"`` (the default): ``"sequential"`` for non-linear cells (elman, gru,
   lstm: nothing changes for them); for linear cells ``"parallel"`` on GPU and
   TPU and ``"sequential"`` on CPU, where it measured faster (see
@@ -212,8 +215,19 @@ def _scan(
 
     ``mode`` is resolved already: ``"sequential"`` or ``"parallel"``.
     """
-    if mode == "parallel":
-        return _parallel_scan(cell, params, xs_TD, mask_T, carry, reverse=reverse, remat=remat)
+    if parallel_cells.is_linear(cell):
+        final, hs = _linear_rnn(
+            cell,
+            params,
+            xs_TD[None],
+            mask_T[None],
+            None if carry is None else jax.tree.map(lambda c: jnp.asarray(c)[None], carry),
+            parallel=mode == "parallel",
+            reverse=reverse,
+            unroll=unroll,
+            remat=remat,
+        )
+        return jax.tree.map(lambda c: c[0], final), hs[0]
     dtype = cells.compute_dtype(xs_TD.dtype, *_param_dtypes(params))
     if carry is None:
         carry = cell.initial_carry(params, dtype)
@@ -239,57 +253,86 @@ def _scan(
     return jax.lax.scan(body, carry, (inputs_T, mask_T), reverse=reverse, unroll=unroll)
 
 
-def _parallel_scan(cell, params, xs_TD, mask_T, carry, *, reverse, remat):
-    """``_scan`` of a linear cell with an associative scan. Returns (final carry, hs [T, H])."""
+def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, parallel, reverse, unroll, remat):
+    """The masked scan of a batch through a linear cell (``s_t = a_t s_{t-1} + b_t``).
+
+    Batched by hand (not a ``vmap`` of one example) and time-major inside:
+
+    * padded inputs are zeroed, then projected with ONE 2-D matmul
+      ``[B*T, D] @ [D, G]`` (on XLA:CPU the weight gradient of the 3-D
+      ``dot_general`` that a vmapped projection becomes ran ~15x slower);
+    * the coefficients of every step are computed at once, outside any loop, and
+      padded steps become the identity ``(a, b) = (1, 0)``, so the state is held
+      there and a reverse scan meets the padded tail first and leaves the
+      initial state alone;
+    * ``[T, B, S]`` coefficients are composed with an associative scan
+      (``parallel``) or a ``lax.scan`` of ``s = a * s + b`` over contiguous
+      ``[B, S]`` slices;
+    * the final carry is picked at the last valid step processed (the initial
+      carry when there is none).
+
+    Returns (final carry with leaves ``[B, ...]``, hs ``[B, T, H]``).
+    """
     linear = cell.step  # a parallel_cells.LinearStep (checked by resolve_mode)
-    dtype = cells.compute_dtype(xs_TD.dtype, *_param_dtypes(params))
+    batch, steps = xs_BTD.shape[:2]
+    dtype = cells.compute_dtype(xs_BTD.dtype, *_param_dtypes(params))
     if carry is None:
-        carry = cell.initial_carry(params, dtype)
+        carry = jax.tree.map(
+            lambda c: jnp.broadcast_to(c, (batch,) + c.shape), cell.initial_carry(params, dtype)
+        )
     else:
         carry = jax.tree.map(lambda c: jnp.asarray(c).astype(dtype), carry)
 
-    def run(params, xs_TD, carry):
+    def run(params, xs_BTD, carry):
         # Sanitise before any math: padding values never reach a value or a gradient.
-        xs_TD = jnp.where(mask_T[:, None], xs_TD, jnp.zeros((), xs_TD.dtype))
-        xp_TG = cell.project(params, xs_TD)
-        s0_S = linear.to_state(carry)
-        valid_T1 = mask_T[:, None]
-        # Padded steps are the identity (a, b) = (1, 0): the state is held there, and a
-        # reverse scan meets the padded tail first and leaves the initial state alone.
-        if linear.log_coefficients is not None:
-            log_a_TS, log_b_TS = linear.log_coefficients(params, xp_TG, dtype)
-            log_a_TS = jnp.where(valid_T1, log_a_TS, jnp.zeros((), log_a_TS.dtype))
-            log_b_TS = jnp.where(
-                valid_T1, log_b_TS, jnp.full((), parallel_cells._LOG_ZERO, log_b_TS.dtype)
-            )
-            log_A_TS, log_B_TS = parallel_cells.log_linear_scan(log_a_TS, log_b_TS, reverse=reverse)
+        xs_BTD = jnp.where(mask_BT[:, :, None], xs_BTD, jnp.zeros((), xs_BTD.dtype))
+        xp_NG = cell.project(params, xs_BTD.reshape((batch * steps, xs_BTD.shape[2])))
+        xp_TBG = jnp.swapaxes(xp_NG.reshape((batch, steps, -1)), 0, 1)
+        s0_BS = jax.vmap(linear.to_state)(carry)
+        valid_TB1 = jnp.swapaxes(mask_BT, 0, 1)[:, :, None]
+        if parallel and linear.log_coefficients is not None:
+            log_a, log_b = linear.log_coefficients(params, xp_TBG, dtype)
+            log_a = jnp.where(valid_TB1, log_a, jnp.zeros((), log_a.dtype))
+            log_b = jnp.where(valid_TB1, log_b, jnp.full((), parallel_cells._LOG_ZERO, log_b.dtype))
+            log_A, log_B = parallel_cells.log_linear_scan(log_a, log_b, reverse=reverse)
             # The initial state enters linearly, so it may have any sign (or be 0).
-            s_TS = jnp.exp(log_A_TS) * s0_S[None] + jnp.exp(log_B_TS)
+            s_TBS = jnp.exp(log_A) * s0_BS[None] + jnp.exp(log_B)
         else:
-            a_TS, b_TS = linear.coefficients(params, xp_TG, dtype)
-            a_TS = jnp.where(valid_T1, a_TS, jnp.ones((), a_TS.dtype))
-            b_TS = jnp.where(valid_T1, b_TS, jnp.zeros((), b_TS.dtype))
-            A_TS, B_TS = parallel_cells.linear_scan(a_TS, b_TS, reverse=reverse)
-            s_TS = A_TS * s0_S[None] + B_TS
-        carries_T = linear.readout(params, s_TS, xp_TG)
-        h_TH = cell.output(carries_T)
-        hs_TH = jnp.where(valid_T1, h_TH, jnp.zeros((), h_TH.dtype))
-        # The final carry is the carry after the last step processed that is valid
-        # (forward: the last valid t; reverse: the first), the initial one if none is.
-        steps = xs_TD.shape[0]
+            a_TBS, b_TBS = linear.coefficients(params, xp_TBG, dtype)
+            a_TBS = jnp.where(valid_TB1, a_TBS, jnp.ones((), a_TBS.dtype))
+            b_TBS = jnp.where(valid_TB1, b_TBS, jnp.zeros((), b_TBS.dtype))
+            if parallel:
+                A_TBS, B_TBS = parallel_cells.linear_scan(a_TBS, b_TBS, reverse=reverse)
+                s_TBS = A_TBS * s0_BS[None] + B_TBS
+            else:
+
+                def body(s_BS, ab):
+                    s_BS = ab[0] * s_BS + ab[1]
+                    return s_BS, s_BS
+
+                scan = jax.lax.scan(body, s0_BS, (a_TBS, b_TBS), reverse=reverse, unroll=unroll)
+                s_TBS = scan[1]
+        carries_BT = linear.readout(params, jnp.swapaxes(s_TBS, 0, 1), jnp.swapaxes(xp_TBG, 0, 1))
+        h_BTH = cell.output(carries_BT)
+        hs_BTH = jnp.where(mask_BT[:, :, None], h_BTH, jnp.zeros((), h_BTH.dtype))
         if steps == 0:
-            return carry, hs_TH
+            return carry, hs_BTH
+        # The last valid step processed: forward the last valid t, reverse the first.
         if reverse:
-            last = jnp.argmax(mask_T)
+            last_B = jnp.argmax(mask_BT, axis=1)
         else:
-            last = steps - 1 - jnp.argmax(mask_T[::-1])
-        any_valid = jnp.any(mask_T)
-        final = jax.tree.map(lambda c_T, c0: jnp.where(any_valid, c_T[last], c0), carries_T, carry)
-        return final, hs_TH
+            last_B = steps - 1 - jnp.argmax(mask_BT[:, ::-1], axis=1)
+        any_B = jnp.any(mask_BT, axis=1)
+
+        def pick(c_BT, c0_B):
+            any_b = any_B.reshape((batch,) + (1,) * (c0_B.ndim - 1))
+            return jnp.where(any_b, c_BT[jnp.arange(batch), last_B], c0_B)
+
+        return jax.tree.map(pick, carries_BT, carry), hs_BTH
 
     if remat:
         run = jax.checkpoint(run, prevent_cse=False)
-    return run(params, xs_TD, carry)
+    return run(params, xs_BTD, carry)
 
 
 def scan_rnn(
@@ -363,11 +406,24 @@ def scan_rnn(
 
 def _rnn(cell, params, xs_BTD, lengths_B, carry, **options):
     mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
+    carry_axis = None if carry is None else 0
+    if parallel_cells.is_linear(cell):
+        return _linear_rnn(
+            cell,
+            params,
+            xs_BTD,
+            mask_BT,
+            carry,
+            parallel=options.get("mode") == "parallel",
+            reverse=options["reverse"],
+            unroll=options["unroll"],
+            remat=options["remat"],
+        )
 
     def one(x_TD, m_T, c):
         return _scan(cell, params, x_TD, m_T, c, **options)
 
-    return jax.vmap(one, in_axes=(0, 0, None if carry is None else 0))(xs_BTD, mask_BT, carry)
+    return jax.vmap(one, in_axes=(0, 0, carry_axis))(xs_BTD, mask_BT, carry)
 
 
 def rnn(

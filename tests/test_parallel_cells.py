@@ -117,6 +117,19 @@ def test_matches_reference(kind, mode):
     assert not np.asarray(hs)[~valid].any()  # padded outputs are exactly 0
 
 
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.reference
+def test_step_matches_reference(kind):
+    # cell.step (the Cell contract; the recurrence itself computes all (a_t, b_t) at once).
+    cell, params = CELLS[kind], PARAMS[kind]["forward"]
+    carry = jax.tree.map(lambda a: a[0], random_carry(kind, jax.random.key(1)))
+    x = jax.random.normal(jax.random.key(2), (D,))
+    new = cell.step(params, carry, cell.project(params, x))
+    expected = ref.step(kind, params, example(carry, ...), np.asarray(x, np.float64))
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL), new, expected)
+    np.testing.assert_allclose(cell.output(new), ref.output(kind, expected), **TOL)
+
+
 @pytest.mark.parametrize("kind", MAIN)
 @pytest.mark.reference
 def test_initial_carry_and_single_step_sequences(kind):
