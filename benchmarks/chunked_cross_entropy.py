@@ -12,8 +12,9 @@ and its gradients w.r.t. hidden and weight.
 
 Measured: the compiled temporary memory (XLA's ``memory_analysis``, JAX only);
 the increase of the process's peak RSS over its RSS just before one fwd+bwd
-(each implementation in a fresh subprocess, compiled and warmed up first, the
-peak reset through ``/proc/self/clear_refs``); and the median wall time over
+(each implementation in a fresh subprocess: inputs made and the step compiled
+ahead of time, the peak reset through ``/proc/self/clear_refs``, then the first
+call); and the median wall time over
 ``--repeats`` runs, the implementations interleaved in one process so that
 load from other processes hits them alike.
 
@@ -103,7 +104,7 @@ def _torch_step(hidden, weight, labels, mask):
         w_t.grad = None
         loss = F.cross_entropy(F.linear(h, w_t), y, ignore_index=-100)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     return run, None
 
@@ -119,16 +120,19 @@ def make_step(impl: str, n: int, h: int, c: int):
 
 
 def measure_rss(impl: str, n: int, h: int, c: int) -> dict:
-    """In this (fresh) process: the peak RSS increase of one fwd+bwd after a warm-up."""
-    run, temp = make_step(impl, n, h, c)
-    value = run()  # compile caches, allocator pools, first-touch pages
+    """In this (fresh) process: the peak RSS increase of the first fwd+bwd after compiling.
+
+    The first call, not a later one: freed memory the allocator keeps would hide
+    part of a later call's needs.
+    """
+    run, temp = make_step(impl, n, h, c)  # inputs made, JAX steps compiled ahead of time
     import gc
 
     gc.collect()
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    run()
+    value = run()
     peak = _rss_kib("VmHWM")
     return {"impl": impl, "rss_increase_mib": (peak - before) / 1024, "temp": temp, "loss": value}
 

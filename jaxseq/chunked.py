@@ -59,8 +59,10 @@ FLAT_REDUCTIONS = ("mean_over_tokens", "sum", "none")
 #: Default tile: 2048 tokens x 4096 classes (32 MiB of float32 logits).
 DEFAULT_TOKEN_CHUNK = 2048
 DEFAULT_CLASS_CHUNK = 4096
-#: ``grad_in_forward`` tiles hold ``[tn, C]``: ``tn`` defaults to this many logits / C.
-FUSED_TILE_ELEMENTS = 2048 * 4096
+#: ``grad_in_forward`` tiles hold ``[tn, C]``: ``tn`` defaults to this many logits / C
+#: (64 MiB of float32 logits; 512 tokens at C = 32768). Each token chunk reads and writes
+#: the whole ``[H, C]`` weight gradient once, so much smaller tiles cost time.
+FUSED_TILE_ELEMENTS = 2**24
 
 
 class _Static(NamedTuple):
@@ -108,11 +110,18 @@ def _chunks(x, s: _Static):
     return _pad_tokens(x, s).reshape(s.num_token_chunks, s.token_chunk, *x.shape[1:])
 
 
+def _matmul(a, b, dtype):
+    """``a @ b`` accumulated and returned in ``dtype`` (inputs cast to it if they differ)."""
+    if a.dtype != b.dtype:
+        a, b = a.astype(dtype), b.astype(dtype)
+    return jnp.matmul(a, b, preferred_element_type=dtype).astype(dtype)
+
+
 def _logit_tile(h_tH, weight, bias, start, s: _Static):
     """Logits ``[tn, tc]`` of the class chunk beginning at column ``start``."""
     dtype = jnp.dtype(s.dtype)
     w_Htc = jax.lax.dynamic_slice_in_dim(weight, start, s.class_chunk, axis=1)
-    z = jnp.matmul(h_tH, w_Htc, preferred_element_type=dtype).astype(dtype)
+    z = _matmul(h_tH, w_Htc, dtype)
     if bias is not None:
         b_tc = jax.lax.dynamic_slice_in_dim(bias, start, s.class_chunk).astype(dtype)
         z = z + b_tc[None, :]
@@ -249,7 +258,7 @@ def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool
 
     def body(carry, xs):
         h_tH, y_t, c_t = xs
-        z = jnp.matmul(h_tH, weight, preferred_element_type=dtype).astype(dtype)
+        z = _matmul(h_tH, weight, dtype)
         if bias is not None:
             z = z + bias.astype(dtype)[None, :]
         lse_t = jax.nn.logsumexp(z, axis=1)
@@ -531,7 +540,7 @@ def linear_cross_entropy(
         and ``"none"``.
       label_smoothing, class_weights, z_loss: as in :func:`jaxseq.cross_entropy`.
       token_chunk: tokens per tile ``tn`` (default 2048; with
-        ``grad_in_forward``, ``2**23 // C`` rounded down to a multiple of 8).
+        ``grad_in_forward``, ``2**24 // C`` rounded down to a multiple of 8).
         Need not divide N.
       class_chunk: classes per tile ``tc`` (default 4096). Need not divide C.
         Unused with ``grad_in_forward`` (its tiles hold all classes).

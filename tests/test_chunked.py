@@ -522,3 +522,18 @@ def test_bad_input_raises_naming_the_argument(case):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     assert f"`{name}`" in str(info.value)
+
+
+@pytest.mark.dtype
+def test_mixed_input_dtypes():
+    rng, hidden, weight, bias, labels = make_data(127)
+    mask = make_mask("partial", rng)
+    h16 = jnp.asarray(hidden, jnp.bfloat16)
+    for mode in MODES.values():
+        got = chunked.linear_cross_entropy(
+            h16, weight, labels, mask, bias=bias, grad_in_forward=mode, **TILES
+        )
+        want = chunked.linear_cross_entropy(
+            h16.astype(jnp.float32), weight, labels, mask, bias=bias, **TILES
+        )
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
