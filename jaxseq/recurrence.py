@@ -287,7 +287,7 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, parallel, reverse, unro
         # Sanitise before any math: padding values never reach a value or a gradient.
         xs_BTD = jnp.where(mask_BT[:, :, None], xs_BTD, jnp.zeros((), xs_BTD.dtype))
         xp_NG = cell.project(params, xs_BTD.reshape((batch * steps, xs_BTD.shape[2])))
-        xp_TBG = jnp.swapaxes(xp_NG.reshape((batch, steps, -1)), 0, 1)
+        xp_TBG = jnp.swapaxes(xp_NG.reshape((batch, steps, xp_NG.shape[-1])), 0, 1)
         s0_BS = jax.vmap(linear.to_state)(carry)
         valid_TB1 = jnp.swapaxes(mask_BT, 0, 1)[:, :, None]
         if parallel and linear.log_coefficients is not None:

@@ -134,9 +134,11 @@ def test_step_matches_reference(kind):
 @pytest.mark.reference
 def test_initial_carry_and_single_step_sequences(kind):
     # A random initial carry (negative entries too: the log-space scan adds it linearly),
-    # on sequences of length 0 and 1 with T = 1, and in reverse on the main batch.
+    # on sequences of length 0 and 1 with T = 1, on an empty T = 0 batch, and in reverse
+    # on the main batch.
     cell, params = CELLS[kind], PARAMS[kind]["forward"]
-    for lengths, max_len, reverse in (([1, 0, 1, 0, 1], 1, False), (LENGTHS, T, True)):
+    cases = (([1, 0, 1, 0, 1], 1, False), ([0] * B, 0, False), (LENGTHS, T, True))
+    for lengths, max_len, reverse in cases:
         xs, lengths, _ = make_batch(lengths=lengths, max_len=max_len)
         carry = random_carry(kind, jax.random.key(3))
         final, hs = RNN(cell, params, xs, lengths, carry=carry, reverse=reverse, mode="parallel")
