@@ -35,7 +35,7 @@ TARGET = 0.95
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: common.ModelConfig = common.ModelConfig(
-        cell="gru", hidden_size=64, num_layers=2, bidirectional=True, embed_dim=32
+        cell="lstm", hidden_size=64, num_layers=2, bidirectional=True, embed_dim=32
     )
     train: common.TrainConfig = common.TrainConfig(
         batch_size=128, num_epochs=3, learning_rate=1e-2, warmup_steps=100, num_buckets=2,
@@ -54,11 +54,11 @@ class Config:
 SMOKE = {
     "model": {"hidden_size": 8, "embed_dim": 8, "num_layers": 1},
     "train": {"max_steps": 12, "log_every": 3, "eval_every": 6, "num_buckets": 1,
-              "batch_size": 32, "learning_rate": 2e-2, "train_subset": 512,
+              "batch_size": 32, "learning_rate": 2e-2, "warmup_steps": 0, "train_subset": 512,
               "eval_subset": 256, "progress": False},
 }  # fmt: skip
 FULL = {
-    "model": {"hidden_size": 128, "cell": "lstm"},
+    "model": {"hidden_size": 128},
     "train": {"num_epochs": 8, "eval_every": 1000, "log_every": 100},
 }
 

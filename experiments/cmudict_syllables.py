@@ -38,7 +38,7 @@ VOWEL_RUNS = re.compile(r"[aeiouy]+")
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: common.ModelConfig = common.ModelConfig(
-        cell="gru", hidden_size=64, num_layers=1, bidirectional=True, embed_dim=32,
+        cell="lstm", hidden_size=64, num_layers=1, bidirectional=True, embed_dim=32,
         pooling="last",
     )  # fmt: skip
     train: common.TrainConfig = common.TrainConfig(
@@ -63,11 +63,11 @@ class Config:
 SMOKE = {
     "model": {"hidden_size": 8, "embed_dim": 8},
     "train": {"max_steps": 12, "log_every": 3, "eval_every": 6, "num_buckets": 1,
-              "batch_size": 32, "learning_rate": 2e-2, "train_subset": 512,
+              "batch_size": 32, "learning_rate": 2e-2, "warmup_steps": 0, "train_subset": 512,
               "eval_subset": 256, "progress": False},
 }  # fmt: skip
 FULL = {
-    "model": {"hidden_size": 128, "num_layers": 2, "cell": "lstm"},
+    "model": {"hidden_size": 128, "num_layers": 2},
     "train": {"num_epochs": 8, "eval_every": 1000, "log_every": 100},
 }
 

@@ -57,6 +57,9 @@ class ModelConfig:
     """Variational dropout on the input layer's output."""
     pooling: Literal["last", "mean", "max"] = "last"
     """Classifiers only: how the valid steps are summarised."""
+    implementation: Literal["scan", "fused"] = "fused"
+    """``scan``: vmap of a per-example lax.scan; ``fused``: the time-major recurrence with a
+    hand-written backward pass (same values up to rounding, speed only)."""
 
     def sequence_model(
         self, *, num_classes: int, vocab_size: int | None = None, input_size: int | None = None
@@ -73,6 +76,7 @@ class ModelConfig:
             dropout_rate=self.dropout_rate,
             embed_dropout_rate=self.embed_dropout_rate,
             pooling=self.pooling,
+            implementation=self.implementation,
         )
 
 
