@@ -23,18 +23,22 @@ their own dtype):
   (``h^T @ dz``) and ``d bias``. One more pass over ``weight`` than the plain
   path, but no ``[N, C]`` array is written to or read from memory.
 * ``grad_in_forward=True`` (training): under ``jax.grad`` the forward pass of a
-  token chunk computes its logits for all classes (``[tn, C]``), its loss and
-  at once its contribution to the gradients, scaled by the coefficient the
-  reduction gives each token (known before the loss: it depends only on the
-  mask, labels and class weights). The backward pass then only multiplies the
-  stored gradients by the incoming scalar. No recomputation: the matmul work
-  of the plain path, in tiles. Not available for ``reduction="none"`` (its
-  cotangent is not a scalar).
+  token chunk computes its logits for all classes (``[tn, C]``, kept for this
+  chunk only), its loss, and at once, class chunk by class chunk, its
+  contribution to the gradients, scaled by the coefficient the reduction gives
+  each token (known before the loss: it depends only on the mask, labels and
+  class weights). The backward pass then only multiplies the stored gradients
+  by the incoming scalar. No recomputation: the matmul work of the plain path,
+  in tiles. Not available for ``reduction="none"`` (its cotangent is not a
+  scalar).
 
-Everything that is linear in the logits (label smoothing's mean logit) or a
-function of ``lse`` and the true logit per token (z-loss, class weights, the
-reductions) is plain JAX on ``[N]`` vectors outside the custom kernels, so its
-gradient comes from JAX's own autodiff, ``class_weights`` included.
+In the default mode, everything that is linear in the logits (label
+smoothing's mean logit) or a function of ``lse`` and the true logit per token
+(z-loss, class weights, the reductions) is plain JAX on ``[N]`` vectors outside
+the custom kernel, so its gradient comes from JAX's own autodiff. With
+``grad_in_forward`` the kernel applies z-loss itself, and the per-token
+coefficients enter it as an input whose gradient is the per-token loss, so
+``class_weights`` get their gradient in both modes.
 
 Masking is exact: masked tokens' hidden states and labels are replaced by 0
 before any arithmetic, and their loss and weight by 0 after it ("double
@@ -254,7 +258,8 @@ def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool
     dtype = jnp.dtype(s.dtype)
     tn, num_c = s.token_chunk, s.num_classes
     keep = 1.0 - s.smoothing
-    classes = jnp.arange(num_c, dtype=jnp.int32)
+    starts, fresh_from = s.class_starts()
+    col = jnp.arange(s.class_chunk, dtype=jnp.int32)
 
     def body(carry, xs):
         h_tH, y_t, c_t = xs
@@ -269,14 +274,37 @@ def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool
         if not with_grads:
             return carry, l_t
         scale_t = c_t if not s.z_loss else c_t * (1.0 + 2.0 * s.z_loss * lse_t)
-        onehot = classes[None, :] == y_t[:, None]
-        dz = scale_t[:, None] * jnp.exp(z - lse_t[:, None])
-        dz = dz - jnp.where(onehot, keep * c_t[:, None], 0.0)
-        dh_tH = jnp.matmul(dz, weight.astype(dtype).T)
+        w_T = weight.astype(dtype)
+        h_T = h_tH.astype(dtype)
+
+        # The softmax gradient tile by tile over the classes, read from the stored logits:
+        # no second [tn, C] buffer, and the weight gradient is updated in place per tile.
+        def class_body(inner, cs):
+            dh_tH, dw_HC, db_C = inner
+            start, first = cs
+            z_tile = jax.lax.dynamic_slice_in_dim(z, start, s.class_chunk, axis=1)
+            onehot = (start + col)[None, :] == y_t[:, None]
+            dz = scale_t[:, None] * jnp.exp(z_tile - lse_t[:, None])
+            dz = dz - jnp.where(onehot, keep * c_t[:, None], 0.0)
+            dz = jnp.where((col >= first)[None, :], dz, 0.0)
+            w_Htc = jax.lax.dynamic_slice_in_dim(w_T, start, s.class_chunk, axis=1)
+            dh_tH = dh_tH + jnp.matmul(dz, w_Htc.T)
+            dw_tile = jax.lax.dynamic_slice_in_dim(dw_HC, start, s.class_chunk, axis=1)
+            dw_HC = jax.lax.dynamic_update_slice_in_dim(
+                dw_HC, dw_tile + jnp.matmul(h_T.T, dz), start, axis=1
+            )
+            if db_C is not None:
+                db_tile = jax.lax.dynamic_slice_in_dim(db_C, start, s.class_chunk)
+                db_C = jax.lax.dynamic_update_slice_in_dim(
+                    db_C, db_tile + jnp.sum(dz, axis=0), start, axis=0
+                )
+            return (dh_tH, dw_HC, db_C), None
+
         dw_HC, db_C = carry
-        dw_HC = dw_HC + jnp.matmul(h_tH.astype(dtype).T, dz)
-        if db_C is not None:
-            db_C = db_C + jnp.sum(dz, axis=0)
+        dh_tH = jnp.zeros((tn, hidden.shape[1]), dtype)
+        (dh_tH, dw_HC, db_C), _ = jax.lax.scan(
+            class_body, (dh_tH, dw_HC, db_C), (jnp.asarray(starts), jnp.asarray(fresh_from))
+        )
         return (dw_HC, db_C), (l_t, dh_tH)
 
     xs = (_chunks(hidden, s), _chunks(labels, s), _chunks(coef.astype(dtype), s))
@@ -543,7 +571,8 @@ def linear_cross_entropy(
         ``grad_in_forward``, ``2**24 // C`` rounded down to a multiple of 8).
         Need not divide N.
       class_chunk: classes per tile ``tc`` (default 4096). Need not divide C.
-        Unused with ``grad_in_forward`` (its tiles hold all classes).
+        With ``grad_in_forward``, the logits are computed for all classes of a
+        token chunk at once and the gradient is formed ``tc`` classes at a time.
       grad_in_forward: compute the gradients already in the forward pass of a
         ``jax.grad`` (see the module docstring): the fastest choice for a
         training step; without ``grad`` it changes nothing. Not with
