@@ -21,8 +21,11 @@ The cells are ordinary :class:`jaxseq.cells.Cell` values (``init``,
 ``initial_carry``, ``project``, ``step``, ``output``), so they work wherever
 elman/gru/lstm do. What makes them parallel is their ``step``: a
 :class:`LinearStep`, which computes ``a * s + b`` and also exposes the pieces
-the parallel evaluation needs (``coefficients``, ``log_coefficients``,
+a whole-sequence evaluation needs (``coefficients``, ``log_coefficients``,
 ``to_state``, ``readout``). :func:`is_linear` tells whether a cell has one.
+:mod:`jaxseq.recurrence` uses those pieces in both of its modes: it computes
+every step's ``(a_t, b_t)`` at once and then scans them, sequentially or in
+parallel.
 
 =========  ===================================  ==============================
 cell       paper                                parallel scan
