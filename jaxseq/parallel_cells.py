@@ -78,8 +78,10 @@ from jaxseq.cells import (
 
 __all__ = [
     "LinearStep",
+    "g",
     "is_linear",
     "linear_scan",
+    "log_g",
     "log_linear_scan",
     "lru",
     "mingru",
