@@ -42,8 +42,6 @@ def category_of(item) -> str:
     if isinstance(item, pytest.DoctestItem):
         return "docs"
     found = sorted({m.name for m in item.iter_markers() if m.name in CATEGORIES})
-    if not found:  # TEMPORARY while tests are being categorised; removed before landing
-        return "uncategorised"
     if len(found) != 1:
         raise pytest.UsageError(
             f"{item.nodeid}: every test needs exactly one category marker "
