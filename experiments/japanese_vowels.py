@@ -13,8 +13,10 @@ Command::
     python -m experiments.japanese_vowels --smoke    # seconds, for tests
     python -m experiments.japanese_vowels --model.hidden-size 128 --train.num-epochs 80
 
-Expected (default config, 2-core CPU): test accuracy 0.98-0.99 (baseline logistic
-regression 0.97), about 20 s. Target: >= 0.98.
+Expected (default config: BiGRU 64, mean pooling, input dropout 0.2, 480 steps):
+test accuracy 0.9838 (364/370; baseline 0.9784), about 25 s on a shared 2-core CPU
+(14 s CPU time). Target >= 0.98: met. The margin is 2 series of 370: other seeds (which
+also change the dev hold-out) gave 0.978-0.984, and so did the baseline.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ Command::
     python -m experiments.turkish_upos --smoke     # seconds, for tests
     python -m experiments.turkish_upos --full      # bigger, longer
 
-Expected (default config, 2-core CPU): token accuracy 0.93 (baseline 0.84),
-about 2 minutes. Target: >= 0.93.
+Expected (default config: BiLSTM 64 over word embedding 64 + char CNN 64, 6 epochs):
+token accuracy 0.9450 (baseline 0.8971); on the 1,570 of 8,025 test tokens unseen in
+training 0.898 (baseline 0.758); about 110 s on a shared 2-core CPU (55 s CPU time).
+Target >= 0.93: met. (Hidden 128, char CNN 96, 12 epochs: 0.9487 at 4x the cost.)
 """
 
 from __future__ import annotations
