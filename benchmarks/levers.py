@@ -13,22 +13,45 @@ The train step of :mod:`benchmarks.rnn_train_step` (small shape by default) for:
 Every row is timed interleaved with the others; the ratio is the row's step time
 divided by ``fused``'s (above 1: the row is slower than the fast path).
 
-Levers measured during development that no longer exist as switches (they are
-the history of ``jaxseq/fused.py``; 1 thread, CPU time, LSTM small shape, on a
-shared machine):
+Levers measured during development, A/B in one process, 1 thread, process CPU
+time (the machine was shared with other jobs: CPU time counts the work, not the
+waiting), jaxseq labeler train step unless noted. Most are no longer switches: they
+are the history of ``jaxseq/fused.py`` (see ``git log``).
 
-* a first custom VJP (time-major scan, gate coefficients precomputed over
-  ``[T, B, 6H]`` after the forward loop, per-step output stacks zero-filled by
-  ``lax.scan``): gradient of the recurrence 146-154 ms vs 141-167 ms for the scan
-  path and 96-119 ms for PyTorch: no gain;
-* then in-place buffers (the forward writes each step's gate activations over its
-  projected inputs, the backward writes ``dG`` over the activations, every read
-  after the write so that XLA copies nothing): 99-113 ms;
+* First custom VJP (time-major ``lax.scan``, gate coefficients precomputed over
+  ``[T, B, 6H]`` after the forward loop, per-step outputs stacked by ``lax.scan``):
+  LSTM recurrence fwd+bwd 146-154 ms vs 141-167 ms for the scan path and 96-119 ms
+  for PyTorch: no gain. Profile: zero-filled output stacks and their copies,
+  ``[T, B, *]`` elementwise passes, and ``logistic``.
 * ``logistic`` replaced by ``tanh``: ``logistic`` fused with a dynamic slice ran
-  3.5x slower than alone (52 vs 16 us per [32, 1024] step), ``tanh`` 1.3x;
-* the input projection inside the loop instead of hoisted: the same total on
-  XLA:CPU (the [4096, 128] @ [128, 1024] matmul runs at the per-step rate,
-  ~115 GFLOP/s per core); hoisted is kept because its buffer is reused in place.
+  3.5x slower than alone (52 vs 16 us per [32, 1024] step); ``tanh`` 1.3x.
+* In-place buffers, every read after the write (the forward writes each step's
+  gate activations over its projected inputs, the backward writes ``dG`` over the
+  activations; no zero-filled stacks, no per-step copies): LSTM recurrence
+  fwd+bwd 99-113 ms (torch 100-119 ms). A read of the buffer that XLA may schedule
+  after the in-place write makes it copy the whole buffer every step: 3x slower.
+* Masking inside the loop (a select per step) and the final carry picked at
+  ``length - 1`` in the loop: no ``[T, B, H]`` passes for masks.
+* Batch-major stacks (step t a strided slice) instead of time-major: 1.00-1.06x,
+  and 2-7 MB less temp memory (no transposes of inputs, outputs, cotangents).
+* Input projection per step vs hoisted: the same on XLA:CPU for training (the
+  [4096, 128] @ [128, 1024] matmul runs at the per-step rate, ~115 GFLOP/s per
+  core), so it stays hoisted in training, where its buffer is reused in place; for
+  inference per step is 0.98-1.00x at the small shape and 1.06-1.09x at the large
+  one, with a third of the temp memory.
+* ``unroll`` 2 or 4: 0.30-0.43x for GRU/LSTM (it breaks the in-place updates),
+  1.00-1.02x for the tanh RNN: not applied.
+* Feature-major state (``hᵀ [H, B]``, so every per-step dot is ``Wᵀ @ hᵀ``, which
+  XLA:CPU runs 22-29% faster than ``h @ W`` because its dot repacks the right
+  operand on every call): 0.66-0.76x overall (boundary transposes, elementwise
+  work on [G, B] arrays with only B contiguous lanes): reverted.
+* glibc returns big blocks to the OS, so every step page-faults its temp memory
+  (10-13% of the LSTM step's CPU). With ``MALLOC_MMAP_MAX_=0`` the fused LSTM step
+  went 113 -> 101 ms but PyTorch's 123 -> 91 ms: an environment effect on both,
+  not used in the benchmark.
+* Not a lever for the library: the non-recurrent part of the step (embedding
+  gather/scatter, dense layer, loss, Adam) costs ~20 ms of CPU per step at the
+  small shape for every jax implementation; it bounds the ratio to flax.
 
 Run::
 

@@ -255,6 +255,11 @@ def test_unroll_and_layout_plans_agree(name):
     grad = jax.jit(jax.value_and_grad(plan_loss, argnums=(1, 2, 3)), static_argnums=0)
     for plan in (fused._Plan(unroll=3), fused._Plan(time_major=True)):
         chex.assert_trees_all_close(grad(plan, params, xs, carry), base, **TOL)
+    # Inference with the projection hoisted (the GPU default) or per step (the CPU one).
+    value = jax.jit(plan_loss, static_argnums=0)
+    for hoist in (False, True):
+        got = value(fused._Plan(hoist_inference=hoist), params, xs, carry)
+        np.testing.assert_allclose(got, base[0], **TOL)
 
 
 @pytest.mark.variants
