@@ -13,9 +13,9 @@ Models, about 8.7 k parameters each: two stacked minGRU layers (H=64, log-space
 formulation, update-gate bias initialised to ``gate_bias`` so that the state
 starts out remembering over ~1000 steps) and one LSTM layer (H=45, forget-gate
 bias 1), each with a linear readout; Adam (learning rate 0.02, batch 32) with
-global-norm clipping 1.0, the same
-number of steps and batches for both. The minGRU runs with ``--mode`` (``auto``:
-the associative scan on GPU/TPU, ``lax.scan`` on CPU, where that is faster).
+global-norm clipping 1.0, the same number of steps and batches for both. The
+minGRU runs with ``--mode`` (``auto``: the associative scan on GPU/TPU,
+``lax.scan`` on CPU, where that is faster).
 
 Command::
 
