@@ -153,7 +153,8 @@ def train_step_fn(
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
         metric_sums = dict(metric_sums, loss=Ratio(terms.total, terms.count))
-        metric_sums["grad_norm"] = optax.tree.norm(grads)
+        # A Ratio, so a log window reports the mean gradient norm over its steps.
+        metric_sums["grad_norm"] = Ratio(optax.tree.norm(grads), jnp.ones((), jnp.float32))
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metric_sums
 
