@@ -32,7 +32,7 @@ import tyro
 from matplotlib.figure import Figure
 
 import jaxseq as js
-from jaxseq import loop, metrics, models, train
+from jaxseq import distributed, loop, metrics, models, train
 from jaxseq.data import Batch, SequenceDataset, bucket_boundaries, count_batches, iterate_batches
 
 RUNS_DIR = "runs"
@@ -152,6 +152,9 @@ def parse(
     defaults; any other flag given overrides them. Unknown flags and values of
     the wrong type exit with tyro's error message (``SystemExit(2)``).
     """
+    # Device/process layout from JAXSEQ_* (none set: one device, as before); it must
+    # run before any JAX operation (see docs/scaling_out.md).
+    distributed.setup_from_env()
     first = tyro.cli(config_cls, args=args, description=description)
     if not (first.smoke or first.full):
         return first
@@ -324,6 +327,7 @@ class Timer:
 # ----------------------------------------------------------------------------- plots
 
 
+@distributed.main_process_only
 def plot_curves(records: Sequence[Mapping[str, Any]], path: str, title: str) -> None:
     """Loss and accuracy against step, train and dev, from ``metrics.jsonl`` records."""
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -341,6 +345,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str, title: str) -> 
     fig.savefig(path, dpi=100)
 
 
+@distributed.main_process_only
 def plot_confusion(
     confusion_CC: np.ndarray, class_names: Sequence[str], path: str, title: str
 ) -> None:
@@ -372,6 +377,7 @@ def plot_confusion(
 # ----------------------------------------------------------------------------- training
 
 
+@distributed.main_process_only
 def _write_json(path: str, value: Any) -> None:
     with open(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=False)
@@ -432,8 +438,9 @@ def train_and_evaluate(
     tc: TrainConfig = config.train
     out_dir = run_dir(name, config)
     os.makedirs(out_dir, exist_ok=True)
-    if not config.resume:
+    if not config.resume and distributed.is_main_process():
         shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)
+    distributed.sync("jaxseq-run-dir-ready")
 
     splits = [d for d in (train_set, dev_set, test_set) if d is not None]
     buckets = buckets_for(splits, tc.num_buckets)
@@ -469,18 +476,35 @@ def train_and_evaluate(
     )
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
     state = train.create_train_state(init(key_init), optimizer)
-    train_step = train.make_train_step(loss_fn, optimizer)
-    eval_step = train.make_eval_step(loss_fn)
+    mesh = distributed.setup_from_env()  # None: one device, the plain steps
+    if mesh is None:
+        train_step = train.make_train_step(loss_fn, optimizer)
+        eval_step = train.make_eval_step(loss_fn)
+        on_devices = lambda batches: batches
+    else:  # tc.batch_size is the global batch, split over the mesh's "data" axis
+        state = distributed.replicate(state, mesh)
+        key_train = distributed.replicate(key_train, mesh)
+        train_step = distributed.make_sharded_train_step(loss_fn, optimizer, mesh)
+        eval_step = distributed.make_sharded_eval_step(loss_fn, mesh)
+        on_devices = lambda batches: distributed.shard_batches(batches, mesh)
 
     def train_batches(epoch: int) -> list[Batch]:
-        return list(
-            iterate_batches(
-                train_set, tc.batch_size, buckets=buckets, shuffle=True, seed=tc.seed, epoch=epoch
+        # A list, sharded lazily batch by batch when there is a mesh.
+        return on_devices(
+            list(
+                iterate_batches(
+                    train_set,
+                    tc.batch_size,
+                    buckets=buckets,
+                    shuffle=True,
+                    seed=tc.seed,
+                    epoch=epoch,
+                )
             )
         )
 
     def eval_batches(dataset: SequenceDataset):
-        return iterate_batches(dataset, tc.eval_batch_size, buckets=buckets)
+        return on_devices(iterate_batches(dataset, tc.eval_batch_size, buckets=buckets))
 
     fit_config = loop.FitConfig(
         num_epochs=tc.num_epochs,
