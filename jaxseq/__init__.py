@@ -8,7 +8,18 @@ pooling, model heads (:mod:`jaxseq.models`), metrics, training
 adapters) and ``jaxseq.interop`` (PyTorch weights; needs torch).
 """
 
-from jaxseq import cells, checkpoint, data, loop, metrics, models, pooling, recurrence, train
+from jaxseq import (
+    cells,
+    checkpoint,
+    data,
+    loop,
+    metrics,
+    models,
+    parallel_cells,
+    pooling,
+    recurrence,
+    train,
+)
 from jaxseq.cells import Cell, elman, gru, lstm
 from jaxseq.interop import from_torch, to_torch_state_dict
 from jaxseq.losses import (
@@ -37,10 +48,12 @@ from jaxseq.models import (
     labeler_apply,
     labeler_init,
 )
+from jaxseq.parallel_cells import lru, mingru, minlstm
 from jaxseq.pooling import masked_max, masked_mean
 from jaxseq.recurrence import (
     bidirectional,
     init_stack,
+    resolve_mode,
     rnn,
     scan_rnn,
     stack,
@@ -56,6 +69,11 @@ from jaxseq.validation import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "resolve_mode",
+    "parallel_cells",
+    "minlstm",
+    "mingru",
+    "lru",
     "REDUCTIONS",
     "Cell",
     "LossTerms",
