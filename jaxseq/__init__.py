@@ -11,7 +11,10 @@ adapters) and ``jaxseq.interop`` (PyTorch weights; needs torch).
 from jaxseq import (
     cells,
     checkpoint,
+    chunked,
+    ctc,
     data,
+    fused,
     loop,
     metrics,
     models,
@@ -21,6 +24,8 @@ from jaxseq import (
     train,
 )
 from jaxseq.cells import Cell, elman, gru, lstm
+from jaxseq.chunked import linear_cross_entropy, linear_cross_entropy_terms
+from jaxseq.ctc import ctc_loss, validate_ctc_inputs
 from jaxseq.interop import from_torch, to_torch_state_dict
 from jaxseq.losses import (
     REDUCTIONS,
@@ -69,6 +74,13 @@ from jaxseq.validation import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "validate_ctc_inputs",
+    "ctc_loss",
+    "linear_cross_entropy_terms",
+    "linear_cross_entropy",
+    "fused",
+    "ctc",
+    "chunked",
     "resolve_mode",
     "parallel_cells",
     "minlstm",
