@@ -131,7 +131,7 @@ def _token_losses(logits, labels, valid, label_smoothing, class_weights, z_loss)
     if z_loss:
         loss = loss + z_loss * jnp.square(lse)
     if class_weights is not None:
-        weight = class_weights.astype(dtype)[safe_labels]
+        weight = jnp.asarray(class_weights, dtype)[safe_labels]
     else:
         weight = jnp.ones(labels.shape, dtype)
     if valid is not None:

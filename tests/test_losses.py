@@ -571,3 +571,14 @@ def test_bad_input_raises_naming_the_argument(case):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     assert f"`{name}`" in str(info.value)
+
+
+@pytest.mark.variants
+def test_numpy_class_weights_under_jit():
+    rng, logits, labels, _ = make_data(151)
+    mask = make_mask("partial", rng)
+    weights = OPTIONS["class_weights"]["class_weights"]  # a NumPy array, closed over
+    f = lambda z: js.sequence_labeling_loss(
+        z, labels, mask, reduction="mean_over_tokens", class_weights=weights
+    )
+    np.testing.assert_allclose(float(jax.jit(f)(logits)), float(f(logits)), rtol=1e-6)
