@@ -61,6 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="CPU cores to use")
     parser.add_argument("--no-infer", action="store_true", help="skip the inference rows")
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"))
+    parser.add_argument("--note", default="", help="a remark on this run, put under the header")
     args = parser.parse_args(argv)
     if args.quick:
         args.shapes = "small"
@@ -230,7 +231,12 @@ def versions() -> dict:
     }
 
 
+KEEP_FROM = "\n# Other benchmarks"  # RESULTS.md keeps this heading and what follows it
+
+
 def write_results(path, rows, args, peak, device, elapsed, command) -> str:
+    """Write the train-step part of ``path``; a ``# Other benchmarks`` part already in the
+    file (other scripts' results, copied there) is kept as it is."""
     machine = common.machine()
     lines = [
         "# RNN train-step benchmark: jaxseq vs PyTorch vs flax",
@@ -247,7 +253,7 @@ def write_results(path, rows, args, peak, device, elapsed, command) -> str:
         "(numpy 2048x2048 on CPU, jax on GPU)",
         f"- {args.repeats or '7 (small) / 5 (large)'} interleaved timed rounds per "
         "(shape, cell, mode) after a warm-up round",
-        "",
+        *(["", f"> {args.note}", ""] if args.note else [""]),
         "## Headline: jaxseq-fused tokens/s divided by each peer's (higher is better)",
         "",
         headline(rows),
@@ -281,8 +287,14 @@ def write_results(path, rows, args, peak, device, elapsed, command) -> str:
             f"| {r['losses'][0]:.6f} | {r['losses'][1]:.6f} | {r['loss_diff']:.1e} |"
         )
     text = "\n".join(lines) + "\n"
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if KEEP_FROM in old:
+            kept = old[old.index(KEEP_FROM) :]
     with open(path, "w") as f:
-        f.write(text)
+        f.write(text + kept)
     return text
 
 
