@@ -77,9 +77,7 @@ def table(counts) -> str:
             f"| {category} | {c['passed']} | {c['failed']} | {c['skipped']} | "
             f"{target or '-'} | {status} |"
         )
-    lines.append(
-        f"| **all** | {totals['passed']} | {totals['failed']} | {totals['skipped']} | | |"
-    )
+    lines.append(f"| **all** | {totals['passed']} | {totals['failed']} | {totals['skipped']} | | |")
     return "\n".join(lines) + "\n"
 
 
