@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import errno
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -26,6 +28,10 @@ from tqdm.auto import tqdm
 
 from jaxseq import checkpoint, metrics
 from jaxseq.train import TrainState
+
+
+# Checkpoints fit() keeps on disk (the latest ones).
+CHECKPOINTS_KEPT = 2
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,10 +74,9 @@ class MetricsWriter:
         if not self._enabled:
             return
         if keep_up_to_step is not None and os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= keep_up_to_step]
+            kept = [r for r in read_metrics(path) if r["step"] <= keep_up_to_step]
             with open(path, "w") as f:
-                f.writelines(kept)
+                f.writelines(json.dumps(r) + "\n" for r in kept)
         elif keep_up_to_step is None:
             open(path, "w").close()
         if tensorboard:
@@ -94,12 +99,23 @@ class MetricsWriter:
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The records of a metrics file. A torn last line (the writer was killed
+    mid-write) is dropped; a torn line anywhere else raises."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for number, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines) - 1:
+                raise ValueError(f"{path}: line {number + 1} is not JSON: {line[:80]!r}") from None
+    return records
 
 
-def check_writable(out_dir: str) -> None:
-    """Fail before training if ``out_dir`` cannot be created or written."""
+def check_writable(out_dir: str, *, required_bytes: int = 0) -> None:
+    """Fail before training if ``out_dir`` cannot be created or written, or its
+    file system has fewer than ``required_bytes`` free."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f".write-test-{jax.process_index()}")
@@ -107,7 +123,25 @@ def check_writable(out_dir: str) -> None:
             f.write("x" * 4096)
         os.remove(probe)
     except OSError as e:
-        raise OSError(f"output folder {out_dir!r} is not writable: {e}") from e
+        raise OSError(e.errno, f"output folder {out_dir!r} is not writable: {e}") from e
+    free = shutil.disk_usage(out_dir).free
+    if free < required_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"output folder {out_dir!r} has {free / 2**20:.1f} MiB free but the checkpoints "
+            f"need about {required_bytes / 2**20:.1f} MiB: free some space or choose another "
+            f"output folder",
+        )
+
+
+def checkpoint_bytes_needed(state: Any, *, max_to_keep: int) -> int:
+    """An upper bound on the disk space of the checkpoints ``fit`` keeps: the
+    uncompressed state, ``max_to_keep`` times plus the one being written, and
+    1 MiB for metadata and metrics."""
+    state_bytes = sum(
+        int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree_util.tree_leaves(state)
+    )
+    return state_bytes * (max_to_keep + 1) + 2**20
 
 
 def evaluate(eval_step, params, batches: Iterable[Any]) -> dict[str, float]:
@@ -153,13 +187,21 @@ def fit(
       eval_sets: name -> a function returning that set's batches.
       key: the run's base PRNG key (per-step keys are ``fold_in(key, step)``).
       config: a :class:`FitConfig`.
-      out_dir: receives ``metrics.jsonl`` and ``checkpoints/``.
-      resume: continue from the latest checkpoint in ``out_dir`` if there is one.
+      out_dir: receives ``metrics.jsonl`` and ``checkpoints/`` (the last
+        ``CHECKPOINTS_KEPT``). Checked before the first step: it must be writable
+        with room for the checkpoints (:func:`checkpoint_bytes_needed`), or
+        ``OSError`` (``ENOSPC`` for too little space) is raised.
+      resume: continue from the latest committed checkpoint in ``out_dir`` if
+        there is one (a save interrupted by a crash is never committed; a
+        corrupted one raises :class:`jaxseq.checkpoint.CheckpointCorruptError`).
       tokens_in: counts the tokens of a batch, for the throughput display.
     """
-    check_writable(out_dir)
+    check_writable(
+        out_dir,
+        required_bytes=checkpoint_bytes_needed(state, max_to_keep=CHECKPOINTS_KEPT),
+    )
     eval_sets = dict(eval_sets or {})
-    mngr = checkpoint.manager(os.path.join(out_dir, "checkpoints"))
+    mngr = checkpoint.manager(os.path.join(out_dir, "checkpoints"), max_to_keep=CHECKPOINTS_KEPT)
     start_step = 0
     if resume and mngr.latest_step() is not None:
         state = checkpoint.restore(mngr, state)

@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -36,8 +32,8 @@ import pytest
 import jaxseq as js
 from jaxseq import distributed, loop
 from jaxseq.data import Batch
+from tests.subprocesses import Worker, worker_env
 
-REPO = Path(__file__).resolve().parents[1]
 REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens")
 DEVICE_COUNTS = (1, 2, 4, 8)
 # float32: the sharded sums add the same terms in another order.
@@ -59,39 +55,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Proc:
-    def __init__(self, name: str, args: list[str], out: Path, env: dict[str, str], timeout: float):
-        self.name, self.log_path = name, out / f"{name}.log"
-        self.deadline = time.monotonic() + timeout
-        with open(self.log_path, "w") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "tests.distributed_worker", *args],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: killable as a whole
-            )
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait(self) -> None:
-        try:
-            code = self.popen.wait(timeout=max(0.0, self.deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"worker {self.name} timed out; log tail:\n{self.log_tail()}")
-        if code != 0:
-            pytest.fail(f"worker {self.name} exited with {code}; log tail:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.popen.wait()
+def _worker(name: str, args: list[str], out: Path, env: dict[str, str], timeout: float) -> Worker:
+    return Worker(name, "tests.distributed_worker", args, out, env, timeout)
 
 
 class Runs:
@@ -99,21 +64,16 @@ class Runs:
 
     def __init__(self, out: Path, jobs: set[str]):
         self.out = out
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JAXSEQ_", "XLA_"))}
-        env.update(
-            PYTHONPATH=str(REPO),
-            JAX_PLATFORMS="cpu",
-            XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-        )
-        self.procs: dict[str, list[_Proc]] = {}
+        env = worker_env()
+        self.procs: dict[str, list[Worker]] = {}
         if "devices" in jobs:
             self.procs["devices"] = [
-                _Proc("devices", ["devices", str(out)], out, env, TIMEOUTS["devices"])
+                _worker("devices", ["devices", str(out)], out, env, TIMEOUTS["devices"])
             ]
         if "multi" in jobs:
             port = _free_port()
             self.procs["multi"] = [
-                _Proc(
+                _worker(
                     f"process{i}",
                     ["process", str(out)],
                     out,
@@ -132,7 +92,7 @@ class Runs:
             # Restores the devices job's checkpoint when that job runs ("-": skip).
             ckpt = str(out / "checkpoint_8") if "devices" in jobs else "-"
             self.procs["single"] = [
-                _Proc("single", ["single", str(out), ckpt], out, env, TIMEOUTS["single"])
+                _worker("single", ["single", str(out), ckpt], out, env, TIMEOUTS["single"])
             ]
 
     def result(self, job: str) -> tuple[dict, dict[str, np.ndarray]]:
