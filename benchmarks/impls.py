@@ -12,6 +12,11 @@ same two numbers).
   (``ignore_index``); ``torch+pack``: the same behind ``pack_padded_sequence``.
 * ``flax``: linen ``nn.RNN(cell)(x, seq_lengths=lengths)`` with ``SimpleCell``,
   ``GRUCell`` and ``OptimizedLSTMCell``.
+* ``jaxseq-fused-dp`` / ``flax-dp``: the same jax steps data-parallel over a mesh
+  of all devices (:mod:`jaxseq.distributed`'s shardings: batch split along B,
+  state replicated, ``jit`` with in/out shardings). On a CPU the benchmark makes
+  one XLA host device per core, so each core runs its half of the batch's
+  recurrence (XLA:CPU runs a loop's small per-step matmul on one core).
 
 The loss is the mean cross-entropy over the valid tokens in all of them. Adam with
 learning rate 1e-3 and the default betas/eps (optax and PyTorch agree).
@@ -43,13 +48,15 @@ class Impl:
 # ---------------------------------------------------------------------------- JAX
 
 
-def _jax_impl(name: str, logits_fn, params, batch: Batch) -> Impl:
-    """A jitted Adam train step and a jitted forward for ``logits_fn(params, ids, lengths)``."""
+def _jax_impl(name: str, logits_fn, params, batch: Batch, *, mesh=None) -> Impl:
+    """A jitted Adam train step and a jitted forward for ``logits_fn(params, ids, lengths)``;
+    with a ``mesh``, data-parallel over it (batch sharded along B, state replicated)."""
     import jax
     import jax.numpy as jnp
     import optax
 
     import jaxseq
+    from jaxseq import distributed
 
     ids, labels, lengths = (jnp.asarray(a) for a in batch)
     optimizer = optax.adam(LEARNING_RATE)
@@ -69,13 +76,22 @@ def _jax_impl(name: str, logits_fn, params, batch: Batch) -> Impl:
     params = jax.tree.map(jnp.asarray, params)
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
+    shardings = {}
+    if mesh is not None:
+        rep, data = distributed.replicated_sharding(mesh), distributed.data_sharding(mesh)
+        params, opt_state = jax.device_put((params, opt_state), rep)
+        ids, labels, lengths = jax.device_put((ids, labels, lengths), data)
+        shardings = {
+            "train": dict(in_shardings=(rep, rep, data, data, data), out_shardings=(rep, rep, rep)),
+            "infer": dict(in_shardings=(rep, data, data), out_shardings=data),
+        }
 
     start = time.perf_counter()
-    train = jax.jit(train_step, donate_argnums=(0, 1))
+    train = jax.jit(train_step, donate_argnums=(0, 1), **shardings.get("train", {}))
     train = train.lower(params, opt_state, ids, labels, lengths).compile()
     train_compile = time.perf_counter() - start
     start = time.perf_counter()
-    infer = jax.jit(logits_fn).lower(params, ids, lengths).compile()
+    infer = jax.jit(logits_fn, **shardings.get("infer", {})).lower(params, ids, lengths).compile()
     infer_compile = time.perf_counter() - start
 
     infer_params = jax.tree.map(jnp.copy, params)
@@ -113,8 +129,11 @@ def _temp_bytes(compiled) -> int | None:
         return None
 
 
-def jaxseq_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *, implementation: str):
-    """The jaxseq labeler (:func:`jaxseq.models.labeler_apply`) with the given implementation."""
+def jaxseq_impl(
+    cell_name: str, shape: Shape, weights: dict, batch: Batch, *, implementation: str, mesh=None
+):
+    """The jaxseq labeler (:func:`jaxseq.models.labeler_apply`) with the given implementation
+    (data-parallel over ``mesh`` if given)."""
     from jaxseq import models
 
     config = models.SequenceModelConfig(
@@ -134,7 +153,8 @@ def jaxseq_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *, im
     def logits_fn(params, ids, lengths):
         return models.labeler_apply(params, config, ids, lengths)
 
-    return _jax_impl(f"jaxseq-{implementation}", logits_fn, params, batch)
+    name = f"jaxseq-{implementation}" + ("-dp" if mesh is not None else "")
+    return _jax_impl(name, logits_fn, params, batch, mesh=mesh)
 
 
 def fused_plan_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *, plan, name):
@@ -185,8 +205,9 @@ def _flax_params(cell_name: str, weights: dict, cell_scope: str) -> dict:
     }
 
 
-def flax_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch):
-    """flax linen: ``nn.RNN(cell)(x, seq_lengths=lengths)`` between an Embed and a Dense."""
+def flax_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *, mesh=None):
+    """flax linen: ``nn.RNN(cell)(x, seq_lengths=lengths)`` between an Embed and a Dense
+    (data-parallel over ``mesh`` if given)."""
     import jax
     import jax.numpy as jnp
     from flax import linen as nn
@@ -212,7 +233,9 @@ def flax_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch):
     def logits_fn(params, ids, lengths):
         return model.apply({"params": params}, ids, lengths)
 
-    return _jax_impl("flax", logits_fn, params, batch)
+    return _jax_impl(
+        "flax" + ("-dp" if mesh is not None else ""), logits_fn, params, batch, mesh=mesh
+    )
 
 
 # ---------------------------------------------------------------------------- PyTorch
