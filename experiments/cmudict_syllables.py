@@ -122,12 +122,9 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
 
 
 def main(args=None) -> common.Result:
-    config = common.parse(
-        Config, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
+    return common.main(
+        Config, run, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
     )
-    result = run(config)
-    print(result.row())
-    return result
 
 
 if __name__ == "__main__":

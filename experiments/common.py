@@ -168,6 +168,28 @@ def parse(
     return tyro.cli(config_cls, args=args, default=base, description=description)
 
 
+def main(
+    config_cls: type,
+    run: Callable[[Any], Result],
+    args: Sequence[str] | None,
+    *,
+    smoke_overrides: Mapping[str, Any],
+    full_overrides: Mapping[str, Any],
+    description: str | None = None,
+) -> Result:
+    """An experiment's command line: :func:`parse`, ``run``, print the result row."""
+    config = parse(
+        config_cls,
+        args,
+        smoke_overrides=smoke_overrides,
+        full_overrides=full_overrides,
+        description=description,
+    )
+    result = run(config)
+    print(result.row())
+    return result
+
+
 def variant_name(config) -> str:
     return "smoke" if config.smoke else ("full" if config.full else "default")
 

@@ -71,6 +71,16 @@ def check_bool(x, name: str) -> None:
         )
 
 
+def optional_mask(where, shape: Sequence[int | None], name: str, shape_doc: str = ""):
+    """``where`` as a boolean array of ``shape`` (checked), or None if it is None."""
+    if where is None:
+        return None
+    where = as_array(where, name)
+    check_bool(where, name)
+    check_shape(where, shape, name, shape_doc)
+    return where
+
+
 def check_choice(value, choices: Sequence[str], name: str) -> None:
     if value not in choices:
         raise ValueError(

@@ -14,8 +14,8 @@ written, and metrics lines after the restored step are dropped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import errno
+import json
 import math
 import os
 import shutil
@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from jaxseq import checkpoint, metrics
 from jaxseq.train import TrainState
-
 
 # Checkpoints fit() keeps on disk (the latest ones).
 CHECKPOINTS_KEPT = 2
@@ -138,9 +137,7 @@ def checkpoint_bytes_needed(state: Any, *, max_to_keep: int) -> int:
     """An upper bound on the disk space of the checkpoints ``fit`` keeps: the
     uncompressed state, ``max_to_keep`` times plus the one being written, and
     1 MiB for metadata and metrics."""
-    state_bytes = sum(
-        int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree_util.tree_leaves(state)
-    )
+    state_bytes = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree_util.tree_leaves(state))
     return state_bytes * (max_to_keep + 1) + 2**20
 
 

@@ -94,15 +94,6 @@ def _check_logits_labels(logits, labels, *, logits_doc: str, labels_doc: str):
     return logits, labels
 
 
-def _check_where(where, shape, name: str, doc: str):
-    if where is None:
-        return None
-    where = _checks.as_array(where, name)
-    _checks.check_bool(where, name)
-    _checks.check_shape(where, shape, name, doc)
-    return where
-
-
 def _token_losses(logits, labels, valid, label_smoothing, class_weights, z_loss):
     """Per-position weighted losses and weights, both float32 ``labels.shape``.
 
@@ -177,7 +168,7 @@ def cross_entropy(
     """
     logits, labels = _check_logits_labels(logits, labels, logits_doc="[..., C]", labels_doc="[...]")
     class_weights = _check_settings(label_smoothing, z_loss, class_weights, logits.shape[-1])
-    where = _check_where(where, labels.shape, "where", "[...] (= labels.shape)")
+    where = _checks.optional_mask(where, labels.shape, "where", "[...] (= labels.shape)")
     loss, _ = _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
     return loss
 
@@ -215,7 +206,7 @@ def soft_cross_entropy(
             f"`targets` must have the shape of `logits` {tuple(logits.shape)} [..., C], "
             f"got {tuple(targets.shape)}"
         )
-    where = _check_where(where, logits.shape[:-1], "where", "[...] (= logits.shape[:-1])")
+    where = _checks.optional_mask(where, logits.shape[:-1], "where", "[...] (= logits.shape[:-1])")
     dtype = compute_dtype(logits.dtype)
     logits = logits.astype(dtype)
     targets = targets.astype(dtype)
@@ -250,7 +241,7 @@ def sequence_classification_loss_terms(
     logits, labels = _check_logits_labels(logits, labels, logits_doc="[B, C]", labels_doc="[B]")
     _checks.check_rank(logits, 2, "logits", "[B, C]")
     class_weights = _check_settings(label_smoothing, z_loss, class_weights, logits.shape[-1])
-    where = _check_where(where, labels.shape, "where", "[B] (B from `logits`)")
+    where = _checks.optional_mask(where, labels.shape, "where", "[B] (B from `logits`)")
     loss_B, weight_B = _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
     return LossTerms(jnp.sum(loss_B), jnp.sum(weight_B))
 

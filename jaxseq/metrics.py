@@ -33,12 +33,8 @@ class Ratio(NamedTuple):
 
 
 def _valid(where, shape, name):
-    if where is None:
-        return jnp.ones(shape, bool)
-    where = _checks.as_array(where, name)
-    _checks.check_bool(where, name)
-    _checks.check_shape(where, shape, name)
-    return where
+    where = _checks.optional_mask(where, shape, name)
+    return jnp.ones(shape, bool) if where is None else where
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None) -> Ratio:

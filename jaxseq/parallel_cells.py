@@ -241,9 +241,38 @@ def _minimal_init(key, input_size, *, hidden_size, blocks, param_dtype):
 # ---------------------------------------------------------------------------- minGRU
 
 
-def _mingru_project(params, x, *, hidden_size):
-    _check_params(params, ("W", "b"), "mingru")
-    return _project(params, x, weight="W", bias="b", cell_name="mingru")
+def _minimal_project(params, x, *, cell_name):
+    _check_params(params, ("W", "b"), cell_name)
+    return _project(params, x, weight="W", bias="b", cell_name=cell_name)
+
+
+def _minimal_cell(
+    name, hidden_size, *, blocks, log_space, param_dtype, coefficients, log_coefficients
+) -> Cell:
+    """minGRU / minLSTM: ``blocks`` gate blocks of ``x W + b``, a linear step in ``h``."""
+    hidden_size = _check_hidden_size(hidden_size)
+    log_space = _check_flag(log_space, "log_space")
+    step = LinearStep(
+        width=blocks * hidden_size,
+        coefficients=_bind(coefficients, hidden_size=hidden_size, log_space=log_space),
+        log_coefficients=(_bind(log_coefficients, hidden_size=hidden_size) if log_space else None),
+        to_state=_bind(_h_state, hidden_size=hidden_size, cell_name=name),
+        readout=_h_readout,
+    )
+    return Cell(
+        name=name,
+        hidden_size=hidden_size,
+        init=_bind(
+            _minimal_init,
+            hidden_size=hidden_size,
+            blocks=blocks,
+            param_dtype=jnp.dtype(param_dtype),
+        ),
+        initial_carry=_bind(_zeros_carry, hidden_size=hidden_size),
+        project=_bind(_minimal_project, cell_name=name),
+        step=step,
+        output=_identity,
+    )
 
 
 def _mingru_coefficients(params, xp, dtype, *, hidden_size, log_space):
@@ -293,39 +322,18 @@ def mingru(hidden_size: int, *, log_space: bool = True, param_dtype=jnp.float32)
     >>> bool(jnp.allclose(hs_par, hs_seq, atol=1e-6)), hs_par.shape
     (True, (2, 5, 4))
     """
-    hidden_size = _check_hidden_size(hidden_size)
-    log_space = _check_flag(log_space, "log_space")
-    step = LinearStep(
-        width=2 * hidden_size,
-        coefficients=_bind(_mingru_coefficients, hidden_size=hidden_size, log_space=log_space),
-        log_coefficients=(
-            _bind(_mingru_log_coefficients, hidden_size=hidden_size) if log_space else None
-        ),
-        to_state=_bind(_h_state, hidden_size=hidden_size, cell_name="mingru"),
-        readout=_h_readout,
-    )
-    return Cell(
-        name="mingru",
-        hidden_size=hidden_size,
-        init=_bind(
-            _minimal_init,
-            hidden_size=hidden_size,
-            blocks=2,
-            param_dtype=jnp.dtype(param_dtype),
-        ),
-        initial_carry=_bind(_zeros_carry, hidden_size=hidden_size),
-        project=_bind(_mingru_project, hidden_size=hidden_size),
-        step=step,
-        output=_identity,
+    return _minimal_cell(
+        "mingru",
+        hidden_size,
+        blocks=2,
+        log_space=log_space,
+        param_dtype=param_dtype,
+        coefficients=_mingru_coefficients,
+        log_coefficients=_mingru_log_coefficients,
     )
 
 
 # ---------------------------------------------------------------------------- minLSTM
-
-
-def _minlstm_project(params, x, *, hidden_size):
-    _check_params(params, ("W", "b"), "minlstm")
-    return _project(params, x, weight="W", bias="b", cell_name="minlstm")
 
 
 def _minlstm_gates(params, xp, dtype, hidden_size):
@@ -370,30 +378,14 @@ def minlstm(hidden_size: int, *, log_space: bool = True, param_dtype=jnp.float32
       log_space: as in :func:`mingru`.
       param_dtype: dtype of the parameters made by ``init``.
     """
-    hidden_size = _check_hidden_size(hidden_size)
-    log_space = _check_flag(log_space, "log_space")
-    step = LinearStep(
-        width=3 * hidden_size,
-        coefficients=_bind(_minlstm_coefficients, hidden_size=hidden_size, log_space=log_space),
-        log_coefficients=(
-            _bind(_minlstm_log_coefficients, hidden_size=hidden_size) if log_space else None
-        ),
-        to_state=_bind(_h_state, hidden_size=hidden_size, cell_name="minlstm"),
-        readout=_h_readout,
-    )
-    return Cell(
-        name="minlstm",
-        hidden_size=hidden_size,
-        init=_bind(
-            _minimal_init,
-            hidden_size=hidden_size,
-            blocks=3,
-            param_dtype=jnp.dtype(param_dtype),
-        ),
-        initial_carry=_bind(_zeros_carry, hidden_size=hidden_size),
-        project=_bind(_minlstm_project, hidden_size=hidden_size),
-        step=step,
-        output=_identity,
+    return _minimal_cell(
+        "minlstm",
+        hidden_size,
+        blocks=3,
+        log_space=log_space,
+        param_dtype=param_dtype,
+        coefficients=_minlstm_coefficients,
+        log_coefficients=_minlstm_log_coefficients,
     )
 
 
