@@ -45,6 +45,23 @@ are the history of ``jaxseq/fused.py`` (see ``git log``).
   XLA:CPU runs 22-29% faster than ``h @ W`` because its dot repacks the right
   operand on every call): 0.66-0.76x overall (boundary transposes, elementwise
   work on [G, B] arrays with only B contiguous lanes): reverted.
+* "NT" per-step dots (``h @ W_hᵀ`` from a ``[G, H]`` copy made once before the
+  loop, ``dG @ W_hᵀ`` contracting the last axes of both): alone in a loop of
+  ``[32, H] @ [H, 4H]`` dots they ran 1.07x (H=512, 1 core) to 1.21x (H=256, 2
+  cores) faster than ``h @ W``; in the fused train step 0.95-1.00x at the small
+  shape and 1.00x for the large LSTM (inference 0.90-1.07x): not applied.
+* Data parallelism over one XLA host device per core (``jaxseq.distributed``'s
+  shardings, ``JAXSEQ_CPU_DEVICES=2``): XLA:CPU runs a loop's small per-step dot
+  on one core, so splitting the batch gives each core its own recurrence. Train
+  step 1.45-1.77x faster than one device at the small shape, 1.08x (LSTM) to
+  1.23x (tanh) at the large one; 4 devices on 2 cores: 0.92x of 2 devices. The
+  ``-dp`` rows of ``benchmarks.rnn_train_step``.
+* Where the large LSTM's time goes (one device's share, B=32 T=512 H=512, on 1
+  core): train step 1372 ms, of which the recurrence's forward + backward 1314
+  ms (forward 436 ms); the per-step ``[32, 512] @ [512, 2048]`` dots alone 687 ms
+  (100 GFLOP/s, 61% of one core's peak), the four post-loop ``[16384]``-row
+  matmuls 445 ms (135 GFLOP/s, 83%); elementwise work, masks and buffer writes
+  the remaining ~180 ms; embedding, dense layer, loss and Adam ~60 ms.
 * glibc returns big blocks to the OS, so every step page-faults its temp memory
   (10-13% of the LSTM step's CPU). With ``MALLOC_MMAP_MAX_=0`` the fused LSTM step
   went 113 -> 101 ms but PyTorch's 123 -> 91 ms: an environment effect on both,
