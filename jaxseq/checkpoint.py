@@ -9,7 +9,8 @@
   :func:`restore` recomputes them: a bit flipped on disk raises
   :class:`CheckpointCorruptError` naming the leaf instead of restoring wrong
   numbers (orbax alone restores a flipped byte silently). Checkpoints written
-  without digests (plain orbax) restore unverified.
+  without digests (plain orbax) restore unverified. Cost: one SHA-256 pass over
+  the state per save and per restore (about 1 GB/s on one core).
 * Checked: restoring compares the stored tree (paths, shapes) with the target
   first and names the first mismatching leaf instead of failing deep in orbax.
 """
