@@ -55,8 +55,12 @@ are the history of ``jaxseq/fused.py`` (see ``git log``).
 * Data parallelism over one XLA host device per core (``jaxseq.distributed``'s
   shardings, ``JAXSEQ_CPU_DEVICES=2``): XLA:CPU runs a loop's small per-step dot
   on one core, so splitting the batch gives each core its own recurrence. Train
-  step 1.45-1.77x faster than one device at the small shape, 1.08x (LSTM) to
-  1.23x (tanh) at the large one; 4 devices on 2 cores: 0.92x of 2 devices. The
+  step in the full run (``benchmarks/RESULTS.md``) 1.15x (tanh), 1.68x (GRU) and
+  1.65x (LSTM) faster than one device at the small shape, 1.07-1.23x at the large
+  one; 4 devices on 2 cores (large LSTM, ``XLA_FLAGS=
+  --xla_force_host_platform_device_count=4 python -m benchmarks.rnn_train_step
+  --shapes large --cells lstm --impls jaxseq-fused-dp,torch --no-infer --repeats
+  3``): 0.88x torch, against 0.97x torch with 2 devices in the same A/B. The
   ``-dp`` rows of ``benchmarks.rnn_train_step``.
 * Where the large LSTM's time goes (one device's share, B=32 T=512 H=512, on 1
   core): train step 1372 ms, of which the recurrence's forward + backward 1314
