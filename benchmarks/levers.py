@@ -50,6 +50,11 @@ are the history of ``jaxseq/fused.py`` (see ``git log``).
   ``[32, H] @ [H, 4H]`` dots they ran 1.07x (H=512, 1 core) to 1.21x (H=256, 2
   cores) faster than ``h @ W``; in the fused train step 0.95-1.00x at the small
   shape and 1.00x for the large LSTM (inference 0.90-1.07x): not applied.
+* XLA:CPU's experimental library dots (``--xla_cpu_experimental_{onednn,xnn,ynn}
+  _fusion_type=dot``): a loop of ``[32, 512] @ [512, 2048]`` dots 1.00-1.10x; the
+  large LSTM dp train step with the oneDNN one 0.92x torch against 0.96x without
+  it in back-to-back runs: not recommended. (``--xla_cpu_use_thunk_runtime=false``
+  is no longer supported by this jaxlib.)
 * LSTM backward with per-gate derivatives (``i - i²`` etc., no constant rows, no
   ``u``): 1.02x at the small shape, 1.00x at the large one: not applied.
 * Data parallelism over one XLA host device per core (``jaxseq.distributed``'s
