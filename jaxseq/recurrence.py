@@ -406,7 +406,6 @@ def scan_rnn(
 
 def _rnn(cell, params, xs_BTD, lengths_B, carry, **options):
     mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
-    carry_axis = None if carry is None else 0
     if parallel_cells.is_linear(cell):
         return _linear_rnn(
             cell,
@@ -414,7 +413,7 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, **options):
             xs_BTD,
             mask_BT,
             carry,
-            parallel=options.get("mode") == "parallel",
+            parallel=options["mode"] == "parallel",
             reverse=options["reverse"],
             unroll=options["unroll"],
             remat=options["remat"],
@@ -423,7 +422,7 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, **options):
     def one(x_TD, m_T, c):
         return _scan(cell, params, x_TD, m_T, c, **options)
 
-    return jax.vmap(one, in_axes=(0, 0, carry_axis))(xs_BTD, mask_BT, carry)
+    return jax.vmap(one, in_axes=(0, 0, None if carry is None else 0))(xs_BTD, mask_BT, carry)
 
 
 def rnn(
