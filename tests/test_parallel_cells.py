@@ -207,6 +207,17 @@ def test_parallel_equals_sequential_values_and_gradients(kind):
 
 
 @pytest.mark.variants
+def test_remat_gives_the_same_gradients():
+    cell, params = CELLS["minlstm"], PARAMS["minlstm"]
+    xs, lengths, _ = make_batch()
+    carry = _carries("minlstm")
+    for mode in MODES:
+        plain = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode=mode)
+        remat = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode=mode, remat=True)
+        chex.assert_trees_all_close(remat, plain, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.variants
 def test_scan_rnn_is_rnn_of_one_example():
     cell, params = CELLS["lru"], PARAMS["lru"]["forward"]
     xs, lengths, valid = make_batch()
@@ -330,6 +341,12 @@ def test_extreme_gates_stay_accurate():
     for mode in MODES:
         _, hs = RNN(cell, params, jnp.asarray(xs), lengths, mode=mode)
         np.testing.assert_allclose(hs, expected, **TOL)
+
+        def loss(params, mode=mode):
+            return jnp.sum(RNN(cell, params, jnp.asarray(xs), lengths, mode=mode)[1])
+
+        grads = jax.grad(loss)(params)
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)), mode
 
 
 @pytest.mark.numerics
