@@ -141,13 +141,10 @@ class Model:
 
 
 def make_models(config: Config) -> list[Model]:
+    mingru = parallel_cells.mingru(config.mingru_hidden)
+    mode = recurrence.resolve_mode(mingru, config.mode)
     return [
-        Model(
-            "mingru",
-            parallel_cells.mingru(config.mingru_hidden),
-            config.mingru_layers,
-            recurrence.resolve_mode(parallel_cells.mingru(1), config.mode),
-        ),
+        Model("mingru", mingru, config.mingru_layers, mode),
         Model("lstm", cells.lstm(config.lstm_hidden), 1, "sequential"),
     ]
 

@@ -49,10 +49,10 @@ FIT = loop.FitConfig(
 )
 
 
-def labeling_loss_fn(reduction: str):
+def labeling_loss_fn(reduction: str, config: models.SequenceModelConfig = CONFIG):
     def loss_fn(params, batch, key, is_training):
         logits = models.labeler_apply(
-            params, CONFIG, batch.inputs, batch.lengths, key=key, train=is_training
+            params, config, batch.inputs, batch.lengths, key=key, train=is_training
         )
         terms = js.sequence_labeling_loss_terms(
             logits, batch.labels, batch.label_mask, reduction=reduction

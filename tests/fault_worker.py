@@ -26,10 +26,9 @@ import time
 import jax
 import numpy as np
 
-import jaxseq as js
-from jaxseq import checkpoint, loop, metrics, models, train
+from jaxseq import checkpoint, loop, models, train
 from jaxseq.data import batching
-from tests.distributed_worker import _strict, toy_dataset
+from tests.distributed_worker import _strict, labeling_loss_fn, toy_dataset
 
 CONFIG = models.SequenceModelConfig(
     num_classes=3, hidden_size=8, cell="gru", vocab_size=12, embed_dim=6, dropout_rate=0.25
@@ -44,16 +43,6 @@ FIT = loop.FitConfig(
     checkpoint_every=CHECKPOINT_EVERY,
     progress=False,
 )
-
-
-def loss_fn(params, batch, key, is_training):
-    logits = models.labeler_apply(
-        params, CONFIG, batch.inputs, batch.lengths, key=key, train=is_training
-    )
-    terms = js.sequence_labeling_loss_terms(
-        logits, batch.labels, batch.label_mask, reduction="mean_over_tokens"
-    )
-    return terms, {"accuracy": metrics.accuracy(logits, batch.labels, where=batch.label_mask)}
 
 
 def train_batches(epoch: int) -> list:
@@ -72,6 +61,7 @@ def flat_leaves(tree) -> dict[str, np.ndarray]:
 def train_job(out: str, *, resume: bool, step_delay: float) -> None:
     optimizer = train.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
     state = train.create_train_state(models.labeler_init(jax.random.key(0), CONFIG), optimizer)
+    loss_fn = labeling_loss_fn("mean_over_tokens", CONFIG)
     step = train.make_train_step(loss_fn, optimizer)
 
     def train_step(state, batch, key):
