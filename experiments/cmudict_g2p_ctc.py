@@ -59,7 +59,7 @@ _PHONEME_ID = {p: i for i, p in enumerate(cmudict.PHONEMES, start=1)}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(common.RunSwitches):
     model: common.ModelConfig = common.ModelConfig(
         cell="lstm", hidden_size=128, num_layers=1, bidirectional=True, embed_dim=64,
     )  # fmt: skip
@@ -69,14 +69,6 @@ class Config:
     )  # fmt: skip
     upsample: int = 2
     """Each letter becomes this many input frames (CTC needs >= 1 frame per phoneme)."""
-    smoke: bool = False
-    """Shrink the run to seconds (tiny model, few steps, subset of data)."""
-    full: bool = False
-    """The bigger, longer configuration."""
-    resume: bool = False
-    """Continue from the last checkpoint in the run folder."""
-    out_dir: str | None = None
-    """Run folder (default ``runs/cmudict_g2p_ctc/<smoke|full|default>``)."""
 
 
 SMOKE = {

@@ -39,7 +39,7 @@ TARGET = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(common.RunSwitches):
     model: common.ModelConfig = common.ModelConfig(
         cell="lstm", hidden_size=64, num_layers=2, bidirectional=True, embed_dim=32
     )
@@ -47,14 +47,6 @@ class Config:
         batch_size=128, num_epochs=3, learning_rate=1e-2, warmup_steps=100, num_buckets=2,
         log_every=50, eval_every=500,
     )  # fmt: skip
-    smoke: bool = False
-    """Shrink the run to seconds (tiny model, few steps, subset of data)."""
-    full: bool = False
-    """The bigger, longer configuration."""
-    resume: bool = False
-    """Continue from the last checkpoint in the run folder."""
-    out_dir: str | None = None
-    """Run folder (default ``runs/cmudict_stress/<smoke|full|default>``)."""
 
 
 SMOKE = {

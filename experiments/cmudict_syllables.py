@@ -40,7 +40,7 @@ VOWEL_RUNS = re.compile(r"[aeiouy]+")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(common.RunSwitches):
     model: common.ModelConfig = common.ModelConfig(
         cell="lstm", hidden_size=64, num_layers=1, bidirectional=True, embed_dim=32,
         pooling="last",
@@ -54,14 +54,6 @@ class Config:
     sum_pooling: bool = True
     """Pool by summing the valid steps' outputs (a soft count of syllable nuclei) instead
     of ``model.pooling``."""
-    smoke: bool = False
-    """Shrink the run to seconds (tiny model, few steps, subset of data)."""
-    full: bool = False
-    """The bigger, longer configuration."""
-    resume: bool = False
-    """Continue from the last checkpoint in the run folder."""
-    out_dir: str | None = None
-    """Run folder (default ``runs/cmudict_syllables/<smoke|full|default>``)."""
 
 
 SMOKE = {

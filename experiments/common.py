@@ -42,6 +42,20 @@ RUNS_DIR = "runs"
 
 
 @dataclasses.dataclass(frozen=True)
+class RunSwitches:
+    """The switches every experiment's ``Config`` has (its base class)."""
+
+    smoke: bool = False
+    """Shrink the run to seconds (tiny model, few steps, subset of data)."""
+    full: bool = False
+    """The bigger, longer configuration."""
+    resume: bool = False
+    """Continue from the last checkpoint in the run folder."""
+    out_dir: str | None = None
+    """Run folder (default ``runs/<experiment>/<smoke|full|default>``)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The recurrent encoder (see ``jaxseq.models.SequenceModelConfig``)."""
 

@@ -38,7 +38,7 @@ TARGET = 0.98
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(common.RunSwitches):
     model: common.ModelConfig = common.ModelConfig(
         cell="gru", hidden_size=64, bidirectional=True, pooling="mean", embed_dropout_rate=0.2
     )
@@ -50,14 +50,6 @@ class Config:
     """Training series per speaker held out as dev (0: no dev curve)."""
     baseline_l2: float = 1e-3
     baseline_steps: int = 500
-    smoke: bool = False
-    """Shrink the run to seconds (tiny model, few steps, subset of data)."""
-    full: bool = False
-    """The bigger, longer configuration."""
-    resume: bool = False
-    """Continue from the last checkpoint in the run folder."""
-    out_dir: str | None = None
-    """Run folder (default ``runs/japanese_vowels/<smoke|full|default>``)."""
 
 
 SMOKE = {

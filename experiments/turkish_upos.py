@@ -39,7 +39,7 @@ TARGET = 0.93
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(common.RunSwitches):
     model: common.ModelConfig = common.ModelConfig(
         cell="lstm", hidden_size=64, bidirectional=True, embed_dropout_rate=0.25
     )
@@ -54,14 +54,6 @@ class Config:
     word_dropout: float = 0.25
     """Probability that a training word is looked up as <unk> (its characters stay)."""
     lowercase: bool = True
-    smoke: bool = False
-    """Shrink the run to seconds (tiny model, few steps, subset of data)."""
-    full: bool = False
-    """The bigger, longer configuration."""
-    resume: bool = False
-    """Continue from the last checkpoint in the run folder."""
-    out_dir: str | None = None
-    """Run folder (default ``runs/turkish_upos/<smoke|full|default>``)."""
 
 
 SMOKE = {
