@@ -13,7 +13,7 @@ same two numbers).
 * ``flax``: linen ``nn.RNN(cell)(x, seq_lengths=lengths)`` with ``SimpleCell``,
   ``GRUCell`` and ``OptimizedLSTMCell``.
 * ``jaxseq-fused-dp`` / ``flax-dp``: the same jax steps data-parallel over a mesh
-  of all devices (:mod:`jaxseq.distributed`'s shardings: batch split along B,
+  of all devices (:mod:`jaxseq.training.distributed`'s shardings: batch split along B,
   state replicated, ``jit`` with in/out shardings). On a CPU the benchmark makes
   one XLA host device per core, so each core runs its half of the batch's
   recurrence (XLA:CPU runs a loop's small per-step matmul on one core).
@@ -56,7 +56,7 @@ def _jax_impl(name: str, logits_fn, params, batch: Batch, *, mesh=None) -> Impl:
     import optax
 
     import jaxseq
-    from jaxseq import distributed
+    from jaxseq.training import distributed
 
     ids, labels, lengths = (jnp.asarray(a) for a in batch)
     optimizer = optax.adam(LEARNING_RATE)

@@ -57,7 +57,7 @@ are the history of ``jaxseq/fused.py`` (see ``git log``).
   is no longer supported by this jaxlib.)
 * LSTM backward with per-gate derivatives (``i - i²`` etc., no constant rows, no
   ``u``): 1.02x at the small shape, 1.00x at the large one: not applied.
-* Data parallelism over one XLA host device per core (``jaxseq.distributed``'s
+* Data parallelism over one XLA host device per core (``jaxseq.training.distributed``'s
   shardings, ``JAXSEQ_CPU_DEVICES=2``): XLA:CPU runs a loop's small per-step dot
   on one core, so splitting the batch gives each core its own recurrence. Train
   step in the full run (``benchmarks/RESULTS.md``) 1.15x (tanh), 1.68x (GRU) and

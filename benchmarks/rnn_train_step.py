@@ -12,7 +12,7 @@ Implementations (see :mod:`benchmarks.impls`): ``jaxseq-fused`` (the fast path,
 padded batch, masked loss), ``torch+pack`` (the same with
 ``pack_padded_sequence``), ``flax`` (linen ``nn.RNN(cell)(x, seq_lengths=...)``),
 and ``jaxseq-fused-dp`` / ``flax-dp``: the same jax steps data-parallel over all
-devices with :mod:`jaxseq.distributed`'s shardings. On a CPU the script makes one
+devices with :mod:`jaxseq.training.distributed`'s shardings. On a CPU the script makes one
 XLA host device per core used (``--xla_force_host_platform_device_count``, what
 ``JAXSEQ_CPU_DEVICES`` does for the experiments), so each core runs its share
 of the batch; the ``-dp`` rows need at least 2 devices and are skipped otherwise.
@@ -113,7 +113,7 @@ def build(name: str, cell: str, shape, weights, batch, mesh):
 def run(args) -> list[dict]:
     import jax
 
-    from jaxseq import distributed
+    from jaxseq.training import distributed
 
     platform = jax.devices()[0].platform
     names = [n for n in args.impls.split(",") if n]
@@ -277,7 +277,7 @@ def write_results(path, rows, args, peak, device, elapsed, command) -> str:
         "## Headline: jaxseq's best tokens/s divided by each peer's (higher is better)",
         "",
         "jaxseq best: the faster of `jaxseq-fused` (1 device) and `jaxseq-fused-dp` (the same",
-        "step data-parallel over one XLA device per core, `jaxseq.distributed`). `flax-dp` is",
+        "step data-parallel over one XLA device per core, `jaxseq.training.distributed`). `flax-dp` is",
         "flax with the same sharding: the lever is JAX's, not only jaxseq's.",
         "",
         headline(rows),

@@ -46,7 +46,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import common
-from jaxseq import loop, models, train
+from jaxseq import models
+from jaxseq.training import loop, steps
 from jaxseq.ctc import ctc_loss, required_lengths
 from jaxseq.data import SequenceDataset, cmudict, iterate_batches, vocab
 from jaxseq.data.batching import count_batches
@@ -267,7 +268,7 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
     total_steps = common.total_steps_of(tc, steps_per_epoch)
     optimizer = common.optimizer_for(tc, total_steps)
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
-    state = train.create_train_state(models.labeler_init(key_init, model), optimizer)
+    state = steps.create_train_state(models.labeler_init(key_init, model), optimizer)
 
     out_dir = common.prepare_run_dir(NAME, config)
     common.write_config(
@@ -297,8 +298,8 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
 
     state, _ = loop.fit(
         state,
-        train_step=train.make_train_step(loss_fn, optimizer),
-        eval_step=train.make_eval_step(loss_fn),
+        train_step=steps.make_train_step(loss_fn, optimizer),
+        eval_step=steps.make_eval_step(loss_fn),
         train_batches=train_batches,
         eval_sets={"dev": eval_batches(dev_set, dev_words)},
         key=key_train,
@@ -315,7 +316,7 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
     test = error_rates(predict, state.params, test_set, test_words, max_s,
                        tc.eval_batch_size, buckets)  # fmt: skip
     test_loss = loop.evaluate(
-        train.make_eval_step(loss_fn), state.params, eval_batches(test_set, test_words)()
+        steps.make_eval_step(loss_fn), state.params, eval_batches(test_set, test_words)()
     )
     test["loss_per_phoneme"] = test_loss["loss"]
     seconds = time.perf_counter() - started

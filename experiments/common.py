@@ -6,7 +6,7 @@ and a :class:`TrainConfig` plus switches), the overrides of its ``--smoke`` and
 
 * :func:`parse`: the command line through ``tyro`` (``--model.hidden-size 64``);
   ``--smoke``/``--full`` pick the variant, explicit flags still win.
-* :func:`train_and_evaluate`: ``jaxseq.loop.fit`` with bucketed batches, a dev
+* :func:`train_and_evaluate`: ``jaxseq.training.loop.fit`` with bucketed batches, a dev
   set evaluated during training, the test set at the end, and the run folder
   ``runs/<experiment>/<variant>/`` holding ``config.json`` (the resolved
   config), ``metrics.jsonl``, ``checkpoints/``, ``curves.png``,
@@ -32,7 +32,8 @@ import tyro
 from matplotlib.figure import Figure
 
 import jaxseq as js
-from jaxseq import distributed, loop, metrics, models, train
+from jaxseq import metrics, models
+from jaxseq.training import distributed, loop, steps
 from jaxseq.data import Batch, SequenceDataset, bucket_boundaries, count_batches, iterate_batches
 
 RUNS_DIR = "runs"
@@ -242,7 +243,7 @@ ExtraMetrics = Callable[[jax.Array, Batch], dict]
 
 def classification_loss_fn(
     logits_fn: LogitsFn, extra_metrics: ExtraMetrics | None = None
-) -> train.LossFn:
+) -> steps.LossFn:
     """``loss_fn`` for one label per sequence: mean cross-entropy, accuracy, confusion.
 
     ``extra_metrics(logits, batch)`` adds further metric sums (e.g. Ratios).
@@ -266,7 +267,7 @@ def classification_loss_fn(
 
 def labeling_loss_fn(
     logits_fn: LogitsFn, extra_metrics: ExtraMetrics | None = None
-) -> train.LossFn:
+) -> steps.LossFn:
     """``loss_fn`` for one label per step (``batch.label_mask`` says which count).
 
     The loss is ``mean_over_tokens`` (every labelled token weighs the same), so
@@ -373,8 +374,8 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str, title: str) -> 
         for split, style in (("train", "-"), ("dev", "o-")):
             points = [(r["step"], r[name]) for r in records if r["split"] == split and name in r]
             if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, style, label=split, markersize=3)
+                xs, values = zip(*points)
+                ax.plot(xs, values, style, label=split, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -454,8 +455,8 @@ def total_steps_of(tc: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def optimizer_for(tc: TrainConfig, total_steps: int):
-    """:func:`jaxseq.train.make_optimizer` from a :class:`TrainConfig`."""
-    return train.make_optimizer(
+    """:func:`jaxseq.training.steps.make_optimizer` from a :class:`TrainConfig`."""
+    return steps.make_optimizer(
         learning_rate=tc.learning_rate,
         clip_norm=tc.clip_norm,
         weight_decay=tc.weight_decay,
@@ -465,7 +466,7 @@ def optimizer_for(tc: TrainConfig, total_steps: int):
 
 
 def fit_config_for(tc: TrainConfig, total_steps: int, stop_after: int | None) -> loop.FitConfig:
-    """The :class:`jaxseq.loop.FitConfig` of a run; ``stop_after`` cuts it short
+    """The :class:`jaxseq.training.loop.FitConfig` of a run; ``stop_after`` cuts it short
     without changing the learning-rate schedule (for interrupt/resume tests)."""
     return loop.FitConfig(
         num_epochs=tc.num_epochs,
@@ -552,11 +553,11 @@ def train_and_evaluate(
     loss_fn = make_loss_fn(logits_fn, extra_metrics)
     optimizer = optimizer_for(tc, total_steps)
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
-    state = train.create_train_state(init(key_init), optimizer)
+    state = steps.create_train_state(init(key_init), optimizer)
     mesh = distributed.setup_from_env()  # None: one device, the plain steps
     if mesh is None:
-        train_step = train.make_train_step(loss_fn, optimizer)
-        eval_step = train.make_eval_step(loss_fn)
+        train_step = steps.make_train_step(loss_fn, optimizer)
+        eval_step = steps.make_eval_step(loss_fn)
         on_devices = lambda batches: batches
     else:  # tc.batch_size is the global batch, split over the mesh's "data" axis
         state = distributed.replicate(state, mesh)

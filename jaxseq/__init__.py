@@ -1,27 +1,37 @@
 """jaxseq: functional primitives for recurrent sequence models in JAX.
 
-Losses (:mod:`jaxseq.losses`), masks (:mod:`jaxseq.masks`), cells
-(:mod:`jaxseq.cells`), the masked recurrence (:mod:`jaxseq.recurrence`),
-pooling, model heads (:mod:`jaxseq.models`), metrics, training
-(:mod:`jaxseq.train`, :mod:`jaxseq.loop`, :mod:`jaxseq.checkpoint`) and data
-(:mod:`jaxseq.data`). Submodules not re-exported here: ``jaxseq.nnx`` (flax.nnx
-adapters) and ``jaxseq.interop`` (PyTorch weights; needs torch).
+``import jaxseq as js`` gives the primitives, re-exported here from their
+modules (every name in ``__all__`` below is one of these):
+
+* masks (:mod:`jaxseq.masks`): ``length_mask``, ``mask_lengths``, ``last_valid``,
+  ``reverse_within_length``;
+* losses (:mod:`jaxseq.losses`, :mod:`jaxseq.chunked`, :mod:`jaxseq.ctc`);
+* cells (:mod:`jaxseq.cells`, :mod:`jaxseq.parallel_cells`);
+* the recurrence (:mod:`jaxseq.recurrence`: ``rnn``, ``bidirectional``,
+  ``stack``, ``scan_rnn``) and how it runs (:mod:`jaxseq.methods`: ``Scan``,
+  ``Fused``, ``Parallel``, ``resolve_method``);
+* pooling, metrics, validation, the model heads (:mod:`jaxseq.models`) and
+  PyTorch weight conversion (:mod:`jaxseq.interop`; imports torch only when called).
+
+Not imported by ``import jaxseq`` (import them explicitly): ``jaxseq.training``
+(train steps, fit loop, checkpoints, data parallelism; needs orbax, tqdm, flax),
+``jaxseq.data`` (padding, bucketing, file formats, data sets) and ``jaxseq.nnx``
+(flax.nnx modules).
 """
 
 from jaxseq import (
     cells,
-    checkpoint,
     chunked,
     ctc,
-    data,
-    fused,
-    loop,
+    losses,
+    masks,
+    methods,
     metrics,
     models,
     parallel_cells,
     pooling,
     recurrence,
-    train,
+    validation,
 )
 from jaxseq.cells import Cell, elman, gru, lstm
 from jaxseq.chunked import linear_cross_entropy, linear_cross_entropy_terms
@@ -40,12 +50,8 @@ from jaxseq.losses import (
     sequence_loss_terms,
     soft_cross_entropy,
 )
-from jaxseq.masks import (
-    last_valid,
-    length_mask,
-    mask_lengths,
-    reverse_within_length,
-)
+from jaxseq.masks import last_valid, length_mask, mask_lengths, reverse_within_length
+from jaxseq.methods import Fused, Parallel, Scan, resolve_method
 from jaxseq.models import (
     SequenceModelConfig,
     classifier_apply,
@@ -58,7 +64,6 @@ from jaxseq.pooling import masked_max, masked_mean
 from jaxseq.recurrence import (
     bidirectional,
     init_stack,
-    resolve_mode,
     rnn,
     scan_rnn,
     stack,
@@ -74,63 +79,74 @@ from jaxseq.validation import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "validate_ctc_inputs",
-    "ctc_loss",
-    "linear_cross_entropy_terms",
-    "linear_cross_entropy",
-    "fused",
-    "ctc",
-    "chunked",
-    "resolve_mode",
-    "parallel_cells",
-    "minlstm",
-    "mingru",
-    "lru",
-    "REDUCTIONS",
-    "Cell",
-    "LossTerms",
-    "SequenceModelConfig",
-    "bidirectional",
+    # modules
     "cells",
-    "check_labels_in_range",
-    "checked",
-    "checkpoint",
-    "classifier_apply",
-    "classifier_init",
-    "cross_entropy",
-    "data",
-    "elman",
-    "from_torch",
-    "gru",
-    "init_stack",
-    "labeler_apply",
-    "labeler_init",
-    "last_valid",
-    "length_mask",
-    "loop",
-    "lstm",
-    "mask_lengths",
-    "masked_max",
-    "masked_mean",
+    "chunked",
+    "ctc",
+    "losses",
+    "masks",
+    "methods",
     "metrics",
     "models",
+    "parallel_cells",
     "pooling",
     "recurrence",
-    "reduce_sequence_loss",
+    "validation",
+    # masks
+    "last_valid",
+    "length_mask",
+    "mask_lengths",
     "reverse_within_length",
-    "rnn",
+    # losses
+    "REDUCTIONS",
+    "LossTerms",
+    "cross_entropy",
+    "ctc_loss",
+    "linear_cross_entropy",
+    "linear_cross_entropy_terms",
+    "reduce_sequence_loss",
     "safe_divide",
-    "scan_rnn",
     "sequence_classification_loss",
     "sequence_classification_loss_terms",
     "sequence_labeling_loss",
     "sequence_labeling_loss_terms",
     "sequence_loss_terms",
     "soft_cross_entropy",
+    # cells
+    "Cell",
+    "elman",
+    "gru",
+    "lru",
+    "lstm",
+    "mingru",
+    "minlstm",
+    # the recurrence and its methods
+    "Fused",
+    "Parallel",
+    "Scan",
+    "bidirectional",
+    "init_stack",
+    "resolve_method",
+    "rnn",
+    "scan_rnn",
     "stack",
-    "to_torch_state_dict",
-    "train",
+    "variational_dropout",
+    # pooling
+    "masked_max",
+    "masked_mean",
+    # models
+    "SequenceModelConfig",
+    "classifier_apply",
+    "classifier_init",
+    "labeler_apply",
+    "labeler_init",
+    # validation
+    "check_labels_in_range",
+    "checked",
+    "validate_ctc_inputs",
     "validate_labels",
     "validate_lengths",
-    "variational_dropout",
+    # interop
+    "from_torch",
+    "to_torch_state_dict",
 ]

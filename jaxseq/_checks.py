@@ -1,17 +1,24 @@
-"""Static argument checks shared by the public functions.
+"""Argument checks shared by every public function (the one place they are written).
 
-Every check runs on shapes and dtypes only, so it costs nothing under ``jit``
-(it runs once, at trace time) and raises ``ValueError``/``TypeError`` whose
-message names the offending argument. Value checks (label ranges, lengths
-within bounds) need concrete arrays: see :mod:`jaxseq.validation`.
+Array checks (rank, shape, dtype) are chex assertions: they look at shapes and
+dtypes only, so they run once at trace time and cost nothing under ``jit``.
+They raise chex's ``AssertionError``, whose message names the argument, the
+expected shape in the B/T/C letters of the docstrings and, where there is one,
+the fix. Checks of Python scalars and options (sizes, rates, flags, choices)
+raise ``TypeError``/``ValueError``. Value checks of arrays (label ranges,
+lengths within bounds) need concrete data: see :mod:`jaxseq.validation`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import chex
 import jax.numpy as jnp
 import numpy as np
+
+# ---------------------------------------------------------------------------- arrays
 
 
 def as_array(x, name: str):
@@ -26,52 +33,68 @@ def as_array(x, name: str):
         raise TypeError(f"`{name}` must be an array, got {type(x).__name__}") from e
 
 
+def _doc(shape_doc: str) -> str:
+    return f" {shape_doc}" if shape_doc else ""
+
+
 def check_rank(x, rank: int | Sequence[int], name: str, shape_doc: str = "") -> None:
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
-    if x.ndim not in ranks:
-        want = " or ".join(str(r) for r in ranks)
-        doc = f" {shape_doc}" if shape_doc else ""
-        raise ValueError(
-            f"`{name}` must have rank {want}{doc}, got rank {x.ndim} (shape {tuple(x.shape)})"
-        )
+    want = " or ".join(str(r) for r in ranks)
+    chex.assert_rank(
+        x,
+        set(ranks) if len(ranks) > 1 else ranks[0],
+        custom_message=(
+            f"`{name}` must have rank {want}{_doc(shape_doc)}, "
+            f"got rank {x.ndim} (shape {tuple(x.shape)})"
+        ),
+    )
 
 
 def check_min_rank(x, rank: int, name: str, shape_doc: str = "") -> None:
-    if x.ndim < rank:
-        doc = f" {shape_doc}" if shape_doc else ""
-        raise ValueError(
-            f"`{name}` must have rank >= {rank}{doc}, got rank {x.ndim} (shape {tuple(x.shape)})"
-        )
+    chex.assert_rank(
+        x,
+        set(range(rank, max(rank, x.ndim) + 1)),
+        custom_message=(
+            f"`{name}` must have rank >= {rank}{_doc(shape_doc)}, "
+            f"got rank {x.ndim} (shape {tuple(x.shape)})"
+        ),
+    )
 
 
 def check_shape(x, shape: Sequence[int | None], name: str, shape_doc: str = "") -> None:
     """``None`` in ``shape`` matches any size."""
-    ok = x.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, x.shape))
-    if not ok:
-        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
-        doc = f" {shape_doc}" if shape_doc else ""
-        raise ValueError(f"`{name}` must have shape {want}{doc}, got {tuple(x.shape)}")
+    want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+    chex.assert_shape(
+        x,
+        tuple(shape),
+        custom_message=f"`{name}` must have shape {want}{_doc(shape_doc)}, got {tuple(x.shape)}",
+    )
 
 
 def check_integer(x, name: str) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
-        raise TypeError(f"`{name}` must have an integer dtype, got {x.dtype}")
+    chex.assert_type(
+        x, jnp.integer, custom_message=f"`{name}` must have an integer dtype, got {x.dtype}"
+    )
 
 
 def check_floating(x, name: str) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"`{name}` must have a floating dtype, got {x.dtype}")
+    chex.assert_type(
+        x, jnp.floating, custom_message=f"`{name}` must have a floating dtype, got {x.dtype}"
+    )
 
 
 def check_bool(x, name: str) -> None:
-    if x.dtype != jnp.bool_:
-        raise TypeError(
+    chex.assert_type(
+        x,
+        bool,
+        custom_message=(
             f"`{name}` must be boolean (True = valid step), got dtype {x.dtype}; "
             f"convert with `{name}.astype(bool)` or build one with `jaxseq.length_mask`"
-        )
+        ),
+    )
 
 
-def optional_mask(where, shape: Sequence[int | None], name: str, shape_doc: str = ""):
+def optional_mask(where, shape: Sequence[int | None], name: str = "where", shape_doc: str = ""):
     """``where`` as a boolean array of ``shape`` (checked), or None if it is None."""
     if where is None:
         return None
@@ -81,13 +104,6 @@ def optional_mask(where, shape: Sequence[int | None], name: str, shape_doc: str 
     return where
 
 
-def check_choice(value, choices: Sequence[str], name: str) -> None:
-    if value not in choices:
-        raise ValueError(
-            f"unknown `{name}` {value!r}; expected one of: " + ", ".join(repr(c) for c in choices)
-        )
-
-
 def is_concrete(x) -> bool:
     """True for host data (NumPy arrays, committed JAX arrays), False for tracers."""
     try:
@@ -95,3 +111,45 @@ def is_concrete(x) -> bool:
     except Exception:  # noqa: BLE001 - any tracer error means "not concrete"
         return False
     return True
+
+
+# ---------------------------------------------------------------------------- scalars
+
+
+def check_choice(value, choices: Sequence[str], name: str) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"unknown `{name}` {value!r}; expected one of: " + ", ".join(repr(c) for c in choices)
+        )
+
+
+def check_flag(value, name: str) -> None:
+    """``value`` is a Python bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a Python bool, got {value!r}")
+
+
+def check_int(value, name: str, minimum: int, *, optional: bool = False) -> None:
+    """``value`` is a Python int ``>= minimum`` (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        kind = "a Python int or None" if optional else "a Python int"
+        raise TypeError(f"`{name}` must be {kind}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+
+
+def check_float(value, name: str) -> None:
+    """``value`` is a finite Python float (or int)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"`{name}` must be a Python float, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+
+
+def check_rate(value, name: str) -> None:
+    """``value`` is a probability in ``[0, 1)`` (dropout rates, label smoothing)."""
+    check_float(value, name)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1), got {value}")

@@ -105,6 +105,11 @@ def compute_dtype(*dtypes) -> jnp.dtype:
     return jnp.dtype(jnp.float32)
 
 
+def param_dtypes(params) -> list:
+    """The dtypes of the leaves of a params pytree (for :func:`compute_dtype`)."""
+    return [leaf.dtype for leaf in jax.tree.leaves(params)]
+
+
 def _check_hidden_size(hidden_size) -> int:
     if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
         raise ValueError(f"`hidden_size` must be a positive Python int, got {hidden_size!r}")

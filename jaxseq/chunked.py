@@ -632,7 +632,7 @@ def linear_cross_entropy_terms(
     The terms of :func:`jaxseq.sequence_labeling_loss_terms` (``reduction`` one
     of ``"sum_over_time"``, ``"mean_over_time"``, ``"mean_over_tokens"``; only
     the last for ``[N, H]`` input): sum them over microbatches or devices and
-    divide once. ``jaxseq.train`` differentiates ``total``, which works with
+    divide once. ``jaxseq.training.steps`` differentiates ``total``, which works with
     ``grad_in_forward=True``.
     """
     return _linear_ce(

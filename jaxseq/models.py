@@ -20,7 +20,7 @@ is static: pass it with ``static_argnames="config"`` or close over it::
     apply = jax.jit(classifier_apply, static_argnames=("config", "train"))
 
 The logits feed :func:`jaxseq.sequence_classification_loss` and
-:func:`jaxseq.sequence_labeling_loss` (with ``mask = length_mask(lengths, T)``)
+:func:`jaxseq.sequence_labeling_loss` (with ``where=length_mask(lengths, T)``)
 directly.
 
 Padding: whatever the inputs hold at padded steps (any token id, NaN features)
@@ -28,7 +28,7 @@ changes neither the outputs at valid steps nor any gradient: padded ids are
 replaced by 0 and padded features by zeros before the input layer. A *valid*
 token id outside ``[0, vocab_size)`` gives NaN embeddings, so NaN logits, never
 a plausible number (check ids on the host with
-``jaxseq.validate_labels(ids, vocab_size, mask)`` if they may be out of range).
+``jaxseq.validate_labels(ids, vocab_size, where=mask)`` if they may be out of range).
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxseq import _checks, cells, fused, parallel_cells, pooling, recurrence
+from jaxseq import _checks, cells, methods, parallel_cells, pooling, recurrence
 from jaxseq.masks import length_mask
 
 CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
 POOLINGS = ("last", "mean", "max")
-IMPLEMENTATIONS = ("scan", "fused")
 
 __all__ = [
     "CELLS",
@@ -56,28 +55,6 @@ __all__ = [
     "labeler_init",
     "make_cell",
 ]
-
-
-def _check_int(value, name: str, minimum: int, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        kind = "a Python int or None" if optional else "a Python int"
-        raise TypeError(f"`{name}` must be {kind}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-
-
-def _check_rate(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a Python float, got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), got {value}")
-
-
-def _check_bool(value, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a Python bool, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +74,7 @@ class SequenceModelConfig:
       hidden_size: H, the RNN state size of each direction.
       cell: ``"elman"``, ``"gru"`` or ``"lstm"`` (see :mod:`jaxseq.cells`), or a
         parallel-in-time cell ``"mingru"``, ``"minlstm"``, ``"lru"`` (see
-        :mod:`jaxseq.parallel_cells`; their default settings), which the stack
-        runs with ``mode="auto"`` (an associative scan on GPU/TPU).
+        :mod:`jaxseq.parallel_cells`; their default settings).
       num_layers: the number of stacked RNN layers (>= 1).
       bidirectional: every layer runs both directions and concatenates them
         (H' = 2H).
@@ -110,16 +86,14 @@ class SequenceModelConfig:
       pooling: how the classifier summarises the valid steps: ``"last"`` (the
         final state: forward's state at the last valid step, and with
         ``bidirectional`` the backward direction's state at step 0), ``"mean"``
-        or ``"max"`` over valid steps. The labeler ignores it.
+        or ``"max"`` over valid steps. None (the default) means ``"last"`` for
+        the classifier; the labeler does not pool, and rejects a config that sets it.
       forget_bias: the initial forget-gate bias of an LSTM (``cells.lstm``);
-        ignored by the other cells.
-      unroll, remat, hoist_projection: passed to :func:`jaxseq.recurrence.stack`
-        (speed/memory only; the values do not change).
-      implementation: ``"scan"`` (:func:`jaxseq.recurrence.stack`, any cell) or
-        ``"fused"`` (:func:`jaxseq.fused.stack`: the time-major recurrence with a
-        hand-written backward pass; elman, gru and lstm only; no ``remat`` or
-        ``hoist_projection``). Same values and gradients up to float rounding;
-        speed only.
+        None means 1.0. Only for ``cell="lstm"`` (an error for other cells).
+      method: how the stack runs (:mod:`jaxseq.methods`): ``jaxseq.Scan(...)``,
+        ``jaxseq.Fused()``, ``jaxseq.Parallel(...)`` or None for the fastest
+        correct engine for the cell and backend. Speed and memory only: the
+        values and gradients agree up to float rounding.
     """
 
     num_classes: int
@@ -132,24 +106,19 @@ class SequenceModelConfig:
     input_size: int | None = None
     dropout_rate: float = 0.0
     embed_dropout_rate: float = 0.0
-    pooling: str = "last"
-    forget_bias: float = 1.0
-    unroll: int = 1
-    remat: bool = False
-    hoist_projection: bool = False
-    implementation: str = "scan"
+    pooling: str | None = None
+    forget_bias: float | None = None
+    method: methods.Method | None = None
 
     def __post_init__(self):
-        _check_int(self.num_classes, "num_classes", 2)
-        _check_int(self.hidden_size, "hidden_size", 1)
-        if not isinstance(self.cell, str):
-            raise TypeError(f"`cell` must be a string, got {self.cell!r}")
+        _checks.check_int(self.num_classes, "num_classes", 2)
+        _checks.check_int(self.hidden_size, "hidden_size", 1)
         _checks.check_choice(self.cell, CELLS, "cell")
-        _check_int(self.num_layers, "num_layers", 1)
-        _check_bool(self.bidirectional, "bidirectional")
-        _check_int(self.vocab_size, "vocab_size", 1, optional=True)
-        _check_int(self.embed_dim, "embed_dim", 1, optional=True)
-        _check_int(self.input_size, "input_size", 1, optional=True)
+        _checks.check_int(self.num_layers, "num_layers", 1)
+        _checks.check_flag(self.bidirectional, "bidirectional")
+        _checks.check_int(self.vocab_size, "vocab_size", 1, optional=True)
+        _checks.check_int(self.embed_dim, "embed_dim", 1, optional=True)
+        _checks.check_int(self.input_size, "input_size", 1, optional=True)
         if (self.vocab_size is None) == (self.input_size is None):
             raise ValueError(
                 "set exactly one of `vocab_size` (token-id inputs) and `input_size` "
@@ -158,30 +127,18 @@ class SequenceModelConfig:
             )
         if self.vocab_size is not None and self.embed_dim is None:
             raise ValueError("`embed_dim` is required with `vocab_size` (token-id inputs)")
-        _check_rate(self.dropout_rate, "dropout_rate")
-        _check_rate(self.embed_dropout_rate, "embed_dropout_rate")
-        if not isinstance(self.pooling, str):
-            raise TypeError(f"`pooling` must be a string, got {self.pooling!r}")
-        _checks.check_choice(self.pooling, POOLINGS, "pooling")
-        if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
-            raise TypeError(f"`forget_bias` must be a Python float, got {self.forget_bias!r}")
-        _check_int(self.unroll, "unroll", 1)
-        _check_bool(self.remat, "remat")
-        _check_bool(self.hoist_projection, "hoist_projection")
-        if not isinstance(self.implementation, str):
-            raise TypeError(f"`implementation` must be a string, got {self.implementation!r}")
-        _checks.check_choice(self.implementation, IMPLEMENTATIONS, "implementation")
-        if self.implementation == "fused":
-            if self.cell not in fused.KINDS:
+        _checks.check_rate(self.dropout_rate, "dropout_rate")
+        _checks.check_rate(self.embed_dropout_rate, "embed_dropout_rate")
+        if self.pooling is not None:
+            _checks.check_choice(self.pooling, POOLINGS, "pooling")
+        if self.forget_bias is not None:
+            _checks.check_float(self.forget_bias, "forget_bias")
+            if self.cell != "lstm":
                 raise ValueError(
-                    f"implementation='fused' supports the cells {fused.KINDS}, got "
-                    f"cell={self.cell!r}; use implementation='scan'"
+                    f"`forget_bias` is an option of the lstm cell, got cell={self.cell!r}; "
+                    "leave it unset"
                 )
-            if self.remat or self.hoist_projection:
-                raise ValueError(
-                    "`remat` and `hoist_projection` are options of implementation='scan'; "
-                    "the fused implementation always hoists and stores only the states"
-                )
+        methods.resolve_method(make_cell(self), self.method)
 
     @property
     def tokens(self) -> bool:
@@ -202,7 +159,8 @@ class SequenceModelConfig:
 def make_cell(config: SequenceModelConfig) -> cells.Cell:
     """The :class:`jaxseq.cells.Cell` that ``config`` names."""
     if config.cell == "lstm":
-        return cells.lstm(config.hidden_size, forget_bias=float(config.forget_bias))
+        forget_bias = 1.0 if config.forget_bias is None else float(config.forget_bias)
+        return cells.lstm(config.hidden_size, forget_bias=forget_bias)
     parallel = {
         "mingru": parallel_cells.mingru,
         "minlstm": parallel_cells.minlstm,
@@ -260,8 +218,17 @@ def classifier_init(key: jax.Array, config: SequenceModelConfig) -> dict:
     return _init(key, config)
 
 
+def _check_labeler_config(config) -> None:
+    if isinstance(config, SequenceModelConfig) and config.pooling is not None:
+        raise ValueError(
+            f"a sequence labeler does not pool its outputs, got pooling={config.pooling!r}; "
+            "leave `pooling` unset (it is an option of the classifier)"
+        )
+
+
 def labeler_init(key: jax.Array, config: SequenceModelConfig) -> dict:
     """Initial parameters of a sequence labeler (the layout of :func:`classifier_init`)."""
+    _check_labeler_config(config)
     return _init(key, config)
 
 
@@ -269,12 +236,6 @@ def _affine(x, w, b):
     """``x [..., K] @ w [K, N] + b [N]`` without implicit rank promotion."""
     out = x @ w
     return out + b.reshape((1,) * (out.ndim - 1) + b.shape)
-
-
-def _variational_dropout(key, x_BTF, rate: float):
-    """Dropout with one mask per sequence, shared by all its steps."""
-    keep_B1F = jax.random.bernoulli(key, 1.0 - rate, (x_BTF.shape[0], 1, x_BTF.shape[2]))
-    return jnp.where(keep_B1F, x_BTF / (1.0 - rate), jnp.zeros((), x_BTF.dtype))
 
 
 def _check_inputs(config: SequenceModelConfig, inputs, lengths):
@@ -341,7 +302,7 @@ def encode(
     """
     if not isinstance(config, SequenceModelConfig):
         raise TypeError(f"`config` must be a SequenceModelConfig, got {type(config).__name__}")
-    _check_bool(train, "train")
+    _checks.check_flag(train, "train")
     inputs, lengths = _check_inputs(config, inputs, lengths)
     uses_dropout = train and (config.dropout_rate > 0 or config.embed_dropout_rate > 0)
     if uses_dropout and key is None:
@@ -351,24 +312,19 @@ def encode(
     mask_BT = length_mask(lengths, inputs.shape[1])
     x_BTE = _input_layer(params, config, inputs, mask_BT)
     if train and config.embed_dropout_rate > 0:
-        x_BTE = _variational_dropout(key_embed, x_BTE, config.embed_dropout_rate)
-    stack_options = dict(
-        bidirectional=config.bidirectional,
-        dropout_rate=config.dropout_rate,
-        key=key_stack,
-        train=train and config.dropout_rate > 0,
-        unroll=config.unroll,
-    )
-    if config.implementation == "fused":
-        return fused.stack(make_cell(config), params["rnn"], x_BTE, lengths, **stack_options)
+        x_BTE = recurrence.variational_dropout(
+            x_BTE, rate=config.embed_dropout_rate, key=key_embed
+        )
     return recurrence.stack(
         make_cell(config),
         params["rnn"],
         x_BTE,
         lengths,
-        remat=config.remat,
-        hoist_projection=config.hoist_projection,
-        **stack_options,
+        bidirectional=config.bidirectional,
+        dropout_rate=config.dropout_rate,
+        key=key_stack,
+        train=train and config.dropout_rate > 0,
+        method=config.method,
     )
 
 
@@ -415,12 +371,13 @@ def classifier_apply(
     (2, 3)
     """
     final_carries, hs_BTH = encode(params, config, inputs, lengths, key=key, train=train)
-    if config.pooling == "last":
+    kind = config.pooling or "last"
+    if kind == "last":
         pooled_BH = _final_state(config, final_carries[-1])
-    elif config.pooling == "mean":
-        pooled_BH = pooling.masked_mean(hs_BTH, lengths)
     else:
-        pooled_BH = pooling.masked_max(hs_BTH, lengths)
+        where_BT = length_mask(lengths, hs_BTH.shape[1])
+        pool = pooling.masked_mean if kind == "mean" else pooling.masked_max
+        pooled_BH = pool(hs_BTH, where=where_BT)
     return _affine(pooled_BH, params["output"]["V"], params["output"]["c"])
 
 
@@ -436,11 +393,11 @@ def labeler_apply(
     """Sequence labeler logits: one prediction per time step.
 
     ``logits[b, t] = hs[b, t] @ V + c``. At padded steps ``hs`` is zero, so the
-    logits there are ``c``; the labeling losses ignore them through ``mask``.
+    logits there are ``c``; the labeling losses ignore them through ``where``.
 
     Args:
       params: from :func:`labeler_init`.
-      config: the architecture (static under ``jit``); ``pooling`` is unused.
+      config: the architecture (static under ``jit``); ``pooling`` must be unset.
       inputs: integer ``[B, T]`` token ids, or float ``[B, T, D]`` features.
       lengths: integer ``[B]``.
       key: PRNG key for dropout (keyword-only); needed only when ``train``.
@@ -448,7 +405,7 @@ def labeler_apply(
 
     Returns:
       float ``[B, T, C]`` logits, for :func:`jaxseq.sequence_labeling_loss` with
-      ``mask = jaxseq.length_mask(lengths, T)``.
+      ``where=jaxseq.length_mask(lengths, T)``.
 
     >>> import jax, jax.numpy as jnp, jaxseq as js, jaxseq.models as jm
     >>> cfg = jm.SequenceModelConfig(num_classes=3, hidden_size=4, cell="gru", input_size=2)
@@ -457,9 +414,10 @@ def labeler_apply(
     >>> logits = jm.labeler_apply(params, cfg, xs, lengths)
     >>> logits.shape
     (2, 4, 3)
-    >>> labels, mask = jnp.zeros((2, 4), jnp.int32), js.length_mask(lengths, 4)
-    >>> round(float(js.sequence_labeling_loss(logits, labels, mask)), 2) > 0
+    >>> labels, where = jnp.zeros((2, 4), jnp.int32), js.length_mask(lengths, 4)
+    >>> round(float(js.sequence_labeling_loss(logits, labels, where=where)), 2) > 0
     True
     """
+    _check_labeler_config(config)
     _, hs_BTH = encode(params, config, inputs, lengths, key=key, train=train)
     return _affine(hs_BTH, params["output"]["V"], params["output"]["c"])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxseq import cells, models, recurrence
+from jaxseq import cells, methods, models, recurrence
 
 __all__ = ["RNN", "SequenceClassifier", "SequenceLabeler"]
 
@@ -79,8 +79,9 @@ class RNN(nnx.Module):
     Args:
       cell: e.g. ``cells.lstm(32)``.
       input_size: D (not needed with ``layer_params``).
-      num_layers, bidirectional, dropout_rate, unroll, remat, hoist_projection:
-        as in :func:`jaxseq.recurrence.stack` (``dropout_rate`` between layers).
+      num_layers, bidirectional, dropout_rate, method: as in
+        :func:`jaxseq.stack` (``dropout_rate`` between layers; ``method`` None
+        picks the fastest correct engine).
       deterministic: dropout off (as ``nnx.Dropout``).
       rngs: ``nnx.Rngs``; its ``params`` stream initialises the weights
         (``recurrence.init_stack``), its ``dropout`` stream drives dropout.
@@ -99,9 +100,7 @@ class RNN(nnx.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout_rate: float = 0.0,
-        unroll: int = 1,
-        remat: bool = False,
-        hoist_projection: bool = False,
+        method: methods.Method | None = None,
         deterministic: bool = False,
         rngs: nnx.Rngs | None = None,
         layer_params: list | None = None,
@@ -122,9 +121,7 @@ class RNN(nnx.Module):
         self.cell = cell
         self.bidirectional = bidirectional
         self.dropout_rate = dropout_rate
-        self.unroll = unroll
-        self.remat = remat
-        self.hoist_projection = hoist_projection
+        self.method = methods.resolve_method(cell, method)
         self.deterministic = deterministic
         self.layers = _wrap(list(layer_params))
         self.rngs = _dropout_stream(rngs)
@@ -137,9 +134,7 @@ class RNN(nnx.Module):
         *,
         bidirectional: bool = False,
         dropout_rate: float = 0.0,
-        unroll: int = 1,
-        remat: bool = False,
-        hoist_projection: bool = False,
+        method: methods.Method | None = None,
         deterministic: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> RNN:
@@ -151,9 +146,7 @@ class RNN(nnx.Module):
             cell,
             bidirectional=bidirectional,
             dropout_rate=dropout_rate,
-            unroll=unroll,
-            remat=remat,
-            hoist_projection=hoist_projection,
+            method=method,
             deterministic=deterministic,
             rngs=rngs,
             layer_params=layer_params,
@@ -182,9 +175,7 @@ class RNN(nnx.Module):
             dropout_rate=self.dropout_rate,
             key=key if train and self.dropout_rate > 0 else None,
             train=train and self.dropout_rate > 0,
-            unroll=self.unroll,
-            remat=self.remat,
-            hoist_projection=self.hoist_projection,
+            method=self.method,
         )
 
 

@@ -1,8 +1,8 @@
 """The masked recurrence: one sequence with ``lax.scan``, a batch with ``vmap``, stacks.
 
 Notation: B batch, T time, D input features, H hidden, G projected width, L
-layers. ``mask`` is bool ``[T]`` with True at valid steps and must be a valid
-prefix; ``lengths`` is integer ``[B]`` with ``0 <= lengths <= T``.
+layers. ``lengths`` is integer ``[B]`` with ``0 <= lengths <= T`` (``length``,
+a scalar, for one sequence): the valid steps of a sequence are a prefix.
 
 Semantics (every function here):
 
@@ -20,35 +20,18 @@ Semantics (every function here):
   are float64). bfloat16/float16 inputs and params are upcast, so the state
   is always accumulated in float32.
 
-The mask is checked to be a valid prefix only when it is concrete (host data,
-outside ``jit``); under ``jit`` or ``vmap`` it is unchecked, and the steps
-where it is False are simply skipped. Lengths are checked against ``[0, T]``
+Lengths are checked against ``[0, T]``
 with :func:`jaxseq.validation.validate_lengths` when they are concrete; under
 ``jit`` a length above T acts as T and a negative one as 0.
 
-Cells are Python objects (static): close over them or mark them static when
-you ``jit`` (``jax.jit(recurrence.rnn, static_argnums=0)``).
+Cells and methods are Python objects (static): close over them or mark them
+static when you ``jit`` (``jax.jit(jaxseq.rnn, static_argnums=0)``).
 
-Evaluation modes (``mode=``, every function here):
-
-* ``"sequential"``: ``lax.scan`` over the steps, one ``cell.step`` each (any cell).
-* ``"parallel"``: only for cells whose recurrence is linear in the state,
-  ``s_t = a_t * s_{t-1} + b_t`` (:mod:`jaxseq.parallel_cells`: minGRU, minLSTM,
-  LRU): the sequence is evaluated with ``lax.associative_scan`` in O(log T)
-  depth. A padded step becomes the identity element ``(a, b) = (1, 0)``, so
-  the carry is held there, and a ``reverse`` pass is a reverse associative
-  scan (the padded tail, all identities, leaves the state untouched until the
-  last valid step). Same semantics as the sequential mode, equal up to float
-  rounding. ``unroll`` is ignored.
-
-  For linear cells both modes compute every step's ``(a_t, b_t)`` at once,
-  before the scan (``hoist_projection`` is implied), and ``"sequential"``
-  loops over ``s = a * s + b`` only; ``remat`` checkpoints the whole
-  evaluation.
-* ``"auto"`` (the default): ``"sequential"`` for non-linear cells (elman, gru,
-  lstm: nothing changes for them); for linear cells ``"parallel"`` on GPU and
-  TPU and ``"sequential"`` on CPU, where it measured faster (see
-  :func:`resolve_mode` and ``benchmarks/parallel_scan.py``).
+How it runs is one keyword, ``method=`` (:mod:`jaxseq.methods`):
+``Scan(unroll, remat, hoist_projection)``, ``Fused()`` or ``Parallel(remat)``;
+``None`` (the default) picks the fastest correct engine for the cell and the
+backend (:func:`jaxseq.resolve_method`). Every method has the semantics above,
+equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -59,86 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import _checks, cells, masks, parallel_cells, validation
+from jaxseq import _checks, _fused, cells, masks, parallel_cells, validation
+from jaxseq.methods import Fused, Method, Parallel, Scan, _check_cell, resolve_method
 
 Params = Any
 
-MODES = ("auto", "sequential", "parallel")
-# The backends on which "auto" runs linear cells with the parallel scan. Not CPU: there
-# benchmarks/parallel_scan.py (train step, fwd + bwd, T = 256..4096) measured the
-# sequential lax.scan faster at every T (XLA:CPU's loop costs well under a microsecond
-# per step, while the associative scan does ~2x the work with strided memory access).
-AUTO_PARALLEL_BACKENDS = ("gpu", "tpu")
-
 
 # ---------------------------------------------------------------------------- checks
-
-
-def _check_cell(cell) -> None:
-    if not isinstance(cell, cells.Cell):
-        raise TypeError(f"`cell` must be a jaxseq.cells.Cell, got {type(cell).__name__}")
-
-
-def _check_unroll(unroll) -> None:
-    ok = isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)
-    if not ok:
-        raise ValueError(f"`unroll` must be a positive Python int (or bool), got {unroll!r}")
-
-
-def _check_flag(value, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a Python bool, got {value!r}")
-
-
-def _check_options(cell, unroll, remat, hoist_projection) -> None:
-    _check_cell(cell)
-    _check_unroll(unroll)
-    _check_flag(remat, "remat")
-    _check_flag(hoist_projection, "hoist_projection")
-
-
-def resolve_mode(cell: cells.Cell, mode: str = "auto", *, backend: str | None = None) -> str:
-    """The evaluation mode that ``mode`` means for ``cell``.
-
-    Args:
-      cell: a :class:`jaxseq.cells.Cell`.
-      mode: ``"auto"``, ``"sequential"`` or ``"parallel"`` (see the module doc).
-      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; default ``jax.default_backend()``.
-
-    Returns:
-      ``"sequential"`` or ``"parallel"``. ``"auto"`` is ``"sequential"`` for a
-      cell that is not linear in its state; for a linear one it is
-      ``"parallel"`` on the backends in ``AUTO_PARALLEL_BACKENDS`` (GPU, TPU)
-      and ``"sequential"`` on CPU.
-
-    Raises:
-      ValueError: unknown ``mode``, or ``"parallel"`` for a non-linear cell.
-
-    >>> from jaxseq import cells, parallel_cells, recurrence
-    >>> recurrence.resolve_mode(cells.gru(4))
-    'sequential'
-    >>> cell = parallel_cells.mingru(4)
-    >>> recurrence.resolve_mode(cell, backend="gpu"), recurrence.resolve_mode(cell, backend="cpu")
-    ('parallel', 'sequential')
-    """
-    _check_cell(cell)
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(
-            f"unknown `mode` {mode!r}; expected one of: " + ", ".join(repr(m) for m in MODES)
-        )
-    linear = parallel_cells.is_linear(cell)
-    if mode == "parallel" and not linear:
-        raise ValueError(
-            f"`mode`='parallel' needs a cell whose recurrence is linear in its state "
-            f"(jaxseq.parallel_cells: mingru, minlstm, lru); the {cell.name} cell is not: "
-            "use mode='sequential' or 'auto'"
-        )
-    if mode != "auto":
-        return mode
-    if not linear:
-        return "sequential"
-    backend = jax.default_backend() if backend is None else backend
-    return "parallel" if backend in AUTO_PARALLEL_BACKENDS else "sequential"
 
 
 def _check_xs(xs, rank: int, doc: str):
@@ -155,24 +65,6 @@ def _check_lengths(lengths, batch: int, max_len: int):
     if _checks.is_concrete(lengths):
         validation.validate_lengths(lengths, max_len)
     return lengths
-
-
-def _check_mask(mask, max_len: int):
-    mask = _checks.as_array(mask, "mask")
-    _checks.check_bool(mask, "mask")
-    _checks.check_shape(mask, (max_len,), "mask", "[T] (T from `xs`)")
-    if _checks.is_concrete(mask):
-        mask_np = np.asarray(mask)
-        if np.any(mask_np[1:] & ~mask_np[:-1]):
-            raise ValueError(
-                "`mask` must be a valid prefix (True for t < length, False after), got "
-                f"{mask_np.astype(int).tolist()}; build it with `jaxseq.length_mask`"
-            )
-    return mask
-
-
-def _param_dtypes(params) -> list:
-    return [leaf.dtype for leaf in jax.tree.leaves(params)]
 
 
 def _check_carry(cell, params, carry, batch: int | None, name: str = "carry"):
@@ -198,37 +90,13 @@ def _check_carry(cell, params, carry, batch: int | None, name: str = "carry"):
 # ---------------------------------------------------------------------------- core
 
 
-def _scan(
-    cell,
-    params,
-    xs_TD,
-    mask_T,
-    carry,
-    *,
-    reverse,
-    unroll,
-    remat,
-    hoist_projection,
-    mode="sequential",
-):
-    """The unchecked masked scan of ONE sequence. Returns (final carry, hs [T, H]).
+def _scan(cell, params, xs_TD, mask_T, carry, *, reverse: bool, method: Scan):
+    """The unchecked masked ``lax.scan`` of ONE sequence through a non-linear cell.
 
-    ``mode`` is resolved already: ``"sequential"`` or ``"parallel"``.
+    Returns (final carry, hs [T, H]).
     """
-    if parallel_cells.is_linear(cell):
-        final, hs = _linear_rnn(
-            cell,
-            params,
-            xs_TD[None],
-            mask_T[None],
-            None if carry is None else jax.tree.map(lambda c: jnp.asarray(c)[None], carry),
-            parallel=mode == "parallel",
-            reverse=reverse,
-            unroll=unroll,
-            remat=remat,
-        )
-        return jax.tree.map(lambda c: c[0], final), hs[0]
-    dtype = cells.compute_dtype(xs_TD.dtype, *_param_dtypes(params))
+    hoist_projection = bool(method.hoist_projection)
+    dtype = cells.compute_dtype(xs_TD.dtype, *cells.param_dtypes(params))
     if carry is None:
         carry = cell.initial_carry(params, dtype)
     else:
@@ -245,15 +113,15 @@ def _scan(
         h_t = cell.output(new)
         return carry, jnp.where(valid, h_t, jnp.zeros_like(h_t))
 
-    if remat:
+    if method.remat:
         body = jax.checkpoint(body, prevent_cse=False)
     # reverse=True scans t = T-1 .. 0: the padded steps come first and hold the initial
     # carry, so the first step that changes it is the last valid one, as if the sequence
     # had been reversed within its length; lax.scan returns hs in the original order.
-    return jax.lax.scan(body, carry, (inputs_T, mask_T), reverse=reverse, unroll=unroll)
+    return jax.lax.scan(body, carry, (inputs_T, mask_T), reverse=reverse, unroll=method.unroll)
 
 
-def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, parallel, reverse, unroll, remat):
+def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, reverse: bool, method: Scan | Parallel):
     """The masked scan of a batch through a linear cell (``s_t = a_t s_{t-1} + b_t``).
 
     Batched by hand (not a ``vmap`` of one example) and time-major inside:
@@ -273,9 +141,10 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, parallel, reverse, unro
 
     Returns (final carry with leaves ``[B, ...]``, hs ``[B, T, H]``).
     """
-    linear = cell.step  # a parallel_cells.LinearStep (checked by resolve_mode)
+    linear = cell.step  # a parallel_cells.LinearStep
+    parallel = isinstance(method, Parallel)
     batch, steps = xs_BTD.shape[:2]
-    dtype = cells.compute_dtype(xs_BTD.dtype, *_param_dtypes(params))
+    dtype = cells.compute_dtype(xs_BTD.dtype, *cells.param_dtypes(params))
     if carry is None:
         carry = jax.tree.map(
             lambda c: jnp.broadcast_to(c, (batch,) + c.shape), cell.initial_carry(params, dtype)
@@ -310,7 +179,9 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, parallel, reverse, unro
                     s_BS = ab[0] * s_BS + ab[1]
                     return s_BS, s_BS
 
-                scan = jax.lax.scan(body, s0_BS, (a_TBS, b_TBS), reverse=reverse, unroll=unroll)
+                scan = jax.lax.scan(
+                    body, s0_BS, (a_TBS, b_TBS), reverse=reverse, unroll=method.unroll
+                )
                 s_TBS = scan[1]
         carries_BT = linear.readout(params, jnp.swapaxes(s_TBS, 0, 1), jnp.swapaxes(xp_TBG, 0, 1))
         h_BTH = cell.output(carries_BT)
@@ -330,99 +201,85 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, parallel, reverse, unro
 
         return jax.tree.map(pick, carries_BT, carry), hs_BTH
 
-    if remat:
+    if method.remat:
         run = jax.checkpoint(run, prevent_cse=False)
     return run(params, xs_BTD, carry)
+
+
+def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Method):
+    """The unchecked batched recurrence; ``method`` is resolved. Returns (final, hs [B, T, H])."""
+    if isinstance(method, Fused):
+        return _fused.rnn(cell, params, xs_BTD, lengths_B, carry, reverse=reverse)
+    mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
+    if parallel_cells.is_linear(cell):
+        return _linear_rnn(cell, params, xs_BTD, mask_BT, carry, reverse=reverse, method=method)
+
+    def one(x_TD, m_T, c):
+        return _scan(cell, params, x_TD, m_T, c, reverse=reverse, method=method)
+
+    return jax.vmap(one, in_axes=(0, 0, None if carry is None else 0))(xs_BTD, mask_BT, carry)
 
 
 def scan_rnn(
     cell: cells.Cell,
     params: Params,
     xs: jax.Array,
-    mask: jax.Array,
+    length: jax.Array | int,
     *,
     carry=None,
     reverse: bool = False,
-    unroll: int = 1,
-    remat: bool = False,
-    hoist_projection: bool = False,
-    mode: str = "auto",
+    method: Method | None = None,
 ):
-    """Run a cell over ONE padded sequence with ``jax.lax.scan`` (or an associative scan).
+    """Run a cell over ONE padded sequence: :func:`rnn` for a single example.
+
+    Write per-example code with it and ``vmap`` it, or use :func:`rnn` for a
+    batch (the same function, batched).
 
     Args:
       cell: a :class:`jaxseq.cells.Cell` (static).
       params: the cell's params.
-      xs: float ``[T, D]``; padded steps may hold anything (NaN, inf, 1e30).
-      mask: bool ``[T]``, True at valid steps, a valid prefix (checked when
-        concrete; unchecked under ``jit``/``vmap``).
+      xs: float ``[T, D]``; padded steps (``t >= length``) may hold anything
+        (NaN, inf, 1e30).
+      length: integer scalar in ``[0, T]``, the number of valid steps (checked
+        when concrete; under ``jit`` a length above T acts as T, a negative one as 0).
       carry: the initial carry for ONE example (default: ``cell.initial_carry``,
         zeros); cast to the compute dtype.
       reverse: run backwards within the sequence's own length (see the module doc);
         ``hs`` stays in the original time order.
-      unroll: steps per loop iteration, passed to ``lax.scan`` (same result).
-      remat: wrap the step in ``jax.checkpoint`` (same result, less memory in the
-        backward pass).
-      hoist_projection: project all inputs with one ``[T, D] @ [D, G]`` matmul
-        before the scan (True) or one step at a time inside it (False); the
-        results agree up to float rounding. Which is faster depends on the backend.
-      mode: ``"auto"``, ``"sequential"`` or ``"parallel"`` (see the module doc and
-        :func:`resolve_mode`); ``"auto"`` changes nothing for elman/gru/lstm.
+      method: how the recurrence runs (:mod:`jaxseq.methods`); None picks the
+        fastest correct engine for the cell and backend.
 
     Returns:
       ``(final_carry, hs)``: the carry after the last valid step (the initial
       carry when no step is valid) and float32 ``hs [T, H]`` with zeros at padded
       steps.
 
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxseq import cells, recurrence
-    >>> cell = cells.gru(5)
+    >>> import jax, jax.numpy as jnp, jaxseq as js
+    >>> cell = js.gru(5)
     >>> params = cell.init(jax.random.key(0), 3)
-    >>> xs, mask = jnp.ones((4, 3)), jnp.array([True, True, False, False])
-    >>> carry, hs = recurrence.scan_rnn(cell, params, xs, mask)
+    >>> carry, hs = js.scan_rnn(cell, params, jnp.ones((4, 3)), 2)
     >>> hs.shape, bool(jnp.all(hs[2:] == 0)), bool(jnp.all(carry == hs[1]))
     ((4, 5), True, True)
     """
-    _check_options(cell, unroll, remat, hoist_projection)
-    _check_flag(reverse, "reverse")
+    _check_cell(cell)
+    _checks.check_flag(reverse, "reverse")
     xs = _check_xs(xs, 2, "[T, D]")
-    mode = resolve_mode(cell, mode)
-    mask = _check_mask(mask, xs.shape[0])
+    method = resolve_method(cell, method)
+    length = _checks.as_array(length, "length")
+    _checks.check_integer(length, "length")
+    _checks.check_shape(length, (), "length", "(a scalar)")
+    if _checks.is_concrete(length):
+        validation.validate_lengths(length.reshape(1), xs.shape[0])
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
-    return _scan(
-        cell,
-        params,
-        xs,
-        mask,
-        carry,
-        reverse=reverse,
-        unroll=unroll,
-        remat=remat,
-        hoist_projection=hoist_projection,
-        mode=mode,
+    if isinstance(method, Scan) and not parallel_cells.is_linear(cell):
+        mask_T = jnp.arange(xs.shape[0]) < length
+        return _scan(cell, params, xs, mask_T, carry, reverse=reverse, method=method)
+    carry_1 = None if carry is None else jax.tree.map(lambda c: jnp.asarray(c)[None], carry)
+    final, hs = _rnn(
+        cell, params, xs[None], length.reshape(1), carry_1, reverse=reverse, method=method
     )
-
-
-def _rnn(cell, params, xs_BTD, lengths_B, carry, **options):
-    mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
-    if parallel_cells.is_linear(cell):
-        return _linear_rnn(
-            cell,
-            params,
-            xs_BTD,
-            mask_BT,
-            carry,
-            parallel=options["mode"] == "parallel",
-            reverse=options["reverse"],
-            unroll=options["unroll"],
-            remat=options["remat"],
-        )
-
-    def one(x_TD, m_T, c):
-        return _scan(cell, params, x_TD, m_T, c, **options)
-
-    return jax.vmap(one, in_axes=(0, 0, None if carry is None else 0))(xs_BTD, mask_BT, carry)
+    return jax.tree.map(lambda c: c[0], final), hs[0]
 
 
 def rnn(
@@ -433,51 +290,45 @@ def rnn(
     *,
     carry=None,
     reverse: bool = False,
-    unroll: int = 1,
-    remat: bool = False,
-    hoist_projection: bool = False,
-    mode: str = "auto",
+    method: Method | None = None,
 ):
-    """:func:`scan_rnn` over a batch of padded sequences (``vmap`` over examples).
+    """Run a cell over a batch of padded sequences.
 
     Args:
-      cell, params: as in :func:`scan_rnn`.
-      xs: float ``[B, T, D]``.
+      cell: a :class:`jaxseq.cells.Cell` (static).
+      params: the cell's params.
+      xs: float ``[B, T, D]``; padded steps may hold anything (NaN, inf, 1e30).
       lengths: integer ``[B]`` in ``[0, T]`` (checked when concrete).
       carry: optional initial carry with a leading B on every leaf.
-      reverse, unroll, remat, hoist_projection, mode: as in :func:`scan_rnn`.
+      reverse: run each sequence backwards within its own length; ``hs`` stays in
+        the original time order.
+      method: how the recurrence runs: ``jaxseq.Scan(...)``, ``jaxseq.Fused()``,
+        ``jaxseq.Parallel(...)`` (:mod:`jaxseq.methods`), or None for the fastest
+        correct engine for the cell and backend (:func:`jaxseq.resolve_method`).
 
     Returns:
       ``(final_carry, hs)``: the final carries (leaves ``[B, ...]``) and
       ``hs [B, T, H]``, zero at padded steps.
 
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxseq import cells, recurrence
-    >>> cell = cells.lstm(5)
+    >>> import jax, jax.numpy as jnp, jaxseq as js
+    >>> cell = js.lstm(5)
     >>> params = cell.init(jax.random.key(0), 3)
-    >>> (h, c), hs = recurrence.rnn(cell, params, jnp.ones((2, 4, 3)), jnp.array([4, 1]))
+    >>> xs, lengths = jnp.ones((2, 4, 3)), jnp.array([4, 1])
+    >>> (h, c), hs = js.rnn(cell, params, xs, lengths)
     >>> h.shape, c.shape, hs.shape
     ((2, 5), (2, 5), (2, 4, 5))
+    >>> _, hs_scan = js.rnn(cell, params, xs, lengths, method=js.Scan(unroll=2))
+    >>> bool(jnp.allclose(hs, hs_scan, atol=1e-6))
+    True
     """
-    _check_options(cell, unroll, remat, hoist_projection)
-    _check_flag(reverse, "reverse")
+    _check_cell(cell)
+    _checks.check_flag(reverse, "reverse")
     xs = _check_xs(xs, 3, "[B, T, D]")
-    mode = resolve_mode(cell, mode)
+    method = resolve_method(cell, method)
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if carry is not None:
         carry = _check_carry(cell, params, carry, xs.shape[0])
-    return _rnn(
-        cell,
-        params,
-        xs,
-        lengths,
-        carry,
-        reverse=reverse,
-        unroll=unroll,
-        remat=remat,
-        hoist_projection=hoist_projection,
-        mode=mode,
-    )
+    return _rnn(cell, params, xs, lengths, carry, reverse=reverse, method=method)
 
 
 def _check_bidirectional_params(params, name: str = "params") -> None:
@@ -489,13 +340,13 @@ def _check_bidirectional_params(params, name: str = "params") -> None:
         )
 
 
-def _bidirectional(cell, params, xs_BTD, lengths_B, carry, **options):
+def _bidirectional(cell, params, xs_BTD, lengths_B, carry, *, method: Method):
     carry_f, carry_b = (None, None) if carry is None else carry
     final_f, hs_f = _rnn(
-        cell, params["forward"], xs_BTD, lengths_B, carry_f, reverse=False, **options
+        cell, params["forward"], xs_BTD, lengths_B, carry_f, reverse=False, method=method
     )
     final_b, hs_b = _rnn(
-        cell, params["backward"], xs_BTD, lengths_B, carry_b, reverse=True, **options
+        cell, params["backward"], xs_BTD, lengths_B, carry_b, reverse=True, method=method
     )
     return (final_f, final_b), jnp.concatenate([hs_f, hs_b], axis=-1)
 
@@ -507,10 +358,7 @@ def bidirectional(
     lengths: jax.Array,
     *,
     carry=None,
-    unroll: int = 1,
-    remat: bool = False,
-    hoist_projection: bool = False,
-    mode: str = "auto",
+    method: Method | None = None,
 ):
     """A forward and a backward (within-length reversed) :func:`rnn`, concatenated.
 
@@ -520,7 +368,7 @@ def bidirectional(
       xs: float ``[B, T, D]``.
       lengths: integer ``[B]``.
       carry: optional ``(carry_f, carry_b)``, leaves with a leading B.
-      unroll, remat, hoist_projection, mode: as in :func:`scan_rnn`.
+      method: as in :func:`rnn`.
 
     Returns:
       ``((carry_f, carry_b), hs [B, T, 2H])``: ``hs[..., :H]`` are the forward
@@ -528,10 +376,10 @@ def bidirectional(
       order); 0 at padded steps. ``carry_b`` is the backward state after reading
       the whole valid sequence (i.e. at step 0).
     """
-    _check_options(cell, unroll, remat, hoist_projection)
+    _check_cell(cell)
     _check_bidirectional_params(params)
     xs = _check_xs(xs, 3, "[B, T, D]")
-    mode = resolve_mode(cell, mode)
+    method = resolve_method(cell, method)
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if carry is not None:
         if not isinstance(carry, tuple) or len(carry) != 2:
@@ -540,17 +388,7 @@ def bidirectional(
             _check_carry(cell, params["forward"], carry[0], xs.shape[0], "carry[0]"),
             _check_carry(cell, params["backward"], carry[1], xs.shape[0], "carry[1]"),
         )
-    return _bidirectional(
-        cell,
-        params,
-        xs,
-        lengths,
-        carry,
-        unroll=unroll,
-        remat=remat,
-        hoist_projection=hoist_projection,
-        mode=mode,
-    )
+    return _bidirectional(cell, params, xs, lengths, carry, method=method)
 
 
 # ---------------------------------------------------------------------------- stacks
@@ -572,9 +410,8 @@ def init_stack(
     ``jax.random.split(key, num_layers)[l]``.
     """
     _check_cell(cell)
-    _check_flag(bidirectional, "bidirectional")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise ValueError(f"`num_layers` must be a positive Python int, got {num_layers!r}")
+    _checks.check_flag(bidirectional, "bidirectional")
+    _checks.check_int(num_layers, "num_layers", 1)
     width = cell.hidden_size * (2 if bidirectional else 1)
     layers = []
     for layer, layer_key in enumerate(jax.random.split(key, num_layers)):
@@ -602,18 +439,11 @@ def variational_dropout(hs: jax.Array, *, rate: float, key: jax.Array) -> jax.Ar
     """
     hs = _checks.as_array(hs, "hs")
     _checks.check_rank(hs, 3, "hs", "[B, T, F]")
-    _check_rate(rate, "rate")
+    _checks.check_rate(rate, "rate")
     if rate == 0.0:
         return hs
     keep_B1F = jax.random.bernoulli(key, 1.0 - rate, (hs.shape[0], 1, hs.shape[2]))
     return jnp.where(keep_B1F, hs / (1.0 - rate), jnp.zeros((), hs.dtype))
-
-
-def _check_rate(rate, name: str) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(f"`{name}` must be a Python float, got {rate!r}")
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), got {rate}")
 
 
 def stack(
@@ -626,10 +456,7 @@ def stack(
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
     train: bool = False,
-    unroll: int = 1,
-    remat: bool = False,
-    hoist_projection: bool = False,
-    mode: str = "auto",
+    method: Method | None = None,
 ):
     """Stacked (optionally bidirectional) layers with variational dropout between them.
 
@@ -649,17 +476,17 @@ def stack(
       dropout_rate: the drop probability ``p`` in ``[0, 1)``.
       key: PRNG key for dropout; required when ``train`` and ``dropout_rate > 0``.
       train: apply dropout.
-      unroll, remat, hoist_projection, mode: as in :func:`scan_rnn`.
+      method: as in :func:`rnn` (every layer runs with it).
 
     Returns:
       ``(final_carries, hs)``: a list with each layer's final carry (a pair
       ``(carry_f, carry_b)`` when bidirectional) and the last layer's outputs
       ``hs [B, T, H]`` (``[B, T, 2H]`` when bidirectional), 0 at padded steps.
     """
-    _check_options(cell, unroll, remat, hoist_projection)
-    _check_flag(bidirectional, "bidirectional")
-    _check_flag(train, "train")
-    _check_rate(dropout_rate, "dropout_rate")
+    _check_cell(cell)
+    _checks.check_flag(bidirectional, "bidirectional")
+    _checks.check_flag(train, "train")
+    _checks.check_rate(dropout_rate, "dropout_rate")
     if not isinstance(layer_params, (list, tuple)) or not layer_params:
         raise ValueError(
             f"`layer_params` must be a non-empty list of per-layer params, got {layer_params!r}"
@@ -671,20 +498,19 @@ def stack(
             "between layers); pass a PRNG key, e.g. jax.random.key(0)"
         )
     xs = _check_xs(xs, 3, "[B, T, D]")
-    mode = resolve_mode(cell, mode)
+    method = resolve_method(cell, method)
     lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if bidirectional:
         for layer, params in enumerate(layer_params):
             _check_bidirectional_params(params, f"layer_params[{layer}]")
-    options = dict(unroll=unroll, remat=remat, hoist_projection=hoist_projection, mode=mode)
     finals = []
     hs = xs
     for layer, params in enumerate(layer_params):
         if layer > 0 and use_dropout:
             hs = variational_dropout(hs, rate=dropout_rate, key=jax.random.fold_in(key, layer))
         if bidirectional:
-            final, hs = _bidirectional(cell, params, hs, lengths, None, **options)
+            final, hs = _bidirectional(cell, params, hs, lengths, None, method=method)
         else:
-            final, hs = _rnn(cell, params, hs, lengths, None, reverse=False, **options)
+            final, hs = _rnn(cell, params, hs, lengths, None, reverse=False, method=method)
         finals.append(final)
     return finals, hs

@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxseq as js  # noqa: E402
-from jaxseq import checkpoint, distributed, loop, metrics, models, train  # noqa: E402
+from jaxseq import metrics, models  # noqa: E402
+from jaxseq.training import checkpoint, distributed, loop, steps  # noqa: E402
 from jaxseq.data import batching  # noqa: E402
 from jaxseq.data.dataset import SequenceDataset  # noqa: E402
 
@@ -99,7 +100,7 @@ def recording(inner: optax.GradientTransformation) -> optax.GradientTransformati
 
 def fit_optimizer() -> optax.GradientTransformation:
     """The experiments' optimizer (clipping + AdamW), for the multi-step fit runs."""
-    return train.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
+    return steps.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
 
 
 def step_optimizer() -> optax.GradientTransformation:
@@ -151,16 +152,16 @@ def devices_job(out: str) -> None:
         arrays[f"{name}/grads"] = flat(state.opt_state[0])
         arrays[f"{name}/params"] = flat(state.params)
 
-    steps = {}
+    compiled = {}
     for reduction in REDUCTIONS:
         loss_fn = labeling_loss_fn(reduction)
-        state = train.create_train_state(params, opt)
-        record(f"{reduction}/ref", *train.make_train_step(loss_fn, opt)(state, real, key))
+        state = steps.create_train_state(params, opt)
+        record(f"{reduction}/ref", *steps.make_train_step(loss_fn, opt)(state, real, key))
         for num in DEVICE_COUNTS:
             mesh = distributed.make_mesh(num)
             step = distributed.make_sharded_train_step(loss_fn, opt, mesh)
-            steps[reduction, num] = step, mesh
-            state = distributed.replicate(train.create_train_state(params, opt), mesh)
+            compiled[reduction, num] = step, mesh
+            state = distributed.replicate(steps.create_train_state(params, opt), mesh)
             batch = distributed.shard_batch(padded, mesh)
             new_state, sums = step(state, batch, distributed.replicate(key, mesh))
             assert new_state.params["output"]["V"].sharding.is_fully_replicated
@@ -170,7 +171,7 @@ def devices_job(out: str) -> None:
     mesh = distributed.make_mesh(8)
     loss_fn = labeling_loss_fn("mean_over_time")
     step = distributed.make_sharded_train_step(loss_fn, opt, mesh, microbatches=2)
-    state = distributed.replicate(train.create_train_state(params, opt), mesh)
+    state = distributed.replicate(steps.create_train_state(params, opt), mesh)
     record("micro/8x2", *step(state, distributed.shard_batch(padded, mesh), key))
 
     # Bad input: a batch that does not divide by the devices.
@@ -180,9 +181,9 @@ def devices_job(out: str) -> None:
         facts["undivisible_error"] = str(e)
 
     # Checkpoint on 8 devices at step 2, then 2 more steps (the expected continuation).
-    step, mesh = steps["mean_over_tokens", 8]
+    step, mesh = compiled["mean_over_tokens", 8]
     batches = [distributed.shard_batch(b, mesh) for b in train_batches(0)]
-    state = distributed.replicate(train.create_train_state(params, opt), mesh)
+    state = distributed.replicate(steps.create_train_state(params, opt), mesh)
     run_key = distributed.replicate(key, mesh)
     for batch in batches[:2]:
         state, _ = step(state, batch, run_key)
@@ -231,8 +232,8 @@ def single_job(out: str, ckpt_dir: str) -> None:
     loss_fn = labeling_loss_fn("mean_over_tokens")
     opt = fit_optimizer()
     key = jax.random.key(1)
-    state = train.create_train_state(init_params(), opt)
-    step, eval_step = train.make_train_step(loss_fn, opt), train.make_eval_step(loss_fn)
+    state = steps.create_train_state(init_params(), opt)
+    step, eval_step = steps.make_train_step(loss_fn, opt), steps.make_eval_step(loss_fn)
     state = _fit(state, step, eval_step, lambda b: b, key, f"{out}/fit_single")
     arrays["fit/params"] = flat(state.params)
 
@@ -243,12 +244,12 @@ def single_job(out: str, ckpt_dir: str) -> None:
         time.sleep(0.2)
     opt = step_optimizer()
     mngr = checkpoint.manager(ckpt_dir)
-    state = checkpoint.restore(mngr, train.create_train_state(init_params(), opt))
+    state = checkpoint.restore(mngr, steps.create_train_state(init_params(), opt))
     mngr.close()
     facts["restored_step"] = int(state.step)
     facts["restored_sharding"] = str(state.params["output"]["V"].sharding)
     arrays["ckpt/step2"] = flat(state)
-    step = train.make_train_step(loss_fn, opt)
+    step = steps.make_train_step(loss_fn, opt)
     batches = train_batches(0)
     for batch in (batches[2], batches[0]):
         state, _ = step(state, batch, key)
@@ -277,7 +278,7 @@ def process_job(out: str) -> None:
         for sa, sb in zip(a.addressable_shards, b.addressable_shards):
             np.testing.assert_array_equal(np.asarray(sa.data), np.asarray(sb.data))
 
-    state = distributed.replicate(train.create_train_state(init_params(), opt), mesh)
+    state = distributed.replicate(steps.create_train_state(init_params(), opt), mesh)
     state = _fit(
         state,
         distributed.make_sharded_train_step(loss_fn, opt, mesh),

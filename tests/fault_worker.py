@@ -26,7 +26,8 @@ import time
 import jax
 import numpy as np
 
-from jaxseq import checkpoint, loop, models, train
+from jaxseq import models
+from jaxseq.training import checkpoint, loop, steps
 from jaxseq.data import batching
 from tests.distributed_worker import _strict, labeling_loss_fn, toy_dataset
 
@@ -59,10 +60,10 @@ def flat_leaves(tree) -> dict[str, np.ndarray]:
 
 
 def train_job(out: str, *, resume: bool, step_delay: float) -> None:
-    optimizer = train.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
-    state = train.create_train_state(models.labeler_init(jax.random.key(0), CONFIG), optimizer)
+    optimizer = steps.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
+    state = steps.create_train_state(models.labeler_init(jax.random.key(0), CONFIG), optimizer)
     loss_fn = labeling_loss_fn("mean_over_tokens", CONFIG)
-    step = train.make_train_step(loss_fn, optimizer)
+    step = steps.make_train_step(loss_fn, optimizer)
 
     def train_step(state, batch, key):
         if step_delay:
@@ -73,7 +74,7 @@ def train_job(out: str, *, resume: bool, step_delay: float) -> None:
     state, _ = loop.fit(
         state,
         train_step=train_step,
-        eval_step=train.make_eval_step(loss_fn),
+        eval_step=steps.make_eval_step(loss_fn),
         train_batches=train_batches,
         eval_sets={"dev": lambda: batching.iterate_batches(dev, 8, buckets=(4, 9))},
         key=jax.random.key(7),

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import jaxseq as js
-from jaxseq import models, train
+from jaxseq import models
+from jaxseq.training import steps
 from tests import reference_losses as ref
 
 
@@ -64,7 +65,7 @@ CONFIG = models.SequenceModelConfig(
 )
 
 
-def _train_params(seed: int, steps: int = 5):
+def _train_params(seed: int, num_steps: int = 5):
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 12, size=(6, 7)).astype(np.int32)
     lengths = np.array([7, 3, 0, 5, 1, 7], np.int32)
@@ -76,9 +77,9 @@ def _train_params(seed: int, steps: int = 5):
         return js.sequence_labeling_loss_terms(logits, labels, mask), {}
 
     optimizer = optax.adam(1e-2)
-    state = train.create_train_state(models.labeler_init(jax.random.key(seed), CONFIG), optimizer)
-    step = train.make_train_step(loss_fn, optimizer)
-    for _ in range(steps):
+    state = steps.create_train_state(models.labeler_init(jax.random.key(seed), CONFIG), optimizer)
+    step = steps.make_train_step(loss_fn, optimizer)
+    for _ in range(num_steps):
         state, _ = step(state, None, jax.random.key(seed))
     return jax.tree.map(np.asarray, state.params)
 

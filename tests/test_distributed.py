@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import jaxseq as js
-from jaxseq import distributed, loop
+from jaxseq.training import distributed, loop
 from jaxseq.data import Batch
 from tests.subprocesses import Worker, worker_env
 

@@ -23,7 +23,7 @@ from experiments import (
     run_all,
     turkish_upos,
 )
-from jaxseq import loop
+from jaxseq.training import loop
 
 EXPERIMENTS = {
     "japanese_vowels": japanese_vowels,

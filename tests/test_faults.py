@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxseq import checkpoint, loop
+from jaxseq.training import checkpoint, loop
 from tests.fault_worker import MAX_STEPS, state_of
 from tests.subprocesses import Worker, worker_env
 

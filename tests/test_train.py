@@ -11,7 +11,8 @@ import optax
 import pytest
 
 import jaxseq as js
-from jaxseq import checkpoint, loop, metrics, models, train
+from jaxseq import metrics, models
+from jaxseq.training import checkpoint, loop, steps
 from jaxseq.data import batching
 from jaxseq.data.dataset import SequenceDataset
 
@@ -54,7 +55,7 @@ def batches_of(dataset, batch_size=8, buckets=(4, 9), seed=0):
 
 def fresh_state(optimizer, seed=0):
     params = models.labeler_init(jax.random.key(seed), CONFIG)
-    return train.create_train_state(params, optimizer)
+    return steps.create_train_state(params, optimizer)
 
 
 # ---------------------------------------------------------------- metrics
@@ -110,7 +111,7 @@ def test_summarize_handles_empty_and_perplexity():
 
 @pytest.mark.reference
 def test_one_train_step_equals_manual_optax_update():
-    optimizer = train.make_optimizer(learning_rate=1e-2, clip_norm=0.5)
+    optimizer = steps.make_optimizer(learning_rate=1e-2, clip_norm=0.5)
     state = fresh_state(optimizer)
     batch = next(iter(batches_of(toy_dataset())(0)))
     key = jax.random.key(1)
@@ -120,7 +121,7 @@ def test_one_train_step_equals_manual_optax_update():
     with jax.numpy_dtype_promotion("standard"):  # optax is not strict-promotion clean
         updates, _ = optimizer.update(grads, state.opt_state, state.params)
         want = optax.apply_updates(state.params, updates)
-    step = train.make_train_step(loss_fn, optimizer)
+    step = steps.make_train_step(loss_fn, optimizer)
     new_state, sums = step(state, batch, key)
     assert int(new_state.step) == 1
     jax.tree.map(
@@ -138,8 +139,8 @@ def test_microbatch_accumulation_equals_one_big_batch(reduction):
     batch = list(batching.iterate_batches(dataset, 20, buckets=(9,)))[0]
     loss_fn = labeling_loss_fn(reduction)
     key = jax.random.key(0)
-    big, big_sums = train.make_train_step(loss_fn, optimizer)(fresh_state(optimizer), batch, key)
-    acc, acc_sums = train.make_train_step(loss_fn, optimizer, microbatches=4)(
+    big, big_sums = steps.make_train_step(loss_fn, optimizer)(fresh_state(optimizer), batch, key)
+    acc, acc_sums = steps.make_train_step(loss_fn, optimizer, microbatches=4)(
         fresh_state(optimizer), batch, key
     )
     jax.tree.map(
@@ -159,7 +160,7 @@ def test_bucketing_compiles_once_per_bucket():
         return labeling_loss_fn()(params, batch, key, is_training)
 
     optimizer = optax.adam(1e-2)
-    step = train.make_train_step(counting_loss, optimizer)
+    step = steps.make_train_step(counting_loss, optimizer)
     state = fresh_state(optimizer)
     buckets = (3, 6, 9)
     shapes = set()
@@ -175,7 +176,7 @@ def test_bucketing_compiles_once_per_bucket():
 
 
 def run_fit(out_dir, *, max_steps, resume=False, num_epochs=4, lr=3e-2, config=None, loss_fn=None):
-    optimizer = train.make_optimizer(learning_rate=lr)
+    optimizer = steps.make_optimizer(learning_rate=lr)
     state = fresh_state(optimizer)
     dataset = toy_dataset()
     fit_config = config or loop.FitConfig(
@@ -189,8 +190,8 @@ def run_fit(out_dir, *, max_steps, resume=False, num_epochs=4, lr=3e-2, config=N
     eval_batches = lambda: batching.iterate_batches(toy_dataset(n=16, seed=9), 8, buckets=(4, 9))
     return loop.fit(
         state,
-        train_step=train.make_train_step(loss_fn or labeling_loss_fn(), optimizer),
-        eval_step=train.make_eval_step(labeling_loss_fn()),
+        train_step=steps.make_train_step(loss_fn or labeling_loss_fn(), optimizer),
+        eval_step=steps.make_eval_step(labeling_loss_fn()),
         train_batches=batches_of(dataset),
         eval_sets={"dev": eval_batches},
         key=jax.random.key(42),
@@ -257,7 +258,7 @@ def test_restoring_into_another_shape_names_the_leaf(tmp_path):
     other = models.SequenceModelConfig(
         num_classes=3, hidden_size=10, cell="gru", vocab_size=12, embed_dim=6
     )
-    other_state = train.create_train_state(models.labeler_init(jax.random.key(0), other), optimizer)
+    other_state = steps.create_train_state(models.labeler_init(jax.random.key(0), other), optimizer)
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"shape"):
         checkpoint.restore(mngr, other_state)
     restored = checkpoint.restore(mngr, state)
@@ -272,7 +273,7 @@ def test_fit_config_rejects_bad_values():
     with pytest.raises(ValueError, match="max_steps"):
         loop.FitConfig(max_steps=-1)
     with pytest.raises(ValueError, match="learning_rate"):
-        train.make_optimizer(learning_rate=0.0)
+        steps.make_optimizer(learning_rate=0.0)
 
 
 @pytest.mark.numerics
@@ -306,9 +307,9 @@ def test_long_sequences_keep_gradients_finite_and_clipped(cell, implementation):
     )
     clip, lr = 1.0, 1.0
     optimizer = optax.chain(optax.clip_by_global_norm(clip), optax.sgd(lr))
-    state = train.create_train_state(models.labeler_init(jax.random.key(0), config), optimizer)
+    state = steps.create_train_state(models.labeler_init(jax.random.key(0), config), optimizer)
     before = jax.tree.map(np.asarray, state.params)
-    step = train.make_train_step(labeling_loss_fn("sum_over_time", config), optimizer)
+    step = steps.make_train_step(labeling_loss_fn("sum_over_time", config), optimizer)
     state, sums = step(state, batch, jax.random.key(1))
     summary = metrics.summarize(sums)
     assert np.isfinite(summary["loss"]) and np.isfinite(summary["grad_norm"])

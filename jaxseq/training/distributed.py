@@ -6,7 +6,7 @@ k microbatches.
 One mesh axis, ``"data"``, spans every device (of every process). Batches are
 sharded along B (each device holds B / D rows), the train state (parameters,
 optimizer state, step) is replicated, and :func:`jax.jit` with in/out shardings
-partitions the *unchanged* single-device step of :mod:`jaxseq.train` (SPMD): the
+partitions the *unchanged* single-device step of :mod:`jaxseq.training.steps` (SPMD): the
 loss is ``sum(total) / sum(count)`` of :class:`jaxseq.LossTerms` over the whole
 global batch, so the loss, its gradient and the update equal the single-device
 ones on the same global batch for every reduction (up to float32 summation
@@ -20,7 +20,7 @@ single-device code needs no sharding annotations and no ``jax.set_mesh``.
 Single process, several devices (GPUs, or fake CPU devices)::
 
     mesh = distributed.make_mesh()  # every device
-    state = distributed.replicate(train.create_train_state(params, optimizer), mesh)
+    state = distributed.replicate(steps.create_train_state(params, optimizer), mesh)
     step = distributed.make_sharded_train_step(loss_fn, optimizer, mesh)
     batch = distributed.shard_batch(distributed.pad_batch_to_multiple(batch, D), mesh)
     state, sums = step(state, batch, key)
@@ -29,7 +29,7 @@ Several processes (hosts): call :func:`initialize` (or :func:`setup_from_env`)
 in every process before any JAX operation, then the same code; each process
 builds the global batch from its own rows with :func:`global_batch_from_local`
 (or passes the same global batch to :func:`shard_batch`, which takes only its
-rows). Checkpoints (:mod:`jaxseq.checkpoint`) are written once by orbax and
+rows). Checkpoints (:mod:`jaxseq.training.checkpoint`) are written once by orbax and
 restore on any device count when the target carries the wanted sharding
 (:func:`replicate` a fresh state, or :func:`abstract_replicated`).
 """
@@ -49,7 +49,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxseq import train
+from jaxseq.training import steps
 from jaxseq.data.batching import Batch
 
 DATA_AXIS = "data"
@@ -180,7 +180,7 @@ class Layout:
     """Where a run's devices and processes come from (flags or environment).
 
     The default (every field unset) is the single-device run: no mesh, the
-    plain steps of :mod:`jaxseq.train`.
+    plain steps of :mod:`jaxseq.training.steps`.
     """
 
     coordinator: str | None = None
@@ -417,7 +417,7 @@ def _check_divisible(batch: Any, mesh: Mesh, factor: int = 1) -> int:
         what = f"{_num_data(mesh)} devices" + (f" x {factor} microbatches" if factor > 1 else "")
         raise ValueError(
             f"batch size {rows} is not divisible by {multiple} ({what}): pad it with "
-            f"jaxseq.distributed.pad_batch_to_multiple(batch, {multiple}) (exact: the new "
+            f"jaxseq.training.distributed.pad_batch_to_multiple(batch, {multiple}) (exact: the new "
             f"rows are all masked)"
         )
     return rows
@@ -478,7 +478,7 @@ def global_batch_from_local(local_batch: Any, mesh: Mesh) -> Any:
     if rows % local_devices:
         raise ValueError(
             f"local batch size {rows} is not divisible by this process's {local_devices} "
-            f"devices: pad it with jaxseq.distributed.pad_batch_to_multiple"
+            f"devices: pad it with jaxseq.training.distributed.pad_batch_to_multiple"
         )
     sharding = data_sharding(mesh)
     return jax.tree.map(
@@ -505,7 +505,7 @@ class _ShardedBatches(Sequence):
 def shard_batches(batches: Iterable[Any], mesh: Mesh, *, microbatches: int = 1):
     """Pad (to a multiple of devices x ``microbatches``) and shard each batch lazily.
 
-    A sequence (e.g. the list ``train_batches(epoch)`` of :func:`jaxseq.loop.fit`)
+    A sequence (e.g. the list ``train_batches(epoch)`` of :func:`jaxseq.training.loop.fit`)
     gives a sequence of the same length; any other iterable a generator.
     """
     multiple = _num_data(mesh) * microbatches
@@ -528,7 +528,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def abstract_replicated(tree: Any, mesh: Mesh) -> Any:
     """``jax.ShapeDtypeStruct`` leaves replicated on ``mesh``: a restore target
-    for :func:`jaxseq.checkpoint.restore` on any device count without
+    for :func:`jaxseq.training.checkpoint.restore` on any device count without
     materialising a state."""
     sharding = replicated_sharding(mesh)
     return jax.tree.map(
@@ -540,13 +540,13 @@ def abstract_replicated(tree: Any, mesh: Mesh) -> Any:
 
 
 def make_sharded_train_step(
-    loss_fn: train.LossFn,
+    loss_fn: steps.LossFn,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     *,
     microbatches: int = 1,
-) -> Callable[[train.TrainState, Any, jax.Array], tuple[train.TrainState, train.MetricSums]]:
-    """:func:`jaxseq.train.make_train_step` over ``mesh``: ``(state, batch, key) -> (state, sums)``.
+) -> Callable[[steps.TrainState, Any, jax.Array], tuple[steps.TrainState, steps.MetricSums]]:
+    """:func:`jaxseq.training.steps.make_train_step` over ``mesh``: ``(state, batch, key) -> (state, sums)``.
 
     The state and key are replicated, the batch sharded along B (every leaf
     ``[B, ...]``, B divisible by the devices times ``microbatches``: see
@@ -556,7 +556,7 @@ def make_sharded_train_step(
     itself spread over all devices (rows ``[i B/k, (i+1) B/k)``, as on one device).
     """
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS)) if microbatches > 1 else None
-    step = train.train_step_fn(
+    step = steps.train_step_fn(
         loss_fn, optimizer, microbatches=microbatches, microbatch_sharding=micro_sharding
     )
     replicated, data = replicated_sharding(mesh), data_sharding(mesh)
@@ -577,13 +577,13 @@ def make_sharded_train_step(
 
 
 def make_sharded_eval_step(
-    loss_fn: train.LossFn, mesh: Mesh
-) -> Callable[[Any, Any], train.MetricSums]:
-    """:func:`jaxseq.train.make_eval_step` over ``mesh``: ``(params, batch) -> sums``
+    loss_fn: steps.LossFn, mesh: Mesh
+) -> Callable[[Any, Any], steps.MetricSums]:
+    """:func:`jaxseq.training.steps.make_eval_step` over ``mesh``: ``(params, batch) -> sums``
     (params replicated, batch sharded along B, sums replicated and exact)."""
     replicated, data = replicated_sharding(mesh), data_sharding(mesh)
     jitted = jax.jit(
-        train.eval_step_fn(loss_fn), in_shardings=(replicated, data), out_shardings=replicated
+        steps.eval_step_fn(loss_fn), in_shardings=(replicated, data), out_shardings=replicated
     )
 
     def sharded_eval_step(params, batch):

@@ -1,19 +1,17 @@
-"""A fast path for the batched masked recurrence: one loop over the batch, hand-written VJP.
+"""The fused engine (private): one loop over the batch with a hand-written VJP.
 
-Notation: B batch, T time, D input features, H hidden, G projected width (H for
-Elman, 3H for GRU, 4H for LSTM). Shape suffixes on local names (``xs_BTD``).
+This is what ``method=jaxseq.Fused()`` runs (the default for the built-in
+elman, gru and lstm cells); the front-end in :mod:`jaxseq.recurrence` checks
+the arguments and calls :func:`rnn` here. Notation: B batch, T time, D input
+features, H hidden, G projected width (H for Elman, 3H for GRU, 4H for LSTM).
+Shape suffixes on local names (``xs_BTD``).
 
-:func:`rnn`, :func:`bidirectional` and :func:`stack` have the signatures and
-the semantics of their namesakes in :mod:`jaxseq.recurrence` (padded outputs
-exactly 0, the carry held at padded steps, the final carry at step
-``length - 1``, ``reverse`` within each sequence's own length, padding
-sanitised before any arithmetic, float32 state for bfloat16 inputs), and the
-same params (``cells.elman``/``gru``/``lstm`` dicts), so a model can switch
-between the two. They are pure functions: ``jit``, ``vmap`` and ``grad`` them
-as usual. Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) is not
-available, because the recurrence is a ``jax.custom_vjp``; use
-:mod:`jaxseq.recurrence` for that. Cells other than the three built-in kinds
-are rejected (the backward pass is written by hand for each).
+The semantics are the front-end's (padded outputs exactly 0, the carry held at
+padded steps, the final carry at step ``length - 1``, ``reverse`` within each
+sequence's own length, padding sanitised before any arithmetic, float32 state
+for bfloat16 inputs). Forward-mode differentiation (``jax.jvp``,
+``jax.jacfwd``) is not available, because the recurrence is a
+``jax.custom_vjp``; it raises a ``TypeError`` naming ``method=jaxseq.Scan()``.
 
 How it differs from the reference path (``vmap`` of a per-example masked
 ``lax.scan``, differentiated by JAX):
@@ -50,16 +48,6 @@ GRU: one more ``[B, T, H]``); the same buffers then hold the backward pass's
 Numerics: the results equal the reference path's up to float rounding (the
 tests compare values and gradients at ``1e-5``), not bit for bit: the batched
 matmuls sum in a different order.
-
->>> import jax, jax.numpy as jnp
->>> from jaxseq import cells, fused, recurrence
->>> cell = cells.lstm(5)
->>> params = cell.init(jax.random.key(0), 3)
->>> xs, lengths = jnp.ones((2, 4, 3)), jnp.array([4, 1])
->>> (h, c), hs = fused.rnn(cell, params, xs, lengths)
->>> (h_ref, c_ref), hs_ref = recurrence.rnn(cell, params, xs, lengths)
->>> bool(jnp.allclose(hs, hs_ref, atol=1e-6)), bool(jnp.allclose(c, c_ref, atol=1e-6))
-(True, True)
 """
 
 from __future__ import annotations
@@ -70,13 +58,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxseq import cells, masks, recurrence
+from jaxseq import cells, masks
 
 Params = Any
 
-__all__ = ["KINDS", "bidirectional", "rnn", "stack"]
-
-KINDS = ("elman", "gru", "lstm")
 
 
 class _Plan(NamedTuple):
@@ -458,25 +443,36 @@ def _weights(kind: str, params, dtype):
     return cast
 
 
-def _check_kind(cell) -> None:
-    recurrence._check_cell(cell)
-    if cell.name not in KINDS:
-        raise ValueError(
-            f"jaxseq.fused supports the cells {KINDS} (their backward pass is written by "
-            f"hand), got a {cell.name!r} cell; use jaxseq.recurrence for other cells"
-        )
+def _call(core, *args):
+    """``core(*args)``; forward-mode differentiation fails with a message naming the fix."""
+    try:
+        return core(*args)
+    except TypeError as e:
+        if "forward-mode" not in str(e):
+            raise
+        raise TypeError(
+            "method=jaxseq.Fused() (the default for elman/gru/lstm cells) has a hand-written "
+            "reverse-mode gradient only; for jax.jvp / jax.jacfwd pass method=jaxseq.Scan()"
+        ) from e
 
 
-def _check_plan(plan) -> None:
-    if not isinstance(plan, _Plan):
-        raise TypeError(f"`plan` must be a jaxseq.fused._Plan, got {type(plan).__name__}")
-    recurrence._check_unroll(plan.unroll)
+def rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan = DEFAULT_PLAN):
+    """The batched recurrence of an elman, gru or lstm cell, unchecked (the front-end checks).
 
+    Args:
+      cell: a built-in elman, gru or lstm cell.
+      params: its params.
+      xs_BTD: float ``[B, T, D]``; padded steps may hold anything.
+      lengths_B: integer ``[B]``; clipped to ``[0, T]``.
+      carry: None (the cell's initial carry) or leaves ``[B, ...]``.
+      reverse: run each sequence backwards within its own length.
+      plan: how the loops run (speed only).
 
-def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan):
-    """The unchecked batched recurrence. Returns (final carry, hs [B, T, H])."""
+    Returns:
+      ``(final carry, hs [B, T, H])``.
+    """
     batch, steps, _ = xs_BTD.shape
-    dtype = cells.compute_dtype(xs_BTD.dtype, *recurrence._param_dtypes(params))
+    dtype = cells.compute_dtype(xs_BTD.dtype, *cells.param_dtypes(params))
     if carry is None:
         carry = jax.vmap(lambda _: cell.initial_carry(params, dtype))(jnp.arange(batch))
     else:
@@ -493,173 +489,12 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan):
     core = _core(cell.name, plan)
     weights = _weights(cell.name, params, dtype)
     if plan.time_major:
-        hs_TBH, final_carry = core(weights, jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B)
+        hs_TBH, final_carry = _call(core, weights, jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B)
         hs_BTH = jnp.swapaxes(hs_TBH, 0, 1)
     else:
-        hs_BTH, final_carry = core(weights, xs_BTD, carry, lengths_B)
+        hs_BTH, final_carry = _call(core, weights, xs_BTD, carry, lengths_B)
     if reverse:
         hs_BTH = _flip(hs_BTH, index_BT)
     return final_carry, hs_BTH
 
 
-def rnn(
-    cell: cells.Cell,
-    params: Params,
-    xs: jax.Array,
-    lengths: jax.Array,
-    *,
-    carry=None,
-    reverse: bool = False,
-    unroll: int = 1,
-):
-    """The fast path of :func:`jaxseq.recurrence.rnn`: same arguments, same results.
-
-    Args:
-      cell: a ``cells.elman``, ``cells.gru`` or ``cells.lstm`` cell (static).
-      params: the cell's params.
-      xs: float ``[B, T, D]``; padded steps may hold anything (NaN, inf).
-      lengths: integer ``[B]`` in ``[0, T]`` (checked when concrete; under
-        ``jit`` a length above T acts as T and a negative one as 0).
-      carry: optional initial carry, leaves ``[B, H]``.
-      reverse: run each sequence backwards within its own length; ``hs`` stays
-        in the original time order.
-      unroll: accepted for the signature of :func:`jaxseq.recurrence.rnn` and checked,
-        but not applied: the loops run one step per iteration. Unrolling them made
-        XLA copy the in-place buffers every iteration (2-3x slower for GRU/LSTM)
-        and gave nothing for the tanh RNN.
-
-    Returns:
-      ``(final_carry, hs)``: the carry after each sequence's last valid step
-      (leaves ``[B, H]``; the initial carry for length 0) and ``hs [B, T, H]``,
-      zero at padded steps; float32 (float64 for float64 inputs or params).
-
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxseq import cells, fused
-    >>> cell = cells.gru(5)
-    >>> params = cell.init(jax.random.key(0), 3)
-    >>> h, hs = fused.rnn(cell, params, jnp.ones((2, 4, 3)), jnp.array([4, 1]))
-    >>> h.shape, hs.shape, bool(jnp.all(hs[1, 1:] == 0)), bool(jnp.all(h[1] == hs[1, 0]))
-    ((2, 5), (2, 4, 5), True, True)
-    """
-    return _checked_rnn(cell, params, xs, lengths, carry=carry, reverse=reverse, unroll=unroll)
-
-
-def _checked_rnn(
-    cell, params, xs, lengths, *, carry=None, reverse=False, unroll=1, plan=DEFAULT_PLAN
-):
-    _check_kind(cell)
-    recurrence._check_unroll(unroll)
-    _check_plan(plan)
-    recurrence._check_flag(reverse, "reverse")
-    xs = recurrence._check_xs(xs, 3, "[B, T, D]")
-    lengths = recurrence._check_lengths(lengths, xs.shape[0], xs.shape[1])
-    if carry is not None:
-        carry = recurrence._check_carry(cell, params, carry, xs.shape[0])
-    return _rnn(cell, params, xs, lengths, carry, reverse=reverse, plan=plan)
-
-
-def _bidirectional(cell, params, xs_BTD, lengths_B, carry, *, plan: _Plan):
-    carry_f, carry_b = (None, None) if carry is None else carry
-    final_f, hs_f = _rnn(
-        cell, params["forward"], xs_BTD, lengths_B, carry_f, reverse=False, plan=plan
-    )
-    final_b, hs_b = _rnn(
-        cell, params["backward"], xs_BTD, lengths_B, carry_b, reverse=True, plan=plan
-    )
-    return (final_f, final_b), jnp.concatenate([hs_f, hs_b], axis=-1)
-
-
-def bidirectional(
-    cell: cells.Cell,
-    params: Params,
-    xs: jax.Array,
-    lengths: jax.Array,
-    *,
-    carry=None,
-    unroll: int = 1,
-):
-    """The fast path of :func:`jaxseq.recurrence.bidirectional`: same arguments, same results.
-
-    Args:
-      cell: the cell of both directions (elman, gru or lstm).
-      params: ``{"forward": params_f, "backward": params_b}``.
-      xs: float ``[B, T, D]``.
-      lengths: integer ``[B]``.
-      carry: optional ``(carry_f, carry_b)``, leaves ``[B, H]``.
-      unroll: as in :func:`rnn`.
-
-    Returns:
-      ``((carry_f, carry_b), hs [B, T, 2H])`` as :func:`jaxseq.recurrence.bidirectional`.
-    """
-    _check_kind(cell)
-    recurrence._check_unroll(unroll)
-    recurrence._check_bidirectional_params(params)
-    xs = recurrence._check_xs(xs, 3, "[B, T, D]")
-    lengths = recurrence._check_lengths(lengths, xs.shape[0], xs.shape[1])
-    if carry is not None:
-        if not isinstance(carry, tuple) or len(carry) != 2:
-            raise ValueError("`carry` of a bidirectional layer must be a tuple (carry_f, carry_b)")
-        carry = (
-            recurrence._check_carry(cell, params["forward"], carry[0], xs.shape[0], "carry[0]"),
-            recurrence._check_carry(cell, params["backward"], carry[1], xs.shape[0], "carry[1]"),
-        )
-    return _bidirectional(cell, params, xs, lengths, carry, plan=DEFAULT_PLAN)
-
-
-def stack(
-    cell: cells.Cell,
-    layer_params: list,
-    xs: jax.Array,
-    lengths: jax.Array,
-    *,
-    bidirectional: bool = False,
-    dropout_rate: float = 0.0,
-    key: jax.Array | None = None,
-    train: bool = False,
-    unroll: int = 1,
-):
-    """The fast path of :func:`jaxseq.recurrence.stack`: same arguments, same results.
-
-    Stacked (optionally bidirectional) layers with
-    :func:`jaxseq.recurrence.variational_dropout` between them (key
-    ``fold_in(key, l)`` for the input of layer ``l >= 1``), exactly as the
-    reference path; the params come from :func:`jaxseq.recurrence.init_stack`.
-
-    Returns:
-      ``(final_carries, hs)``: a list with each layer's final carry and the last
-      layer's outputs ``[B, T, H]`` (``[B, T, 2H]`` when bidirectional).
-    """
-    _check_kind(cell)
-    recurrence._check_unroll(unroll)
-    recurrence._check_flag(bidirectional, "bidirectional")
-    recurrence._check_flag(train, "train")
-    recurrence._check_rate(dropout_rate, "dropout_rate")
-    if not isinstance(layer_params, (list, tuple)) or not layer_params:
-        raise ValueError(
-            f"`layer_params` must be a non-empty list of per-layer params, got {layer_params!r}"
-        )
-    use_dropout = train and dropout_rate > 0.0
-    if use_dropout and key is None:
-        raise ValueError(
-            "`key` is required when train=True and dropout_rate > 0 (variational dropout "
-            "between layers); pass a PRNG key, e.g. jax.random.key(0)"
-        )
-    xs = recurrence._check_xs(xs, 3, "[B, T, D]")
-    lengths = recurrence._check_lengths(lengths, xs.shape[0], xs.shape[1])
-    if bidirectional:
-        for layer, params in enumerate(layer_params):
-            recurrence._check_bidirectional_params(params, f"layer_params[{layer}]")
-    plan = DEFAULT_PLAN
-    finals = []
-    hs = xs
-    for layer, params in enumerate(layer_params):
-        if layer > 0 and use_dropout:
-            hs = recurrence.variational_dropout(
-                hs, rate=dropout_rate, key=jax.random.fold_in(key, layer)
-            )
-        if bidirectional:
-            final, hs = _bidirectional(cell, params, hs, lengths, None, plan=plan)
-        else:
-            final, hs = _rnn(cell, params, hs, lengths, None, reverse=False, plan=plan)
-        finals.append(final)
-    return finals, hs

@@ -1,7 +1,7 @@
 """The fit loop: steps, periodic evaluation, JSON-lines metrics, checkpoints, resume.
 
 Host-side orchestration only; the math lives in the jitted steps of
-:mod:`jaxseq.train`. Metric sums stay on the device between logs (dispatch stays
+:mod:`jaxseq.training.steps`. Metric sums stay on the device between logs (dispatch stays
 asynchronous) and are pulled to the host once per log window.
 
 Resuming (``resume=True``) restores the latest checkpoint and replays the data
@@ -26,8 +26,9 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from jaxseq import checkpoint, metrics
-from jaxseq.train import TrainState
+from jaxseq import metrics
+from jaxseq.training import checkpoint
+from jaxseq.training.steps import TrainState
 
 # Checkpoints fit() keeps on disk (the latest ones).
 CHECKPOINTS_KEPT = 2
@@ -177,7 +178,7 @@ def fit(
     Args:
       state: the initial train state (also the restore target when resuming).
       train_step: ``(state, batch, key) -> (state, metric_sums)``, e.g. from
-        :func:`jaxseq.train.make_train_step` (the state is donated).
+        :func:`jaxseq.training.steps.make_train_step` (the state is donated).
       eval_step: ``(params, batch) -> metric_sums`` or None.
       train_batches: ``epoch -> sequence of batches``; must be deterministic in
         the epoch for resuming to be exact.
@@ -190,7 +191,7 @@ def fit(
         ``OSError`` (``ENOSPC`` for too little space) is raised.
       resume: continue from the latest committed checkpoint in ``out_dir`` if
         there is one (a save interrupted by a crash is never committed; a
-        corrupted one raises :class:`jaxseq.checkpoint.CheckpointCorruptError`).
+        corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`).
       tokens_in: counts the tokens of a batch, for the throughput display.
     """
     check_writable(

@@ -150,7 +150,7 @@ def restore(mngr: ocp.CheckpointManager, target: Any, step: int | None = None) -
 
     ``target`` is a state of the wanted structure (e.g. a freshly initialised
     one); its shapes, dtypes and shardings decide those of the result, so a
-    checkpoint restores on any device count (see :mod:`jaxseq.distributed`).
+    checkpoint restores on any device count (see :mod:`jaxseq.training.distributed`).
     NumPy leaves (no sharding) restore onto the default device.
     """
     if step is None:

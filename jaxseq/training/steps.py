@@ -110,7 +110,7 @@ def train_step_fn(
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, MetricSums]]:
     """The pure (un-jitted) train step; see :func:`make_train_step`.
 
-    ``microbatch_sharding`` (for :mod:`jaxseq.distributed`): a sharding of the
+    ``microbatch_sharding`` (for :mod:`jaxseq.training.distributed`): a sharding of the
     split batch ``[microbatches, B / microbatches, ...]`` to constrain it to, so
     every microbatch stays spread over the devices instead of whole microbatches
     landing on single devices. None (the default) leaves placement to ``jit``.

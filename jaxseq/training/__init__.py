@@ -1,0 +1,16 @@
+"""jaxseq.training: train state and steps, the fit loop, checkpoints, data parallelism.
+
+The infrastructure around the primitives (as ``flax.training`` is around flax),
+imported explicitly (``from jaxseq.training import loop, steps``) and never by
+``import jaxseq``:
+
+* :mod:`.steps`: the train state pytree and the pure jitted train/eval steps;
+* :mod:`.loop`: ``fit`` (periodic evaluation, JSON-lines metrics, checkpoints,
+  resume) and ``evaluate``;
+* :mod:`.checkpoint`: orbax checkpoints with per-leaf digests and checked restores;
+* :mod:`.distributed`: device meshes, batch sharding and the sharded steps.
+"""
+
+from jaxseq.training import checkpoint, distributed, loop, steps
+
+__all__ = ["checkpoint", "distributed", "loop", "steps"]
