@@ -76,7 +76,14 @@ def _jax_step(impl: str, hidden, weight, labels, mask):
     else:
 
         def loss_fn(h, w):
-            return linear_cross_entropy(h, w, labels, mask, grad_in_forward=impl == "chunked_fused")
+            return linear_cross_entropy(
+                h,
+                w,
+                labels,
+                where=mask,
+                reduction="mean_over_tokens",
+                grad_in_forward=impl == "chunked_fused",
+            )
 
     compiled = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(hidden, weight).compile()
     analysis = compiled.memory_analysis()

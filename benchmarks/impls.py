@@ -6,13 +6,14 @@ of the batch), and the losses of its first two train steps from the shared initi
 weights (the equivalence check: the same function and the same gradients give the
 same two numbers).
 
-* ``jaxseq-scan`` / ``jaxseq-fused``: the library's labeler
-  (:func:`jaxseq.models.labeler_apply`) with ``implementation="scan"`` or ``"fused"``.
+* ``jaxseq-default`` / ``jaxseq-fused`` / ``jaxseq-scan``: the library's labeler
+  (:func:`jaxseq.models.labeler_apply`) with ``method=None`` (what a user gets
+  without choosing), ``method=jaxseq.Fused()`` or ``method=jaxseq.Scan()``.
 * ``torch``: ``nn.RNN``/``nn.GRU``/``nn.LSTM`` on the padded batch, masked loss
   (``ignore_index``); ``torch+pack``: the same behind ``pack_padded_sequence``.
 * ``flax``: linen ``nn.RNN(cell)(x, seq_lengths=lengths)`` with ``SimpleCell``,
   ``GRUCell`` and ``OptimizedLSTMCell``.
-* ``jaxseq-fused-dp`` / ``flax-dp``: the same jax steps data-parallel over a mesh
+* ``jaxseq-default-dp`` / ``flax-dp``: the same jax steps data-parallel over a mesh
   of all devices (:mod:`jaxseq.training.distributed`'s shardings: batch split along B,
   state replicated, ``jit`` with in/out shardings). On a CPU the benchmark makes
   one XLA host device per core, so each core runs its half of the batch's
@@ -130,9 +131,9 @@ def _temp_bytes(compiled) -> int | None:
 
 
 def jaxseq_impl(
-    cell_name: str, shape: Shape, weights: dict, batch: Batch, *, implementation: str, mesh=None
+    cell_name: str, shape: Shape, weights: dict, batch: Batch, *, method, name: str, mesh=None
 ):
-    """The jaxseq labeler (:func:`jaxseq.models.labeler_apply`) with the given implementation
+    """The jaxseq labeler (:func:`jaxseq.models.labeler_apply`) with the given ``method``
     (data-parallel over ``mesh`` if given)."""
     from jaxseq import models
 
@@ -142,7 +143,7 @@ def jaxseq_impl(
         cell=cell_name,
         vocab_size=VOCAB,
         embed_dim=EMBED,
-        implementation=implementation,
+        method=method,
     )
     params = {
         "embed": {"E": weights["embed"]},
@@ -153,7 +154,6 @@ def jaxseq_impl(
     def logits_fn(params, ids, lengths):
         return models.labeler_apply(params, config, ids, lengths)
 
-    name = f"jaxseq-{implementation}" + ("-dp" if mesh is not None else "")
     return _jax_impl(name, logits_fn, params, batch, mesh=mesh)
 
 
@@ -161,13 +161,13 @@ def fused_plan_impl(cell_name: str, shape: Shape, weights: dict, batch: Batch, *
     """The jaxseq labeler on the fused path with a given (private) plan: for lever A/B runs."""
     import jax.numpy as jnp
 
-    from jaxseq import cells, fused
+    from jaxseq import _fused, cells
 
     cell = {"elman": cells.elman, "gru": cells.gru, "lstm": cells.lstm}[cell_name](shape.hidden)
 
     def logits_fn(params, ids, lengths):
         x_BTE = jnp.take(params["embed"], ids, axis=0)
-        _, hs_BTH = fused._checked_rnn(cell, params["rnn"], x_BTE, lengths, plan=plan)
+        _, hs_BTH = _fused.rnn(cell, params["rnn"], x_BTE, lengths, None, reverse=False, plan=plan)
         return hs_BTH @ params["V"] + params["c"].reshape(1, 1, -1)
 
     return _jax_impl(name, logits_fn, weights, batch)

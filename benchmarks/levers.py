@@ -94,17 +94,18 @@ import argparse
 from benchmarks import common
 
 
-def scan_impl(cell_name, shape, weights, batch, *, name, **options):
+def scan_impl(cell_name, shape, weights, batch, *, name, **scan_options):
     import jax.numpy as jnp
 
     from benchmarks import impls
-    from jaxseq import cells, recurrence
+    from jaxseq import cells, methods, recurrence
 
     cell = {"elman": cells.elman, "gru": cells.gru, "lstm": cells.lstm}[cell_name](shape.hidden)
 
     def logits_fn(params, ids, lengths):
         x_BTE = jnp.take(params["embed"], ids, axis=0)
-        _, hs_BTH = recurrence.rnn(cell, params["rnn"], x_BTE, lengths, **options)
+        method = methods.Scan(**scan_options)
+        _, hs_BTH = recurrence.rnn(cell, params["rnn"], x_BTE, lengths, method=method)
         return hs_BTH @ params["V"] + params["c"].reshape(1, 1, -1)
 
     return impls._jax_impl(name, logits_fn, weights, batch)
@@ -123,7 +124,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from benchmarks import impls
-    from jaxseq import fused
+    from jaxseq import _fused
 
     shape = common.SMALL if args.shape == "small" else common.LARGE
     batch = common.make_batch(shape)
@@ -131,9 +132,9 @@ def main(argv=None):
     for cell in args.cells.split(","):
         weights = common.make_weights(cell, shape)
         plans = {
-            "fused": fused._Plan(),
-            "fused time-major": fused._Plan(time_major=True),
-            "fused unroll=2": fused._Plan(unroll=2),
+            "fused": _fused._Plan(),
+            "fused time-major": _fused._Plan(time_major=True),
+            "fused unroll=2": _fused._Plan(unroll=2),
         }
         built = {
             name: impls.fused_plan_impl(cell, shape, weights, batch, plan=plan, name=name)

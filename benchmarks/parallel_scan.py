@@ -5,8 +5,8 @@ optimizer update) of ``dense features [B, T, D] -> one-layer RNN (H) -> per-step
 linear readout -> masked MSE``, on a batch padded to T with lengths drawn
 uniformly from ``[T/2, T]`` (one sequence has length T). Each parallel cell
 (minGRU and minLSTM in log space, the LRU) runs the same jitted step with
-``mode="sequential"`` and ``mode="parallel"``; an LSTM (sequential, the only
-mode it has) is timed beside them for scale.
+``method=jaxseq.Scan()`` (the sequential loop) and ``method=jaxseq.Parallel()``
+(the associative scan); an LSTM (``Scan()``) is timed beside them for scale.
 
 Timing: every function is compiled and run once before timing; then the
 repeats are interleaved (sequential, parallel, LSTM, in an order rotated each
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import cells, masks, parallel_cells, recurrence
+from jaxseq.methods import Parallel, Scan
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_parallel.md")
 CELLS = {
@@ -57,11 +58,11 @@ def make_data(batch: int, steps: int, features: int, seed: int = 0):
     return xs, targets, lengths
 
 
-def make_train_step(cell: cells.Cell, mode: str):
+def make_train_step(cell: cells.Cell, method):
     """jitted ``(params, xs, targets, lengths) -> (loss, grads)``."""
 
     def loss_fn(params, xs_BTD, targets_BT, lengths_B):
-        _, hs_BTH = recurrence.rnn(cell, params["rnn"], xs_BTD, lengths_B, mode=mode)
+        _, hs_BTH = recurrence.rnn(cell, params["rnn"], xs_BTD, lengths_B, method=method)
         pred_BT = jnp.tensordot(hs_BTH, params["w"], axes=1)
         mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
         err_BT = jnp.where(mask_BT, pred_BT - targets_BT, jnp.zeros((), pred_BT.dtype))
@@ -91,12 +92,12 @@ def bench_steps(args, steps: int) -> list[dict]:
     for name in args.cells:
         cell = CELLS[name](args.hidden)
         params = make_params(cell, args.features)
-        for mode in ("sequential", "parallel"):
-            runs[(name, mode)] = (make_train_step(cell, mode), (params,) + data)
+        for mode, method in (("sequential", Scan()), ("parallel", Parallel())):
+            runs[(name, mode)] = (make_train_step(cell, method), (params,) + data)
     if args.lstm:
         cell = cells.lstm(args.hidden)
         runs[("lstm", "sequential")] = (
-            make_train_step(cell, "sequential"),
+            make_train_step(cell, Scan()),
             (make_params(cell, args.features),) + data,
         )
     for fn, fn_args in runs.values():  # compile + one warm run
