@@ -35,22 +35,23 @@ WER 0.418 (12,690 words), 378 s on a 2-core CPU shared with other jobs.
 
 from __future__ import annotations
 
+if not __package__:  # run as `python experiments/cmudict_g2p_ctc.py`
+    import _repo_root  # noqa: F401
+
 import dataclasses
-import os
-import time
+import functools
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure
 
-from experiments import common
+from experiments import config as configs
+from experiments import harness, tasks
 from jaxseq import models
-from jaxseq.training import loop, steps
 from jaxseq.ctc import ctc_loss, required_lengths
 from jaxseq.data import SequenceDataset, cmudict, iterate_batches, vocab
-from jaxseq.data.batching import count_batches
 from jaxseq.losses import LossTerms
 
 NAME = "cmudict_g2p_ctc"
@@ -60,11 +61,11 @@ _PHONEME_ID = {p: i for i, p in enumerate(cmudict.PHONEMES, start=1)}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.RunSwitches):
-    model: common.ModelConfig = common.ModelConfig(
+class Config(configs.RunSwitches):
+    model: configs.ModelConfig = configs.ModelConfig(
         cell="lstm", hidden_size=128, num_layers=1, bidirectional=True, embed_dim=64,
     )  # fmt: skip
-    train: common.TrainConfig = common.TrainConfig(
+    train: configs.TrainConfig = configs.TrainConfig(
         batch_size=128, num_epochs=2, learning_rate=5e-3, num_buckets=3, train_subset=None,
         log_every=50, eval_every=400, eval_subset=None,
     )  # fmt: skip
@@ -117,9 +118,9 @@ def load_words() -> dict[str, Words]:
 
 
 def subset(words: Words, size: int | None, seed: int) -> Words:
-    if size is None or size >= len(words.words):
+    keep = tasks.subset_indices(len(words.words), size, seed)
+    if keep is None:
         return words
-    keep = np.sort(np.random.default_rng(seed).choice(len(words.words), size, replace=False))
     return Words(tuple(words.words[i] for i in keep), tuple(words.phonemes[i] for i in keep))
 
 
@@ -147,14 +148,23 @@ def feasible(words: Words, upsample: int) -> np.ndarray:
     return np.asarray(required_lengths(jnp.asarray(targets), jnp.asarray(lengths))) <= frames
 
 
-def batches(dataset: SequenceDataset, words: Words, max_s: int, batch_size: int, **kwargs):
-    """:func:`jaxseq.data.iterate_batches` with each row's phoneme targets attached."""
+def batches(
+    dataset: SequenceDataset,
+    batch_size: int,
+    *,
+    words: Mapping[str, Words],
+    max_s: int,
+    **kwargs,
+):
+    """:func:`jaxseq.data.iterate_batches` with each row's phoneme targets attached
+    (``words[dataset.name]`` holds them)."""
+    phonemes = words[dataset.name].phonemes
     for batch in iterate_batches(dataset, batch_size, **kwargs):
         targets = np.zeros((batch_size, max_s), np.int32)
         target_lengths = np.zeros((batch_size,), np.int32)
         for row, i in enumerate(batch.indices):
             if i >= 0:
-                p = words.phonemes[int(i)]
+                p = phonemes[int(i)]
                 targets[row, : len(p)] = p
                 target_lengths[row] = len(p)
         yield CTCBatch(batch.inputs, batch.lengths, targets, target_lengths, batch.indices)
@@ -183,12 +193,10 @@ def edit_distance(a, b) -> int:
     return row[-1]
 
 
-def error_rates(
-    predict, params, dataset: SequenceDataset, words: Words, max_s, batch_size, buckets
-):
-    """``{"per", "wer", "words"}`` of greedy decoding over a split."""
+def error_rates(predict, params, batches, words: Words) -> dict[str, float]:
+    """``{"per", "wer", "words"}`` of greedy decoding over a split's batches."""
     errors = reference = wrong_words = count = 0
-    for batch in batches(dataset, words, max_s, batch_size, buckets=buckets):
+    for batch in batches:
         best = np.asarray(predict(params, batch.inputs, batch.lengths))
         for row, i in enumerate(batch.indices):
             if i < 0:
@@ -206,33 +214,13 @@ def error_rates(
 # ----------------------------------------------------------------------------- run
 
 
-def plot_loss(records, out_dir: str) -> None:
-    """``curves.png``: the CTC loss per phoneme against step, train and dev."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
-    for split, style in (("train", "-"), ("dev", "o-")):
-        points = [(r["step"], r["loss"]) for r in records if r["split"] == split and "loss" in r]
-        if points:
-            ax.plot(*zip(*points), style, label=split, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("CTC loss per phoneme")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if records:
-        ax.legend()
-    fig.suptitle(NAME)
-    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=100)
-
-
-def run(config: Config, *, stop_after: int | None = None) -> common.Result:
-    started = time.perf_counter()
+def run(config: Config) -> harness.Result:
     tc = config.train
     if config.upsample < 1:
         raise ValueError(f"`upsample` must be >= 1, got {config.upsample}")
     splits = load_words()
     train_words = subset(splits["train"], tc.train_subset, tc.seed)
     ok = feasible(train_words, config.upsample)
-    dropped = int((~ok).sum())
     train_words = Words(
         tuple(w for w, k in zip(train_words.words, ok) if k),
         tuple(p for p, k in zip(train_words.phonemes, ok) if k),
@@ -241,13 +229,10 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
     test_words = subset(splits["test"], tc.eval_subset, tc.seed)
     letters = vocab.build_vocab(c for w in train_words.words for c in w)
     index = vocab.token_index(letters)
-    train_set, dev_set, test_set = (
-        encode_inputs(w, index, config.upsample, f"{NAME}/{s}")
-        for w, s in ((train_words, "train"), (dev_words, "dev"), (test_words, "test"))
-    )
-    max_s = max(len(p) for w in (train_words, dev_words, test_words) for p in w.phonemes)
-    buckets = common.buckets_for([train_set, dev_set, test_set], tc.num_buckets)
-
+    words = {f"{NAME}/train": train_words, f"{NAME}/dev": dev_words, f"{NAME}/test": test_words}
+    train_set, dev_set, test_set = (encode_inputs(w, index, config.upsample, name)
+                                    for name, w in words.items())  # fmt: skip
+    max_s = max(len(p) for w in words.values() for p in w.phonemes)
     model = config.model.sequence_model(num_classes=len(CLASS_NAMES), vocab_size=len(letters))
 
     def loss_fn(params, batch: CTCBatch, key, is_training):
@@ -264,98 +249,48 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         count = jnp.sum(jnp.where(real_B, batch.target_lengths, 0)).astype(jnp.float32)
         return LossTerms(total, count), {}
 
-    steps_per_epoch = count_batches(train_set, tc.batch_size, buckets=buckets)
-    total_steps = common.total_steps_of(tc, steps_per_epoch)
-    optimizer = common.optimizer_for(tc, total_steps)
-    key_init, key_train = jax.random.split(jax.random.key(tc.seed))
-    state = steps.create_train_state(models.labeler_init(key_init, model), optimizer)
-
-    out_dir = common.prepare_run_dir(NAME, config)
-    common.write_config(
-        out_dir,
-        NAME,
-        config,
-        {
-            "buckets": list(buckets),
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            "sizes": {d.name: len(d) for d in (train_set, dev_set, test_set)},
-            "dropped_infeasible_train_words": dropped,
+    task = tasks.dataset_task(
+        tc,
+        init=lambda key: models.labeler_init(key, model),
+        loss_fn=loss_fn,
+        train_set=train_set,
+        dev_set=dev_set,
+        test_set=test_set,
+        batches=functools.partial(batches, words=words, max_s=max_s),
+        resolved={
+            "dropped_infeasible_train_words": int((~ok).sum()),
             "letters": list(letters),
             "max_phonemes": max_s,
-            "model": dataclasses.asdict(model),
+            "model": tasks.model_record(model),
         },
-    )
-
-    def train_batches(epoch: int) -> list[CTCBatch]:
-        return list(
-            batches(train_set, train_words, max_s, tc.batch_size, buckets=buckets,
-                    shuffle=True, seed=tc.seed, epoch=epoch)
-        )  # fmt: skip
-
-    def eval_batches(dataset, words):
-        return lambda: batches(dataset, words, max_s, tc.eval_batch_size, buckets=buckets)
-
-    state, _ = loop.fit(
-        state,
-        train_step=steps.make_train_step(loss_fn, optimizer),
-        eval_step=steps.make_eval_step(loss_fn),
-        train_batches=train_batches,
-        eval_sets={"dev": eval_batches(dev_set, dev_words)},
-        key=key_train,
-        config=common.fit_config_for(tc, total_steps, stop_after),
-        out_dir=out_dir,
-        resume=config.resume,
-        tokens_in=lambda batch: int(batch.lengths.sum()),
     )
 
     @jax.jit
     def predict(params, inputs, lengths):
         return jnp.argmax(models.labeler_apply(params, model, inputs, lengths), axis=-1)
 
-    test = error_rates(predict, state.params, test_set, test_words, max_s,
-                       tc.eval_batch_size, buckets)  # fmt: skip
-    test_loss = loop.evaluate(
-        steps.make_eval_step(loss_fn), state.params, eval_batches(test_set, test_words)()
+    trained = harness.train_and_evaluate(
+        config,
+        task,
+        name=NAME,
+        test_metrics=lambda params: error_rates(
+            predict, params, task.eval_sets["test"](), test_words
+        ),
     )
-    test["loss_per_phoneme"] = test_loss["loss"]
-    seconds = time.perf_counter() - started
-    plot_loss(loop.read_metrics(os.path.join(out_dir, "metrics.jsonl")), out_dir)
-    result = common.Result(
-        experiment=NAME,
-        metric="per",
-        baseline=1.0,
-        jaxseq=float(test["per"]),
-        seconds=seconds,
-        target=None,
-        test=test,
-        out_dir=out_dir,
-    )
-    common.write_json(
-        os.path.join(out_dir, "result.json"),
-        {**dataclasses.asdict(result), "step": int(state.step)},
-    )
-    return result
+    return harness.report(trained, name=NAME, metric="per", baseline=1.0, higher_is_better=False)
 
 
-def describe(result: common.Result) -> str:
+def describe(result: harness.Result) -> str:
     return (
         f"{NAME}: test PER {result.test['per']:.4f}, WER {result.test['wer']:.4f} "
-        f"({result.test['words']} words), {result.seconds:.1f} s"
+        f"({int(result.test['words'])} words), loss per phoneme {result.test['loss']:.4f}, "
+        f"{result.seconds:.1f} s"
     )
 
 
-def main(args=None) -> common.Result:
-    return common.main(
-        Config,
-        run,
-        args,
-        smoke_overrides=SMOKE,
-        full_overrides=FULL,
-        description=__doc__,
-        describe=describe,
-    )
-
+EXPERIMENT = harness.Experiment(
+    NAME, Config, run, SMOKE, FULL, description=__doc__, describe=describe
+)
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -26,12 +26,15 @@ exactly one primary stress per word at decoding changed nothing (0.9149 -> 0.915
 
 from __future__ import annotations
 
+if not __package__:  # run as `python experiments/cmudict_stress.py`
+    import _repo_root  # noqa: F401
+
 import dataclasses
 
 import numpy as np
 
-from experiments import common
-from jaxseq import models
+from experiments import config as configs
+from experiments import harness, tasks
 from jaxseq.data import SequenceDataset, cmudict
 
 NAME = "cmudict_stress"
@@ -39,11 +42,11 @@ TARGET = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.RunSwitches):
-    model: common.ModelConfig = common.ModelConfig(
+class Config(configs.RunSwitches):
+    model: configs.ModelConfig = configs.ModelConfig(
         cell="lstm", hidden_size=64, num_layers=2, bidirectional=True, embed_dim=32
     )
-    train: common.TrainConfig = common.TrainConfig(
+    train: configs.TrainConfig = configs.TrainConfig(
         batch_size=128, num_epochs=3, learning_rate=1e-2, warmup_steps=100, num_buckets=2,
         log_every=50, eval_every=500,
     )  # fmt: skip
@@ -77,41 +80,19 @@ def token_accuracy(predict_V: np.ndarray, dataset: SequenceDataset) -> float:
     return correct / total
 
 
-def run(config: Config, *, stop_after: int | None = None) -> common.Result:
-    timer = common.Timer()
-    data = cmudict.load_stress()
-    tc = config.train
-    train_set = common.subset(data.train, tc.train_subset, tc.seed)
-    dev_set = common.subset(data.dev, tc.eval_subset, tc.seed)
-    test_set = common.subset(data.test, tc.eval_subset, tc.seed)
-    baseline = token_accuracy(majority_stress(train_set), test_set)
-
+def run(config: Config) -> harness.Result:
+    train_set, dev_set, test_set = splits = tasks.subsets(cmudict.load_stress(), config.train)
     model = config.model.sequence_model(
         num_classes=len(cmudict.STRESS_CLASSES), vocab_size=len(train_set.vocab)
     )
-    return common.train_and_evaluate(
-        config,
-        name=NAME,
-        task="labeling",
-        train_set=train_set,
-        dev_set=dev_set,
-        test_set=test_set,
-        init=lambda key: models.labeler_init(key, model),
-        logits_fn=common.model_logits(model, "labeling"),
-        baseline=baseline,
-        metric_label="token accuracy (vowels)",
-        target=TARGET,
-        timer=timer,
-        resolved={"model": dataclasses.asdict(model)},
-        stop_after=stop_after,
-    )
+    baseline = token_accuracy(majority_stress(train_set), test_set)
+    return tasks.run_supervised(
+        config, NAME, "labeling", splits, model,
+        baseline=baseline, label="token accuracy (vowels)", target=TARGET,
+    )  # fmt: skip
 
 
-def main(args=None) -> common.Result:
-    return common.main(
-        Config, run, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
-    )
-
+EXPERIMENT = harness.Experiment(NAME, Config, run, SMOKE, FULL, description=__doc__)
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -23,6 +23,9 @@ spelling (``dulle`` 1, ``lepe`` 1, ``tesler`` 3 syllables).
 
 from __future__ import annotations
 
+if not __package__:  # run as `python experiments/cmudict_syllables.py`
+    import _repo_root  # noqa: F401
+
 import dataclasses
 import functools
 import re
@@ -30,7 +33,8 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from experiments import config as configs
+from experiments import harness, tasks
 from jaxseq import models
 from jaxseq.data import SequenceDataset, cmudict
 
@@ -40,12 +44,12 @@ VOWEL_RUNS = re.compile(r"[aeiouy]+")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.RunSwitches):
-    model: common.ModelConfig = common.ModelConfig(
+class Config(configs.RunSwitches):
+    model: configs.ModelConfig = configs.ModelConfig(
         cell="lstm", hidden_size=64, num_layers=1, bidirectional=True, embed_dim=32,
         pooling="last",
     )  # fmt: skip
-    train: common.TrainConfig = common.TrainConfig(
+    train: configs.TrainConfig = configs.TrainConfig(
         batch_size=128, num_epochs=4, learning_rate=1e-2, warmup_steps=100, num_buckets=2,
         log_every=50, eval_every=500,
     )  # fmt: skip
@@ -81,43 +85,22 @@ def sum_pooled_logits(params, batch, key, train, *, model: models.SequenceModelC
     return sum_BH @ params["output"]["V"] + params["output"]["c"][None, :]
 
 
-def run(config: Config, *, stop_after: int | None = None) -> common.Result:
-    timer = common.Timer()
+def run(config: Config) -> harness.Result:
     data = cmudict.load_syllables(max_count=config.max_count)
-    tc = config.train
-    train_set = common.subset(data.train, tc.train_subset, tc.seed)
-    dev_set = common.subset(data.dev, tc.eval_subset, tc.seed)
-    test_set = common.subset(data.test, tc.eval_subset, tc.seed)
+    train_set, _, test_set = splits = tasks.subsets(data, config.train)
     predicted = vowel_group_baseline(test_set, config.max_count)
-    baseline = float(np.mean(predicted == test_set.labels))
-
     model = config.model.sequence_model(
         num_classes=len(train_set.class_names), vocab_size=len(train_set.vocab)
     )
-    return common.train_and_evaluate(
-        config,
-        name=NAME,
-        task="classification",
-        train_set=train_set,
-        dev_set=dev_set,
-        test_set=test_set,
-        init=lambda key: models.classifier_init(key, model),
-        logits_fn=functools.partial(sum_pooled_logits, model=model)
-        if config.sum_pooling
-        else common.model_logits(model, "classification"),
-        baseline=baseline,
-        target=TARGET,
-        timer=timer,
-        resolved={"model": dataclasses.asdict(model)},
-        stop_after=stop_after,
-    )
+    summed = functools.partial(sum_pooled_logits, model=model)
+    return tasks.run_supervised(
+        config, NAME, "classification", splits, model,
+        logits_fn=summed if config.sum_pooling else None,
+        baseline=float(np.mean(predicted == test_set.labels)), target=TARGET,
+    )  # fmt: skip
 
 
-def main(args=None) -> common.Result:
-    return common.main(
-        Config, run, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
-    )
-
+EXPERIMENT = harness.Experiment(NAME, Config, run, SMOKE, FULL, description=__doc__)
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -21,6 +21,9 @@ also change the dev hold-out) gave 0.978-0.984, and so did the baseline.
 
 from __future__ import annotations
 
+if not __package__:  # run as `python experiments/japanese_vowels.py`
+    import _repo_root  # noqa: F401
+
 import dataclasses
 
 import jax
@@ -29,8 +32,8 @@ import numpy as np
 import optax
 
 import jaxseq as js
-from experiments import common
-from jaxseq import models
+from experiments import config as configs
+from experiments import harness, tasks
 from jaxseq.data import SequenceDataset, japanese_vowels
 
 NAME = "japanese_vowels"
@@ -38,11 +41,11 @@ TARGET = 0.98
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.RunSwitches):
-    model: common.ModelConfig = common.ModelConfig(
+class Config(configs.RunSwitches):
+    model: configs.ModelConfig = configs.ModelConfig(
         cell="gru", hidden_size=64, bidirectional=True, pooling="mean", embed_dropout_rate=0.2
     )
-    train: common.TrainConfig = common.TrainConfig(
+    train: configs.TrainConfig = configs.TrainConfig(
         batch_size=32, num_epochs=60, learning_rate=3e-3, weight_decay=1e-4, num_buckets=2,
         log_every=10, eval_every=40, checkpoint_every=160,
     )  # fmt: skip
@@ -107,47 +110,27 @@ def logistic_regression(x_train_NF, y_train_N, num_classes, *, l2, steps, seed=0
     return predict
 
 
-def run(config: Config, *, stop_after: int | None = None) -> common.Result:
-    timer = common.Timer()
+def run(config: Config) -> harness.Result:
+    tc = config.train
     data = japanese_vowels.load(
-        dev_per_class=config.dev_per_class, seed=config.train.seed, standardize_features=True
+        dev_per_class=config.dev_per_class, seed=tc.seed, standardize_features=True
     )
-    train_set = common.subset(data.train, config.train.train_subset, config.train.seed)
-    test_set = common.subset(data.test, config.train.eval_subset, config.train.seed)
-    dev_set = data.dev
+    train_set, _, test_set = splits = tasks.subsets(data, tc)
     num_classes = len(train_set.class_names)
-
     predict = logistic_regression(
         pooled_features(train_set), train_set.labels, num_classes,
-        l2=config.baseline_l2, steps=config.baseline_steps, seed=config.train.seed,
+        l2=config.baseline_l2, steps=config.baseline_steps, seed=tc.seed,
     )  # fmt: skip
     baseline = float(np.mean(predict(pooled_features(test_set)) == test_set.labels))
-
     model = config.model.sequence_model(
         num_classes=num_classes, input_size=japanese_vowels.NUM_FEATURES
     )
-    return common.train_and_evaluate(
-        config,
-        name=NAME,
-        task="classification",
-        train_set=train_set,
-        dev_set=dev_set,
-        test_set=test_set,
-        init=lambda key: models.classifier_init(key, model),
-        logits_fn=common.model_logits(model, "classification"),
-        baseline=baseline,
-        target=TARGET,
-        timer=timer,
-        resolved={"model": dataclasses.asdict(model)},
-        stop_after=stop_after,
+    return tasks.run_supervised(
+        config, NAME, "classification", splits, model, baseline=baseline, target=TARGET
     )
 
 
-def main(args=None) -> common.Result:
-    return common.main(
-        Config, run, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
-    )
-
+EXPERIMENT = harness.Experiment(NAME, Config, run, SMOKE, FULL, description=__doc__)
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -24,13 +24,17 @@ Target >= 0.93: met. (Hidden 128, char CNN 96, 12 epochs: 0.9487 at 4x the cost.
 
 from __future__ import annotations
 
+if not __package__:  # run as `python experiments/turkish_upos.py`
+    import _repo_root  # noqa: F401
+
 import dataclasses
 import functools
 
 import jax
 import numpy as np
 
-from experiments import char_features, common
+from experiments import char_features, harness, tasks
+from experiments import config as configs
 from jaxseq import metrics, models
 from jaxseq.data import UNK_ID, SequenceDataset, turkish_upos
 
@@ -39,11 +43,11 @@ TARGET = 0.93
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.RunSwitches):
-    model: common.ModelConfig = common.ModelConfig(
+class Config(configs.RunSwitches):
+    model: configs.ModelConfig = configs.ModelConfig(
         cell="lstm", hidden_size=64, bidirectional=True, embed_dropout_rate=0.25
     )
-    train: common.TrainConfig = common.TrainConfig(
+    train: configs.TrainConfig = configs.TrainConfig(
         batch_size=32, num_epochs=6, learning_rate=5e-3, num_buckets=2, log_every=25,
         eval_every=244,
     )  # fmt: skip
@@ -110,15 +114,10 @@ def unknown_accuracy(logits_BTC, batch) -> dict:
     return {"unknown_accuracy": metrics.accuracy(logits_BTC, batch.labels, where=where_BT)}
 
 
-def run(config: Config, *, stop_after: int | None = None) -> common.Result:
-    timer = common.Timer()
+def run(config: Config) -> harness.Result:
     data = turkish_upos.load(lowercase=config.lowercase)
-    tc = config.train
-    train_set = common.subset(data.train, tc.train_subset, tc.seed)
-    dev_set = common.subset(data.dev, tc.eval_subset, tc.seed)
-    test_set = common.subset(data.test, tc.eval_subset, tc.seed)
+    train_set, _, test_set = splits = tasks.subsets(data, config.train)
     baseline, baseline_unknown = token_accuracy(most_frequent_tag(train_set), test_set)
-
     model = config.model.sequence_model(
         num_classes=len(data.tag_names), input_size=config.word_dim + config.char_filters
     )
@@ -133,37 +132,25 @@ def run(config: Config, *, stop_after: int | None = None) -> common.Result:
         return {"features": features, "tagger": models.labeler_init(key_tagger, model)}
 
     unknown = np.concatenate(test_set.sequences) == UNK_ID
-    return common.train_and_evaluate(
-        config,
-        name=NAME,
-        task="labeling",
-        train_set=train_set,
-        dev_set=dev_set,
-        test_set=test_set,
+    return tasks.run_supervised(
+        config, NAME, "labeling", splits, model,
         init=init,
         logits_fn=functools.partial(logits_fn, config=config, model=model),
         extra_metrics=unknown_accuracy,
         baseline=baseline,
-        metric_label="token accuracy",
+        label="token accuracy",
         target=TARGET,
-        timer=timer,
         resolved={
-            "model": dataclasses.asdict(model),
             "word_vocab_size": len(data.word_vocab),
             "char_vocab_size": len(data.char_vocab),
             "test_unknown_tokens": int(unknown.sum()),
             "test_tokens": int(unknown.size),
             "baseline_unknown_accuracy": baseline_unknown,
         },
-        stop_after=stop_after,
-    )
+    )  # fmt: skip
 
 
-def main(args=None) -> common.Result:
-    return common.main(
-        Config, run, args, smoke_overrides=SMOKE, full_overrides=FULL, description=__doc__
-    )
-
+EXPERIMENT = harness.Experiment(NAME, Config, run, SMOKE, FULL, description=__doc__)
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -1,20 +1,24 @@
 """Subprocess side of tests/test_distributed.py (the device count is fixed per process).
 
     python -m tests.distributed_worker devices OUT   # 8 fake CPU devices
-    python -m tests.distributed_worker single OUT CHECKPOINT_DIR   # 1 device
+    python -m tests.distributed_worker single OUT CHECKPOINT_DIR   # 1 device ("-": no checkpoint)
     JAXSEQ_COORDINATOR=127.0.0.1:PORT JAXSEQ_NUM_PROCESSES=2 JAXSEQ_PROCESS_ID=i \\
     JAXSEQ_CPU_DEVICES=2 python -m tests.distributed_worker process OUT
 
 Each job writes arrays (``.npz``) and facts (``.json``) under OUT; the tests
-compare them. The strict configuration of conftest.py is applied here too.
+compare them. The strict configuration of conftest.py is applied here too. The
+``single`` and ``process`` jobs also run the Python blocks of
+docs/scaling_out.md as written (one device, and 2 processes x 2 devices).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+from pathlib import Path
 
 import jax
 
@@ -34,9 +38,9 @@ import optax  # noqa: E402
 
 import jaxseq as js  # noqa: E402
 from jaxseq import metrics, models  # noqa: E402
-from jaxseq.training import checkpoint, distributed, loop, steps  # noqa: E402
 from jaxseq.data import batching  # noqa: E402
 from jaxseq.data.dataset import SequenceDataset  # noqa: E402
+from jaxseq.training import checkpoint, distributed, loop, steps  # noqa: E402
 
 REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens")
 DEVICE_COUNTS = (1, 2, 4, 8)
@@ -56,7 +60,7 @@ def labeling_loss_fn(reduction: str, config: models.SequenceModelConfig = CONFIG
             params, config, batch.inputs, batch.lengths, key=key, train=is_training
         )
         terms = js.sequence_labeling_loss_terms(
-            logits, batch.labels, batch.label_mask, reduction=reduction
+            logits, batch.labels, where=batch.label_mask, reduction=reduction
         )
         sums = {"accuracy": metrics.accuracy(logits, batch.labels, where=batch.label_mask)}
         return terms, sums
@@ -121,6 +125,28 @@ def flat(tree) -> np.ndarray:
 def write_json(path: str, value) -> None:
     with open(path, "w") as f:
         json.dump(value, f, indent=1)
+
+
+SCALING_OUT = Path(__file__).resolve().parents[1] / "docs" / "scaling_out.md"
+
+
+def run_scaling_out_doc(folder: str) -> dict:
+    """Run every ```python block of docs/scaling_out.md in order, in one namespace,
+    in ``folder`` (its ``out_dir`` is relative), as user code: JAX's default
+    promotion rules. Returns ``{"mesh": str(mesh), "last_eval": ...}``."""
+    blocks = re.findall(r"```python\n(.*?)```", SCALING_OUT.read_text(), flags=re.S)
+    assert len(blocks) >= 2, f"{SCALING_OUT}: {len(blocks)} python blocks"
+    os.makedirs(folder, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    namespace: dict = {"__name__": "scaling_out"}
+    try:
+        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+            for block in blocks:
+                exec(compile(block, str(SCALING_OUT), "exec"), namespace)  # noqa: S102
+    finally:
+        os.chdir(cwd)
+    return {"mesh": str(namespace["mesh"]), "last_eval": namespace["last_eval"]}
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -223,8 +249,9 @@ def _fit(state, train_step, eval_step, wrap, key, out_dir):
 
 
 def single_job(out: str, ckpt_dir: str) -> None:
-    """1 device: the single-process fit (reference of the 2-process run), then
-    restore the 8-device checkpoint and continue."""
+    """1 device: the single-process fit (reference of the 2-process run), the
+    docs/scaling_out.md script, then (unless ``ckpt_dir`` is "-") restore the
+    8-device checkpoint and continue."""
     _strict()
     assert jax.device_count() == 1
     facts: dict = {"device_count": jax.device_count()}
@@ -236,7 +263,16 @@ def single_job(out: str, ckpt_dir: str) -> None:
     step, eval_step = steps.make_train_step(loss_fn, opt), steps.make_eval_step(loss_fn)
     state = _fit(state, step, eval_step, lambda b: b, key, f"{out}/fit_single")
     arrays["fit/params"] = flat(state.params)
+    facts["docs"] = run_scaling_out_doc(f"{out}/docs_single")
+    if ckpt_dir != "-":
+        _continue_checkpoint(ckpt_dir, loss_fn, key, facts, arrays)
+    np.savez(os.path.join(out, "single.npz"), **arrays)
+    facts["seconds"] = time.perf_counter() - STARTED
+    write_json(os.path.join(out, "single.json"), facts)
 
+
+def _continue_checkpoint(ckpt_dir: str, loss_fn, key, facts: dict, arrays: dict) -> None:
+    """Restore the devices job's 8-device checkpoint on 1 device and take 2 steps."""
     deadline = time.monotonic() + 240
     while not os.path.exists(f"{ckpt_dir}.done"):
         if time.monotonic() > deadline:
@@ -254,9 +290,6 @@ def single_job(out: str, ckpt_dir: str) -> None:
     for batch in (batches[2], batches[0]):
         state, _ = step(state, batch, key)
     arrays["ckpt/step4"] = flat(state)
-    np.savez(os.path.join(out, "single.npz"), **arrays)
-    facts["seconds"] = time.perf_counter() - STARTED
-    write_json(os.path.join(out, "single.json"), facts)
 
 
 def process_job(out: str) -> None:
@@ -288,6 +321,7 @@ def process_job(out: str) -> None:
         f"{out}/fit_multi",
     )
     params = flat(state.params)  # replicated: every process holds all of it
+    docs = run_scaling_out_doc(f"{out}/docs_multi")  # both processes, one folder
 
     @distributed.main_process_only
     def write():
@@ -299,6 +333,7 @@ def process_job(out: str) -> None:
                 "device_count": jax.device_count(),
                 "local_device_count": jax.local_device_count(),
                 "rows_of_process_0": [rows.start, rows.stop],
+                "docs": docs,
                 "seconds": time.perf_counter() - STARTED,
             },
         )

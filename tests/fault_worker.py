@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from jaxseq import models
-from jaxseq.training import checkpoint, loop, steps
 from jaxseq.data import batching
+from jaxseq.training import checkpoint, loop, steps
 from tests.distributed_worker import _strict, labeling_loss_fn, toy_dataset
 
 CONFIG = models.SequenceModelConfig(

@@ -93,6 +93,18 @@ def test_bucket_boundaries_merges_duplicates():
     assert bucket_boundaries([5] * 10, 3) == (5,)
 
 
+@pytest.mark.bad_input
+def test_bucket_boundaries_bad_arguments():
+    with pytest.raises(AssertionError, match=r"`lengths` must have rank 1 \[N\]"):
+        bucket_boundaries(np.ones((2, 3), np.int32), 2)
+    with pytest.raises(ValueError, match="at least one length"):
+        bucket_boundaries([], 2)
+    with pytest.raises(ValueError, match="num_buckets"):
+        bucket_boundaries([3, 4], 0)
+    with pytest.raises(TypeError, match="multiple_of"):
+        bucket_boundaries([3, 4], 2, multiple_of=2.0)
+
+
 # iterate_batches ----------------------------------------------------------------------
 
 
@@ -202,6 +214,12 @@ def test_shuffle_needs_seed_and_epoch_and_bad_args():
         iterate_batches(ds, 4, buckets=(8, 4, 12))
     with pytest.raises(ValueError, match="batch_size"):
         iterate_batches(ds, 0)
+    with pytest.raises(TypeError, match="batch_size"):
+        iterate_batches(ds, 4.0)
+    with pytest.raises(TypeError, match="shuffle"):
+        iterate_batches(ds, 4, shuffle=1, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="epoch"):
+        iterate_batches(ds, 4, shuffle=True, seed=0, epoch=-1)
 
 
 @settings(max_examples=40, deadline=None)

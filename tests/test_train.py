@@ -12,9 +12,9 @@ import pytest
 
 import jaxseq as js
 from jaxseq import metrics, models
-from jaxseq.training import checkpoint, loop, steps
 from jaxseq.data import batching
 from jaxseq.data.dataset import SequenceDataset
+from jaxseq.training import checkpoint, loop, steps
 
 CONFIG = models.SequenceModelConfig(
     num_classes=3, hidden_size=8, cell="gru", vocab_size=12, embed_dim=6, dropout_rate=0.0
@@ -27,7 +27,7 @@ def labeling_loss_fn(reduction="sum_over_time", config=CONFIG):
             params, config, batch.inputs, batch.lengths, key=key, train=is_training
         )
         terms = js.sequence_labeling_loss_terms(
-            logits, batch.labels, batch.label_mask, reduction=reduction
+            logits, batch.labels, where=batch.label_mask, reduction=reduction
         )
         sums = {"accuracy": metrics.accuracy(logits, batch.labels, where=batch.label_mask)}
         return terms, sums
@@ -272,16 +272,31 @@ def test_fit_config_rejects_bad_values():
         loop.FitConfig(log_every=0)
     with pytest.raises(ValueError, match="max_steps"):
         loop.FitConfig(max_steps=-1)
+    with pytest.raises(TypeError, match="log_every"):
+        loop.FitConfig(log_every=2.5)
+    with pytest.raises(TypeError, match="progress"):
+        loop.FitConfig(progress=1)
     with pytest.raises(ValueError, match="learning_rate"):
         steps.make_optimizer(learning_rate=0.0)
+    with pytest.raises(TypeError, match="learning_rate"):
+        steps.make_optimizer(learning_rate="1e-3")
+    with pytest.raises(ValueError, match="clip_norm"):
+        steps.make_optimizer(learning_rate=1e-3, clip_norm=0.0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        steps.make_optimizer(learning_rate=1e-3, warmup_steps=-1)
+    with pytest.raises(ValueError, match="microbatches"):
+        steps.make_train_step(labeling_loss_fn(), optax.sgd(0.1), microbatches=0)
+    with pytest.raises(ValueError, match="max_to_keep"):
+        checkpoint.manager("unused", max_to_keep=0)
 
 
 @pytest.mark.numerics
 @pytest.mark.parametrize(
-    "cell, implementation",
-    [("elman", "fused"), ("gru", "fused"), ("lstm", "fused"), ("lstm", "scan")],
+    "cell, method",
+    [("elman", js.Fused()), ("gru", js.Fused()), ("lstm", js.Fused()), ("lstm", js.Scan())],
+    ids=["elman-fused", "gru-fused", "lstm-fused", "lstm-scan"],
 )
-def test_long_sequences_keep_gradients_finite_and_clipped(cell, implementation):
+def test_long_sequences_keep_gradients_finite_and_clipped(cell, method):
     """T = 2048 with the summed-over-time loss (the largest gradients): the raw
     gradient is finite, clipping engages, and the clipped update has norm <= 1."""
     config = models.SequenceModelConfig(
@@ -291,7 +306,7 @@ def test_long_sequences_keep_gradients_finite_and_clipped(cell, implementation):
         vocab_size=20,
         embed_dim=8,
         dropout_rate=0.0,
-        implementation=implementation,
+        method=method,
     )
     T = 2048
     rng = np.random.default_rng(0)

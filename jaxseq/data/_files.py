@@ -15,6 +15,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from jaxseq import _checks
+
 PathLike = str | os.PathLike[str]
 
 
@@ -71,6 +73,7 @@ def checked_digest(
     A missing file raises :class:`DataFileError` either way. The digest doubles as
     a cache key, so a changed file is never served from a stale parse.
     """
+    _checks.check_flag(verify, "verify")
     if verify:
         verify_file(path, expected_sha256, requirement=requirement)
         return expected_sha256

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxseq import _checks
 from jaxseq.data.dataset import SequenceDataset
 
 
@@ -67,6 +68,7 @@ def pad_sequences(
     >>> pad_sequences([[1, 2, 3], [4]], pad_value=-1).tolist()
     [[1, 2, 3], [4, -1, -1]]
     """
+    _checks.check_int(max_len, "max_len", 0, optional=True)
     arrays = [np.asarray(s) for s in seqs]
     if not arrays:
         raise ValueError("pad_sequences needs at least one sequence")
@@ -108,13 +110,12 @@ def bucket_boundaries(
     >>> bucket_boundaries([3, 5, 7, 9, 11, 20], 2, multiple_of=8)
     (8, 24)
     """
+    _checks.check_int(num_buckets, "num_buckets", 1)
+    _checks.check_int(multiple_of, "multiple_of", 1)
     lengths_N = np.asarray(lengths)
-    if lengths_N.ndim != 1 or lengths_N.size == 0:
-        raise ValueError(f"`lengths` must be a non-empty [N] vector, got shape {lengths_N.shape}")
-    if num_buckets < 1 or multiple_of < 1:
-        raise ValueError(
-            f"need num_buckets >= 1 and multiple_of >= 1, got {num_buckets}, {multiple_of}"
-        )
+    _checks.check_rank(lengths_N, 1, "lengths", "[N]")
+    if lengths_N.size == 0:
+        raise ValueError("`lengths` must hold at least one length, got none")
     qs = np.arange(1, num_buckets + 1) / num_buckets
     edges = np.quantile(lengths_N, qs, method="inverted_cdf")
     edges = {max(1, math.ceil(int(e) / multiple_of) * multiple_of) for e in edges}
@@ -181,6 +182,8 @@ def count_batches(
     drop_remainder: bool = False,
 ) -> int:
     """How many batches :func:`iterate_batches` yields per epoch (any seed or epoch)."""
+    _checks.check_int(batch_size, "batch_size", 1)
+    _checks.check_flag(drop_remainder, "drop_remainder")
     bucket_t = _check_buckets(buckets, dataset)
     return len(_plan(dataset.lengths, batch_size, bucket_t, None, drop_remainder))
 
@@ -231,8 +234,11 @@ def iterate_batches(
     >>> last.lengths.tolist(), last.indices.tolist(), last.label_mask.tolist()
     ([5, 0], [1, -1], [True, False])
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    _checks.check_int(batch_size, "batch_size", 1)
+    _checks.check_flag(shuffle, "shuffle")
+    _checks.check_int(seed, "seed", 0, optional=True)
+    _checks.check_int(epoch, "epoch", 0, optional=True)
+    _checks.check_flag(drop_remainder, "drop_remainder")
     bucket_t = _check_buckets(buckets, dataset)
     rng = None
     if shuffle:

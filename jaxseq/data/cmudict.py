@@ -44,6 +44,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from jaxseq import _checks
 from jaxseq.data import _files, vocab
 from jaxseq.data.dataset import SequenceDataset, Splits
 
@@ -196,8 +197,7 @@ def load_stress(*, path: _files.PathLike | None = None, verify: bool = True) -> 
 
 def syllable_class_names(max_count: int) -> tuple[str, ...]:
     """``("1", ..., str(max_count - 1), f"{max_count}+")``: class c is count c + 1."""
-    if max_count < 2:
-        raise ValueError(f"`max_count` must be >= 2, got {max_count}")
+    _checks.check_int(max_count, "max_count", 2)
     return (*(str(k) for k in range(1, max_count)), f"{max_count}+")
 
 
@@ -246,11 +246,10 @@ def load(
     **kwargs,
 ) -> Splits:
     """:func:`load_stress` or :func:`load_syllables` (``kwargs`` go to the latter)."""
+    _checks.check_choice(task, ("stress", "syllables"), "task")
     if task == "stress":
         return load_stress(path=path, verify=verify, **kwargs)
-    if task == "syllables":
-        return load_syllables(path=path, verify=verify, **kwargs)
-    raise ValueError(f"unknown CMUdict task {task!r}; expected 'stress' or 'syllables'")
+    return load_syllables(path=path, verify=verify, **kwargs)
 
 
 def class_distribution(dataset: SequenceDataset) -> dict[str, int]:

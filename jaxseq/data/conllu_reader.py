@@ -24,6 +24,7 @@ import types
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
+from jaxseq import _checks
 from jaxseq.data._files import PathLike
 
 _COLUMNS = {"form": 1, "lemma": 2, "upos": 3, "xpos": 4, "deprel": 7}
@@ -89,6 +90,7 @@ def parse_conllu(
     >>> s.words, s.tags, s.sent_id
     (('di', 'la', 'casa'), ('ADP', 'DET', 'NOUN'), 's1')
     """
+    _checks.check_choice(tag_column, tuple(_COLUMNS), "tag_column")
     col = _COLUMNS[tag_column]
     sentences = []
     for start, lines in _blocks(text):

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxseq import _checks
 from jaxseq.data import _files
 from jaxseq.data.dataset import SequenceDataset, feature_stats, standardize
 from jaxseq.data.ts_format import TsData, read_ts
@@ -104,6 +105,9 @@ def load(
     Raises:
       DataFileError: a file is missing or differs from the one ``aeon==1.6.0`` ships.
     """
+    _checks.check_int(dev_per_class, "dev_per_class", 0)
+    _checks.check_int(seed, "seed", 0)
+    _checks.check_flag(standardize_features, "standardize_features")
     folder = default_dir() if path is None else Path(path)
     class_names = tuple(str(k) for k in range(1, 10))
     splits = {}

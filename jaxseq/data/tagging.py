@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxseq import _checks
 from jaxseq.data import vocab
 from jaxseq.data.conllu_reader import Sentence
 from jaxseq.data.dataset import SequenceDataset
@@ -82,6 +83,8 @@ def tagging_splits(
     >>> s.test.sequences[0].tolist(), s.test.extras["chars"][0][0, :2].tolist()
     ([1], [1, 0])
     """
+    _checks.check_int(min_freq, "min_freq", 1)
+    _checks.check_int(max_word_len, "max_word_len", 1)
     norm = normalize if normalize is not None else (lambda w: w)
     given = {"train": train, "dev": dev, "test": test}
     splits = {k: v for k, v in given.items() if v is not None}

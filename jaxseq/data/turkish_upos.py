@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from jaxseq import _checks
 from jaxseq.data import _files
 from jaxseq.data.conllu_reader import Sentence, read_conllu
 from jaxseq.data.tagging import TaggingSplits, tagging_splits
@@ -114,6 +115,7 @@ def load(
     Raises:
       DataFileError: a file is missing or differs from the package's.
     """
+    _checks.check_flag(lowercase, "lowercase")
     sections = tuple(sections)
     if not sections or len(set(sections)) < len(sections) or not set(sections) <= set(SECTIONS):
         raise ValueError(f"`sections` must be distinct names from {SECTIONS}, got {sections}")

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxseq import _checks
+
 PAD = "<pad>"
 UNK = "<unk>"
 PAD_ID = 0
@@ -26,8 +28,8 @@ def build_vocab(tokens: Iterable[str], *, min_freq: int = 1, unk: bool = True) -
     >>> build_vocab("abracadabra", min_freq=2)
     ('<pad>', '<unk>', 'a', 'b', 'r')
     """
-    if min_freq < 1:
-        raise ValueError(f"`min_freq` must be >= 1, got {min_freq}")
+    _checks.check_int(min_freq, "min_freq", 1)
+    _checks.check_flag(unk, "unk")
     counts = Counter(tokens)
     for special in (PAD, UNK):
         if special in counts:

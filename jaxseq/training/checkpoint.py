@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxseq import _checks
+
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the state it is restored into."""
@@ -39,7 +41,9 @@ DIGESTS_KEY = "jaxseq_leaf_sha256"
 
 
 def manager(directory: str | os.PathLike, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """A checkpoint manager for ``directory`` (created if missing)."""
+    """A checkpoint manager for ``directory`` (created if missing) that keeps the
+    latest ``max_to_keep`` steps."""
+    _checks.check_int(max_to_keep, "max_to_keep", 1)
     directory = os.path.abspath(os.fspath(directory))
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(directory, options=options)

@@ -17,6 +17,15 @@ The mesh axis type is ``AxisType.Auto`` (``jax.make_mesh`` defaults to
 ``jit`` boundary through reshapes, scans and vmaps, so the library's
 single-device code needs no sharding annotations and no ``jax.set_mesh``.
 
+``mesh=None`` is the plain single-device run, accepted by every function that
+places data or builds a step (not by :func:`data_sharding` and
+:func:`replicated_sharding`, which need a mesh): :func:`setup_from_env` returns
+None when no ``JAXSEQ_*`` variable asks for devices or processes, and then
+:func:`replicate`, :func:`shard_batch` and :func:`global_batch_from_local`
+return their input unchanged, :func:`shard_batches` only pads (to a multiple of
+``microbatches``) and the sharded steps are the plain jitted steps of
+:mod:`jaxseq.training.steps`. So one script runs on one device and on many.
+
 Single process, several devices (GPUs, or fake CPU devices)::
 
     mesh = distributed.make_mesh()  # every device
@@ -49,8 +58,9 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxseq.training import steps
+from jaxseq import _checks
 from jaxseq.data.batching import Batch
+from jaxseq.training import steps
 
 DATA_AXIS = "data"
 
@@ -114,13 +124,16 @@ def initialize(
       cpu_devices: fake this many CPU devices per process
         (``jax_num_cpu_devices``; testing).
       cpu_collectives: ``jax_cpu_collectives_implementation`` for cross-process
-        collectives on CPU ("gloo" or "mpi"); no effect on GPU/TPU.
+        collectives on CPU ("gloo", "mpi" or "megascale"); no effect on GPU/TPU.
     """
-    if num_processes is not None and num_processes < 1:
-        raise ValueError(f"`num_processes` must be >= 1, got {num_processes}")
-    if process_id is not None and num_processes is not None:
-        if not 0 <= process_id < num_processes:
-            raise ValueError(f"`process_id` must be in [0, {num_processes}), got {process_id}")
+    _checks.check_int(num_processes, "num_processes", 1, optional=True)
+    _checks.check_int(process_id, "process_id", 0, optional=True)
+    if process_id is not None and num_processes is not None and process_id >= num_processes:
+        raise ValueError(f"`process_id` must be in [0, {num_processes}), got {process_id}")
+    _checks.check_int(initialization_timeout, "initialization_timeout", 1)
+    _checks.check_int(heartbeat_timeout_seconds, "heartbeat_timeout_seconds", 1)
+    _checks.check_int(cpu_devices, "cpu_devices", 1, optional=True)
+    _checks.check_choice(cpu_collectives, ("gloo", "mpi", "megascale"), "cpu_collectives")
     if cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", int(cpu_devices))
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
@@ -195,28 +208,30 @@ class Layout:
     """Fake this many CPU devices per process (testing on CPU)."""
 
     def __post_init__(self):
-        if self.num_processes < 1:
-            raise ValueError(
-                f"`num_processes` ({_ENV['num_processes']}) must be >= 1, got {self.num_processes}"
-            )
-        if not 0 <= self.process_id < self.num_processes:
+        if self.coordinator is not None and not isinstance(self.coordinator, str):
+            raise TypeError(f"`coordinator` must be a 'host:port' string, got {self.coordinator!r}")
+        _checks.check_int(self.num_processes, f"num_processes ({_ENV['num_processes']})", 1)
+        _checks.check_int(self.process_id, f"process_id ({_ENV['process_id']})", 0)
+        if self.process_id >= self.num_processes:
             raise ValueError(
                 f"`process_id` ({_ENV['process_id']}) must be in [0, {self.num_processes}), "
                 f"got {self.process_id}"
             )
+        _checks.check_flag(self.auto, "auto")
+        _checks.check_int(
+            self.num_devices, f"num_devices ({_ENV['num_devices']})", -1, optional=True
+        )
+        _checks.check_int(
+            self.cpu_devices, f"cpu_devices ({_ENV['cpu_devices']})", 1, optional=True
+        )
         if self.num_processes > 1 and self.coordinator is None and not self.auto:
             raise ValueError(
                 f"{self.num_processes} processes need a coordinator address "
                 f"({_ENV['coordinator']}=host:port of process 0)"
             )
-        if self.num_devices is not None and self.num_devices != -1 and self.num_devices < 1:
+        if self.num_devices == 0:
             raise ValueError(
-                f"`num_devices` ({_ENV['num_devices']}) must be >= 1 or -1 (all), "
-                f"got {self.num_devices}"
-            )
-        if self.cpu_devices is not None and self.cpu_devices < 1:
-            raise ValueError(
-                f"`cpu_devices` ({_ENV['cpu_devices']}) must be >= 1, got {self.cpu_devices}"
+                f"`num_devices` ({_ENV['num_devices']}) must be >= 1 or -1 (all), got 0"
             )
 
     @property
@@ -309,8 +324,9 @@ def setup_from_env(environ: Mapping[str, str] | None = None) -> Mesh | None:
     """The hook for experiment scripts: ``setup(Layout.from_env())``.
 
     Returns None when no ``JAXSEQ_*`` variable asks for devices or processes,
-    so a single-device user sees no change (nothing is initialised). Call it
-    before any JAX operation; it is idempotent.
+    so a single-device user sees no change (nothing is initialised); the
+    functions of this module take that None as the plain single-device run. Call
+    it before any JAX operation; it is idempotent.
     """
     return setup(Layout.from_env(environ))
 
@@ -324,9 +340,10 @@ def make_mesh(num_devices: int | None = None, *, devices: Sequence[Any] | None =
     The axis type is ``AxisType.Auto`` (see the module docstring). With several
     processes the mesh must span every device, so each process feeds its own.
     """
+    _checks.check_int(num_devices, "num_devices", 1, optional=True)
     devices = list(jax.devices() if devices is None else devices)
     num = len(devices) if num_devices is None else int(num_devices)
-    if not 1 <= num <= len(devices):
+    if num > len(devices):
         raise ValueError(f"`num_devices` must be in [1, {len(devices)}], got {num_devices}")
     if jax.process_count() > 1 and num != len(devices):
         raise ValueError(
@@ -335,29 +352,59 @@ def make_mesh(num_devices: int | None = None, *, devices: Sequence[Any] | None =
     return jax.make_mesh((num,), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices[:num])
 
 
+def _check_mesh(mesh: Any, *, optional: bool = True) -> None:
+    """``mesh`` is a :class:`jax.sharding.Mesh` with the ``"data"`` axis (or None
+    when ``optional``: the plain single-device run)."""
+    if mesh is None and optional:
+        return
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            "`mesh` must be a jax.sharding.Mesh (from distributed.make_mesh or "
+            "distributed.setup_from_env)"
+            + (" or None for the plain single-device run" if optional else "")
+            + f", got {type(mesh).__name__}"
+        )
+    if DATA_AXIS not in mesh.shape:
+        raise ValueError(
+            f"`mesh` needs an axis named {DATA_AXIS!r} (distributed.make_mesh makes one), "
+            f"got axes {tuple(mesh.axis_names)}"
+        )
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Rows (axis 0) split along ``"data"``; other axes whole."""
+    _check_mesh(mesh, optional=False)
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    _check_mesh(mesh, optional=False)
     return NamedSharding(mesh, P())
 
 
-def _num_data(mesh: Mesh) -> int:
-    return int(mesh.shape[DATA_AXIS])
+def _num_data(mesh: Mesh | None) -> int:
+    """D, the devices on the ``"data"`` axis (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape[DATA_AXIS])
 
 
 # ----------------------------------------------------------------------------- batches
 
 
 def batch_size_of(batch: Any) -> int:
-    """The common leading size B of every leaf of ``batch``."""
-    sizes = {int(np.shape(x)[0]) if np.ndim(x) else None for x in jax.tree.leaves(batch)}
+    """The common leading size B of every leaf of ``batch``.
+
+    Raises:
+      AssertionError: a leaf is a scalar, the leaves' leading sizes differ, or
+        the batch has no leaf (a shape error of ``batch``).
+    """
+    shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(batch)]
+    sizes = {shape[0] if shape else None for shape in shapes}
     if None in sizes or len(sizes) != 1:
-        shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(batch)]
-        raise ValueError(f"every leaf of a batch needs the same leading size B, got {shapes}")
-    return sizes.pop()
+        raise AssertionError(
+            f"every leaf of `batch` needs the same leading size B ([B, ...]), got shapes {shapes}"
+        )
+    return int(sizes.pop())
 
 
 def pad_batch_to_multiple(batch: Any, multiple: int) -> Any:
@@ -386,8 +433,7 @@ def pad_batch_to_multiple(batch: Any, multiple: int) -> Any:
     >>> p.lengths.tolist(), p.indices.tolist(), p.label_mask[3].tolist()
     ([2, 2, 2, 0], [0, 1, 2, -1], [False, False])
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
-        raise ValueError(f"`multiple` must be an int >= 1, got {multiple!r}")
+    _checks.check_int(multiple, "multiple", 1)
     rows = batch_size_of(batch)
     extra = -rows % int(multiple)
     if extra == 0:
@@ -410,7 +456,7 @@ def pad_batch_to_multiple(batch: Any, multiple: int) -> Any:
     return jax.tree.map(pad, batch)
 
 
-def _check_divisible(batch: Any, mesh: Mesh, factor: int = 1) -> int:
+def _check_divisible(batch: Any, mesh: Mesh | None, factor: int = 1) -> int:
     rows = batch_size_of(batch)
     multiple = _num_data(mesh) * factor
     if rows % multiple:
@@ -435,24 +481,32 @@ def _put_global(x, sharding: NamedSharding):
     return jax.make_array_from_process_local_data(sharding, host, host.shape)
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
+def shard_batch(batch: Any, mesh: Mesh | None) -> Any:
     """The global batch ``[B, ...]`` as arrays sharded along B over ``"data"``.
 
     Every process passes the same global batch (e.g. from the same seeded
     :func:`jaxseq.data.iterate_batches`) and transfers only its own rows. B must
-    divide by the number of devices: see :func:`pad_batch_to_multiple`.
+    divide by the number of devices: see :func:`pad_batch_to_multiple`. With
+    ``mesh=None`` (the plain single-device run) the batch is returned unchanged.
     """
+    _check_mesh(mesh)
     _check_divisible(batch, mesh)
+    if mesh is None:
+        return batch
     sharding = data_sharding(mesh)
     return jax.tree.map(lambda x: _put_global(x, sharding), batch)
 
 
-def process_rows(global_batch_size: int, mesh: Mesh) -> slice:
+def process_rows(global_batch_size: int, mesh: Mesh | None) -> slice:
     """The rows of a global batch of ``global_batch_size`` that this process's devices hold.
 
     Feed them to :func:`global_batch_from_local` (a data pipeline that reads
-    only its share).
+    only its share). With ``mesh=None``: all of them.
     """
+    _checks.check_int(global_batch_size, "global_batch_size", 1)
+    _check_mesh(mesh)
+    if mesh is None:
+        return slice(0, global_batch_size)
     if global_batch_size % _num_data(mesh):
         raise ValueError(
             f"global batch size {global_batch_size} is not divisible by {_num_data(mesh)} devices"
@@ -471,8 +525,12 @@ def global_batch_from_local(local_batch: Any, mesh: Mesh) -> Any:
     Process p passes the rows ``process_rows(B, mesh)`` of the global batch
     (B / P rows when every process has the same number of devices); each
     local batch must split evenly over the process's devices. With one
-    process this is :func:`shard_batch`.
+    process this is :func:`shard_batch`; with ``mesh=None``, ``local_batch`` itself.
     """
+    _check_mesh(mesh)
+    if mesh is None:
+        batch_size_of(local_batch)
+        return local_batch
     local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
     rows = batch_size_of(local_batch)
     if rows % local_devices:
@@ -489,7 +547,7 @@ def global_batch_from_local(local_batch: Any, mesh: Mesh) -> Any:
 class _ShardedBatches(Sequence):
     """A lazy view of a sequence of host batches, each padded and sharded on access."""
 
-    def __init__(self, batches: Sequence[Any], mesh: Mesh, multiple: int):
+    def __init__(self, batches: Sequence[Any], mesh: Mesh | None, multiple: int):
         self._batches, self._mesh, self._multiple = batches, mesh, multiple
 
     def __len__(self) -> int:
@@ -502,12 +560,16 @@ class _ShardedBatches(Sequence):
         return shard_batch(batch, self._mesh)
 
 
-def shard_batches(batches: Iterable[Any], mesh: Mesh, *, microbatches: int = 1):
+def shard_batches(batches: Iterable[Any], mesh: Mesh | None, *, microbatches: int = 1):
     """Pad (to a multiple of devices x ``microbatches``) and shard each batch lazily.
 
     A sequence (e.g. the list ``train_batches(epoch)`` of :func:`jaxseq.training.loop.fit`)
-    gives a sequence of the same length; any other iterable a generator.
+    gives a sequence of the same length; any other iterable a generator. With
+    ``mesh=None`` (one device) the batches are only padded to a multiple of
+    ``microbatches`` (for ``microbatches=1``: returned as they are).
     """
+    _check_mesh(mesh)
+    _checks.check_int(microbatches, "microbatches", 1)
     multiple = _num_data(mesh) * microbatches
     if isinstance(batches, Sequence):
         return _ShardedBatches(batches, mesh, multiple)
@@ -517,20 +579,26 @@ def shard_batches(batches: Iterable[Any], mesh: Mesh, *, microbatches: int = 1):
 # ----------------------------------------------------------------------------- state
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
     """Every leaf (the same value in every process) copied to every device of ``mesh``.
 
     Use it for the train state and the run's key before the first sharded step.
+    With ``mesh=None`` (the plain single-device run) ``tree`` is returned unchanged.
     """
+    _check_mesh(mesh)
+    if mesh is None:
+        return tree
     sharding = replicated_sharding(mesh)
     return jax.tree.map(lambda x: _put_global(x, sharding), tree)
 
 
-def abstract_replicated(tree: Any, mesh: Mesh) -> Any:
+def abstract_replicated(tree: Any, mesh: Mesh | None) -> Any:
     """``jax.ShapeDtypeStruct`` leaves replicated on ``mesh``: a restore target
     for :func:`jaxseq.training.checkpoint.restore` on any device count without
-    materialising a state."""
-    sharding = replicated_sharding(mesh)
+    materialising a state. With ``mesh=None`` the leaves have no sharding, and
+    restore onto the default device."""
+    _check_mesh(mesh)
+    sharding = None if mesh is None else replicated_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree
     )
@@ -542,11 +610,12 @@ def abstract_replicated(tree: Any, mesh: Mesh) -> Any:
 def make_sharded_train_step(
     loss_fn: steps.LossFn,
     optimizer: optax.GradientTransformation,
-    mesh: Mesh,
+    mesh: Mesh | None,
     *,
     microbatches: int = 1,
 ) -> Callable[[steps.TrainState, Any, jax.Array], tuple[steps.TrainState, steps.MetricSums]]:
-    """:func:`jaxseq.training.steps.make_train_step` over ``mesh``: ``(state, batch, key) -> (state, sums)``.
+    """:func:`jaxseq.training.steps.make_train_step` over ``mesh``: ``(state, batch, key) ->
+    (state, sums)``.
 
     The state and key are replicated, the batch sharded along B (every leaf
     ``[B, ...]``, B divisible by the devices times ``microbatches``: see
@@ -554,7 +623,12 @@ def make_sharded_train_step(
     single-device step on the same global batch: the loss is the global
     ``sum(total) / sum(count)``. With ``microbatches = k`` each microbatch is
     itself spread over all devices (rows ``[i B/k, (i+1) B/k)``, as on one device).
+    With ``mesh=None`` this is :func:`jaxseq.training.steps.make_train_step` itself.
     """
+    _check_mesh(mesh)
+    _checks.check_int(microbatches, "microbatches", 1)
+    if mesh is None:
+        return steps.make_train_step(loss_fn, optimizer, microbatches=microbatches)
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS)) if microbatches > 1 else None
     step = steps.train_step_fn(
         loss_fn, optimizer, microbatches=microbatches, microbatch_sharding=micro_sharding
@@ -577,10 +651,14 @@ def make_sharded_train_step(
 
 
 def make_sharded_eval_step(
-    loss_fn: steps.LossFn, mesh: Mesh
+    loss_fn: steps.LossFn, mesh: Mesh | None
 ) -> Callable[[Any, Any], steps.MetricSums]:
     """:func:`jaxseq.training.steps.make_eval_step` over ``mesh``: ``(params, batch) -> sums``
-    (params replicated, batch sharded along B, sums replicated and exact)."""
+    (params replicated, batch sharded along B, sums replicated and exact). With
+    ``mesh=None`` this is :func:`jaxseq.training.steps.make_eval_step` itself."""
+    _check_mesh(mesh)
+    if mesh is None:
+        return steps.make_eval_step(loss_fn)
     replicated, data = replicated_sharding(mesh), data_sharding(mesh)
     jitted = jax.jit(
         steps.eval_step_fn(loss_fn), in_shardings=(replicated, data), out_shardings=replicated

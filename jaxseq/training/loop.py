@@ -26,7 +26,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
-from jaxseq import metrics
+from jaxseq import _checks, metrics
 from jaxseq.training import checkpoint
 from jaxseq.training.steps import TrainState
 
@@ -51,12 +51,10 @@ class FitConfig:
 
     def __post_init__(self):
         for field in ("num_epochs", "log_every"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"`{field}` must be >= 1, got {getattr(self, field)}")
+            _checks.check_int(getattr(self, field), field, 1)
         for field in ("max_steps", "eval_every", "checkpoint_every"):
-            value = getattr(self, field)
-            if value is not None and value < 1:
-                raise ValueError(f"`{field}` must be >= 1 or None, got {value}")
+            _checks.check_int(getattr(self, field), field, 1, optional=True)
+        _checks.check_flag(self.progress, "progress")
 
 
 class MetricsWriter:
@@ -68,7 +66,7 @@ class MetricsWriter:
 
     def __init__(self, path: str, *, keep_up_to_step: int | None = None, tensorboard=False):
         self.path = path
-        # In a multi-process run (jaxseq.distributed) only process 0 writes.
+        # In a multi-process run (jaxseq.training.distributed) only process 0 writes.
         self._enabled = jax.process_index() == 0
         self._tb = None
         if not self._enabled:
@@ -194,6 +192,9 @@ def fit(
         corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`).
       tokens_in: counts the tokens of a batch, for the throughput display.
     """
+    if not isinstance(config, FitConfig):
+        raise TypeError(f"`config` must be a loop.FitConfig, got {type(config).__name__}")
+    _checks.check_flag(resume, "resume")
     check_writable(
         out_dir,
         required_bytes=checkpoint_bytes_needed(state, max_to_keep=CHECKPOINTS_KEPT),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxseq import losses
+from jaxseq import _checks, losses
 from jaxseq.metrics import Ratio
 
 Batch = Any
@@ -75,8 +75,18 @@ def make_optimizer(
       warmup_steps: linear warmup length.
       total_steps: if given, cosine decay to 0 at ``total_steps``.
     """
+    _checks.check_float(learning_rate, "learning_rate")
     if learning_rate <= 0:
         raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}")
+    if clip_norm is not None:
+        _checks.check_float(clip_norm, "clip_norm")
+        if clip_norm <= 0:
+            raise ValueError(f"`clip_norm` must be > 0 or None, got {clip_norm}")
+    _checks.check_float(weight_decay, "weight_decay")
+    if weight_decay < 0:
+        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
+    _checks.check_int(warmup_steps, "warmup_steps", 0)
+    _checks.check_int(total_steps, "total_steps", 1, optional=True)
     if total_steps is not None:
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
@@ -94,6 +104,11 @@ def make_optimizer(
 
 def _split_microbatches(batch: Batch, num: int) -> Batch:
     def split(x):
+        if not x.ndim:
+            raise AssertionError(
+                f"every leaf of `batch` must be [B, ...] to split it into microbatches, got a "
+                f"scalar leaf of shape {tuple(x.shape)}"
+            )
         if x.shape[0] % num:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by `microbatches` = {num}")
         return x.reshape((num, x.shape[0] // num) + x.shape[1:])
@@ -115,8 +130,7 @@ def train_step_fn(
     every microbatch stays spread over the devices instead of whole microbatches
     landing on single devices. None (the default) leaves placement to ``jit``.
     """
-    if microbatches < 1:
-        raise ValueError(f"`microbatches` must be >= 1, got {microbatches}")
+    _checks.check_int(microbatches, "microbatches", 1)
 
     def total_and_metrics(params, batch, key):
         terms, metric_sums = loss_fn(params, batch, key, True)
