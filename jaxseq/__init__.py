@@ -39,6 +39,7 @@ from jaxseq.ctc import ctc_loss, validate_ctc_inputs
 from jaxseq.interop import from_torch, to_torch_state_dict
 from jaxseq.losses import (
     REDUCTIONS,
+    SEQUENCE_REDUCTIONS,
     LossTerms,
     cross_entropy,
     reduce_sequence_loss,
@@ -99,6 +100,7 @@ __all__ = [
     "reverse_within_length",
     # losses
     "REDUCTIONS",
+    "SEQUENCE_REDUCTIONS",
     "LossTerms",
     "cross_entropy",
     "ctc_loss",

@@ -3,10 +3,11 @@
 Notation: N tokens (``B * T`` for ``[B, T, H]`` input), H hidden size, C
 classes; ``tn`` the token chunk, ``tc`` the class chunk.
 
-``linear_cross_entropy(hidden, weight, labels, mask)`` is
-``sequence_labeling_loss(hidden @ weight + bias, labels, mask)`` (the same
-reductions, class weights, label smoothing, z-loss and masking semantics, see
-:mod:`jaxseq.losses`) computed tile by tile: the ``[N, C]`` logits, their
+``linear_cross_entropy(hidden, weight, labels, where=where)`` is
+``sequence_labeling_loss(hidden @ weight + bias, labels, where=where)`` (the
+same reductions, default ``"sum_over_time"`` included, class weights, label
+smoothing, z-loss and masking semantics, see :mod:`jaxseq.losses`) computed
+tile by tile: the ``[N, C]`` logits, their
 softmax and their gradient never exist in memory at once. The largest
 temporaries are one ``[tn, tc]`` tile of logits and the ``[H, C]`` gradient of
 ``weight`` (the size of ``weight``).
@@ -26,7 +27,7 @@ their own dtype):
   token chunk computes its logits for all classes (``[tn, C]``, kept for this
   chunk only), its loss, and at once, class chunk by class chunk, its
   contribution to the gradients, scaled by the coefficient the reduction gives
-  each token (known before the loss: it depends only on the mask, labels and
+  each token (known before the loss: it depends only on ``where``, labels and
   class weights). The backward pass then only multiplies the stored gradients
   by the incoming scalar. No recomputation: the matmul work of the plain path,
   in tiles. Not available for ``reduction="none"`` (its cotangent is not a
@@ -56,10 +57,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import _checks, losses
+from jaxseq import _checks
+from jaxseq._reductions import (
+    REDUCTIONS,
+    TERM_REDUCTIONS,
+    LossTerms,
+    all_valid,
+    check_loss_options,
+    class_weight_of,
+    compute_dtype,
+    labeling_terms,
+    reduce_labeling,
+    safe_divide,
+)
 
-#: Reductions of :func:`linear_cross_entropy` for ``[N, H]`` input (no sequences).
-FLAT_REDUCTIONS = ("mean_over_tokens", "sum", "none")
 #: Default tile: 2048 tokens x 4096 classes (32 MiB of float32 logits).
 DEFAULT_TOKEN_CHUNK = 2048
 DEFAULT_CLASS_CHUNK = 4096
@@ -353,43 +364,24 @@ _fused_total.defvjp(_fused_fwd, _fused_bwd)
 # ----------------------------------------------------------------------------- public API
 
 
-def _check_chunk(value, name: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive Python int (or None), got {value!r}")
-
-
-def _check_inputs(hidden, weight, labels, mask, bias, reductions, reduction):
-    _checks.check_choice(reduction, reductions, "reduction")
+def _check_inputs(hidden, weight, labels, where, bias):
     hidden = _checks.as_array(hidden, "hidden")
     weight = _checks.as_array(weight, "weight")
     labels = _checks.as_array(labels, "labels")
-    mask = _checks.as_array(mask, "mask")
     _checks.check_floating(hidden, "hidden")
     _checks.check_floating(weight, "weight")
     _checks.check_integer(labels, "labels")
-    _checks.check_bool(mask, "mask")
     _checks.check_rank(hidden, (2, 3), "hidden", "[N, H] or [B, T, H]")
     _checks.check_rank(weight, 2, "weight", "[H, C]")
-    if weight.shape[0] != hidden.shape[-1]:
-        raise ValueError(
-            f"`weight` must have shape [H, C] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
-            f"got {tuple(weight.shape)}"
-        )
+    _checks.check_shape(weight, (hidden.shape[-1], None), "weight", "[H, C] (H = hidden.shape[-1])")
     doc = "[N]" if hidden.ndim == 2 else "[B, T]"
     _checks.check_shape(labels, hidden.shape[:-1], "labels", f"{doc} (= hidden.shape[:-1])")
-    _checks.check_shape(mask, hidden.shape[:-1], "mask", f"{doc} (= hidden.shape[:-1])")
+    where = _checks.optional_mask(where, hidden.shape[:-1], "where", f"{doc} (= hidden.shape[:-1])")
     if bias is not None:
         bias = _checks.as_array(bias, "bias")
         _checks.check_floating(bias, "bias")
         _checks.check_shape(bias, (weight.shape[1],), "bias", "[C] (C from `weight`)")
-    if hidden.ndim == 2 and reduction not in FLAT_REDUCTIONS:
-        raise ValueError(
-            f"`reduction` {reduction!r} needs sequences: pass `hidden` [B, T, H] with `mask` "
-            f"[B, T], or use one of {FLAT_REDUCTIONS} for [N, H]"
-        )
-    return hidden, weight, labels, mask, bias
+    return hidden, weight, labels, where, bias
 
 
 def _static(
@@ -413,19 +405,12 @@ def _static(
     )
 
 
-def _per_token_weights(labels_N, valid_N, class_weights, dtype):
-    if class_weights is None:
-        return valid_N.astype(dtype)
-    safe = jnp.clip(labels_N, 0, class_weights.shape[0] - 1).astype(jnp.int32)
-    return jnp.where(valid_N, jnp.asarray(class_weights, dtype)[safe], 0.0)
-
-
 def _linear_ce(
     hidden,
     weight,
     labels,
-    mask,
     *,
+    where,
     bias,
     reductions,
     reduction,
@@ -438,15 +423,13 @@ def _linear_ce(
     terms: bool,
 ):
     """The shared body: returns LossTerms (``terms``) or the reduced loss."""
-    hidden, weight, labels, mask, bias = _check_inputs(
-        hidden, weight, labels, mask, bias, reductions, reduction
-    )
+    _checks.check_choice(reduction, reductions, "reduction")
+    hidden, weight, labels, where, bias = _check_inputs(hidden, weight, labels, where, bias)
     num_classes = weight.shape[1]
-    class_weights = losses._check_settings(label_smoothing, z_loss, class_weights, num_classes)
-    _check_chunk(token_chunk, "token_chunk")
-    _check_chunk(class_chunk, "class_chunk")
-    if not isinstance(grad_in_forward, bool):
-        raise TypeError(f"`grad_in_forward` must be a bool, got {grad_in_forward!r}")
+    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, num_classes)
+    _checks.check_int(token_chunk, "token_chunk", 1, optional=True)
+    _checks.check_int(class_chunk, "class_chunk", 1, optional=True)
+    _checks.check_flag(grad_in_forward, "grad_in_forward")
     if grad_in_forward and reduction == "none":
         raise ValueError(
             "`reduction` 'none' is not available with `grad_in_forward=True` (its gradients "
@@ -454,16 +437,17 @@ def _linear_ce(
         )
 
     seq_shape = hidden.shape[:-1]
-    shape_BT = seq_shape if hidden.ndim == 3 else (1, seq_shape[0])
+    # [N, H] input: N sequences of one step each.
+    shape_BT = seq_shape if hidden.ndim == 3 else (seq_shape[0], 1)
     num_tokens = int(np.prod(seq_shape))
-    dtype = losses.compute_dtype(
+    dtype = compute_dtype(
         jnp.float64 if jnp.float64 in (hidden.dtype, weight.dtype) else jnp.float32
     )
-    valid_N = mask.reshape(num_tokens)
+    valid_N = all_valid(where, seq_shape).reshape(num_tokens)
     # First where: nothing from a masked token (NaN hidden state, garbage label) enters the math.
     hidden_NH = jnp.where(valid_N[:, None], hidden.reshape(num_tokens, hidden.shape[-1]), 0)
     labels_N = jnp.where(valid_N, labels.reshape(num_tokens), 0).astype(jnp.int32)
-    weight_N = _per_token_weights(labels_N, valid_N, class_weights, dtype)
+    weight_N = class_weight_of(labels_N, valid_N, class_weights, dtype)
     weight_BT = weight_N.reshape(shape_BT)
 
     if num_tokens == 0 or num_classes == 0:
@@ -504,7 +488,7 @@ def _linear_ce(
     # grad_in_forward: total = sum_n coef_n l_n with coefficients from the reduction.
     weight_B = jnp.sum(weight_BT, axis=1)
     if reduction == "mean_over_time":
-        coef_BT = losses.safe_divide(weight_BT, weight_B[:, None])
+        coef_BT = safe_divide(weight_BT, weight_B[:, None])
     else:
         coef_BT = weight_BT
     coef_N = coef_BT.reshape(num_tokens)
@@ -517,28 +501,26 @@ def _linear_ce(
         count = jnp.sum(weight_B)
     else:
         count = jnp.sum((weight_B > 0).astype(dtype))
-    result = losses.LossTerms(total, count)
+    result = LossTerms(total, count)
     return result if terms else result.loss
 
 
 def _reduce(loss_BT, weight_BT, reduction, terms, seq_shape):
     if terms:
-        return losses._labeling_terms(loss_BT, weight_BT, reduction)
+        return labeling_terms(loss_BT, weight_BT, reduction)
     if reduction == "none":
         return loss_BT.reshape(seq_shape)
-    if reduction == "sum":
-        return jnp.sum(loss_BT)
-    return losses._labeling_terms(loss_BT, weight_BT, reduction).loss
+    return reduce_labeling(loss_BT, weight_BT, reduction)
 
 
 def linear_cross_entropy(
     hidden: jax.Array,
     weight: jax.Array,
     labels: jax.Array,
-    mask: jax.Array,
     *,
+    where: jax.Array | None = None,
     bias: jax.Array | None = None,
-    reduction: str = "mean_over_tokens",
+    reduction: str = "sum_over_time",
     label_smoothing: float = 0.0,
     class_weights: jax.Array | None = None,
     z_loss: float = 0.0,
@@ -549,23 +531,33 @@ def linear_cross_entropy(
     """Cross-entropy of ``hidden @ weight + bias`` without materialising the logits.
 
     Equal (within float32 rounding) to
-    ``sequence_labeling_loss(hidden @ weight + bias, labels, mask, ...)``, values
-    and gradients w.r.t. ``hidden``, ``weight``, ``bias`` and ``class_weights``,
-    with temporary memory ``O(tn * tc + H * C)`` instead of ``O(N * C)``.
+    ``sequence_labeling_loss(hidden @ weight + bias, labels, where=where, ...)``,
+    values and gradients w.r.t. ``hidden``, ``weight``, ``bias`` and
+    ``class_weights``, with temporary memory ``O(tn * tc + H * C)`` instead of
+    ``O(N * C)``.
+
+    ``[N, H]`` input (tokens with no time axis) is read as N sequences of one
+    step each, so every reduction is defined: ``"sum_over_time"``,
+    ``"mean_over_time"`` and ``"mean_over_tokens"`` are all the mean over the
+    valid tokens (with ``class_weights``: ``"mean_over_tokens"`` is the
+    weighted mean ``sum_n w_n L_n / sum_n w_n``, ``"sum_over_time"`` divides
+    ``sum_n w_n L_n`` by the number of tokens with ``w_n > 0`` and
+    ``"mean_over_time"`` is the unweighted mean of ``L_n`` over them).
 
     Args:
-      hidden: float ``[B, T, H]`` (or ``[N, H]`` tokens with no sequence
-        structure); any value (NaN included) at masked positions.
+      hidden: float ``[B, T, H]`` (or ``[N, H]``); any value (NaN included) at
+        masked positions.
       weight: float ``[H, C]``, the output projection.
       labels: integer ``[B, T]`` (``[N]``); any value at masked positions.
-      mask: bool ``[B, T]`` (``[N]``), True where a token counts.
+      where: optional bool ``[B, T]`` (``[N]``), True where a token counts
+        (default: every token).
       bias: optional float ``[C]``.
-      reduction: as in :func:`jaxseq.sequence_labeling_loss`:
-        ``"sum_over_time"``, ``"mean_over_time"``, ``"mean_over_tokens"``
-        (default here: every token weighs the same, the usual language-model
-        loss, and the only mean that needs no sequences), ``"sum"`` or
-        ``"none"``. ``[N, H]`` input allows ``"mean_over_tokens"``, ``"sum"``
-        and ``"none"``.
+      reduction: one of ``jaxseq.REDUCTIONS``, as in
+        :func:`jaxseq.sequence_labeling_loss` (PyTorch equivalents there):
+        ``"sum_over_time"`` (default), ``"mean_over_time"``,
+        ``"mean_over_tokens"`` (every token weighs the same, the usual
+        language-model loss: ``CrossEntropyLoss(ignore_index=...)``'s mean),
+        ``"sum"`` or ``"none"``.
       label_smoothing, class_weights, z_loss: as in :func:`jaxseq.cross_entropy`.
       token_chunk: tokens per tile ``tn`` (default 2048; with
         ``grad_in_forward``, ``2**24 // C`` rounded down to a multiple of 8).
@@ -583,14 +575,12 @@ def linear_cross_entropy(
       ``"none"``.
 
     >>> import jax, jax.numpy as jnp, jaxseq as js
-    >>> from jaxseq.chunked import linear_cross_entropy
     >>> hidden = jax.random.normal(jax.random.key(0), (2, 3, 4))      # [B, T, H]
     >>> weight = jax.random.normal(jax.random.key(1), (4, 10))        # [H, C]
     >>> labels = jnp.array([[1, 2, 3], [4, 5, 0]])
-    >>> mask = js.length_mask(jnp.array([3, 2]), 3)
-    >>> chunked = linear_cross_entropy(hidden, weight, labels, mask, class_chunk=4)
-    >>> plain = js.sequence_labeling_loss(hidden @ weight, labels, mask,
-    ...                                   reduction="mean_over_tokens")
+    >>> where = js.length_mask(jnp.array([3, 2]), 3)
+    >>> chunked = js.linear_cross_entropy(hidden, weight, labels, where=where, class_chunk=4)
+    >>> plain = js.sequence_labeling_loss(hidden @ weight, labels, where=where)
     >>> bool(jnp.allclose(chunked, plain, rtol=1e-5))
     True
     """
@@ -598,9 +588,9 @@ def linear_cross_entropy(
         hidden,
         weight,
         labels,
-        mask,
+        where=where,
         bias=bias,
-        reductions=losses.REDUCTIONS,
+        reductions=REDUCTIONS,
         reduction=reduction,
         label_smoothing=label_smoothing,
         class_weights=class_weights,
@@ -616,32 +606,33 @@ def linear_cross_entropy_terms(
     hidden: jax.Array,
     weight: jax.Array,
     labels: jax.Array,
-    mask: jax.Array,
     *,
+    where: jax.Array | None = None,
     bias: jax.Array | None = None,
-    reduction: str = "mean_over_tokens",
+    reduction: str = "sum_over_time",
     label_smoothing: float = 0.0,
     class_weights: jax.Array | None = None,
     z_loss: float = 0.0,
     token_chunk: int | None = None,
     class_chunk: int | None = None,
     grad_in_forward: bool = False,
-) -> losses.LossTerms:
+) -> LossTerms:
     """:func:`linear_cross_entropy` as exact ``LossTerms(total, count)``.
 
     The terms of :func:`jaxseq.sequence_labeling_loss_terms` (``reduction`` one
-    of ``"sum_over_time"``, ``"mean_over_time"``, ``"mean_over_tokens"``; only
-    the last for ``[N, H]`` input): sum them over microbatches or devices and
-    divide once. ``jaxseq.training.steps`` differentiates ``total``, which works with
+    of ``jaxseq.losses.TERM_REDUCTIONS``: ``"sum_over_time"``,
+    ``"mean_over_time"``, ``"mean_over_tokens"``; ``[N, H]`` input is N
+    sequences of one step): sum them over microbatches or devices and divide
+    once. ``jaxseq.training.steps`` differentiates ``total``, which works with
     ``grad_in_forward=True``.
     """
     return _linear_ce(
         hidden,
         weight,
         labels,
-        mask,
+        where=where,
         bias=bias,
-        reductions=losses.TERM_REDUCTIONS,
+        reductions=TERM_REDUCTIONS,
         reduction=reduction,
         label_smoothing=label_smoothing,
         class_weights=class_weights,

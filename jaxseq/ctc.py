@@ -1,27 +1,30 @@
 """Connectionist temporal classification (CTC) loss with lengths, reductions and true infinities.
 
 Notation: B batch, T input steps (frames), K classes including the blank, S the
-padded label length.
+padded label length, U_i the label length of sequence i.
 
 :func:`ctc_loss` runs ``optax.ctc_loss`` (the forward algorithm in log space,
 vectorised over the batch) and adds what it lacks:
 
-* lengths instead of padding indicators (``logit_lengths``, ``label_lengths``);
-* the reductions of ``torch.nn.CTCLoss`` (``"mean"``: each sequence's loss
-  divided by its label length, then the mean over the batch) and jaxseq's
-  (``"sum"``, ``"mean_over_sequences"``, ``"none"``);
+* lengths instead of padding indicators (``logit_lengths``, ``label_lengths``),
+  and ``where`` [B] to mark rows of a batch that are padding, not sequences;
+* the per-sequence reductions shared with
+  :func:`jaxseq.sequence_classification_loss` (``jaxseq.SEQUENCE_REDUCTIONS``:
+  ``"sum_over_time"``, ``"sum"``, ``"none"``) plus CTC's own
+  ``"mean_over_labels"`` (PyTorch's ``CTCLoss(reduction="mean")``); see
+  :func:`ctc_loss` for each one's PyTorch equivalent;
 * ``+inf`` for an impossible alignment instead of optax's ``~1e5`` sentinel
   (``log_epsilon``-sized), or 0 with ``zero_infinity=True``, and a gradient of
   exactly 0 for such a sequence in both cases. Impossibility is decided
   exactly, not by a threshold: a label sequence of length U with R adjacent
   repeats needs ``U + R`` frames (a blank must separate equal neighbours), so
   it is impossible iff ``U + R > logit_length``;
-* masking: logits beyond ``logit_length`` and labels beyond ``label_length``
-  are replaced by constants before any arithmetic (NaN padding changes
-  nothing);
-* checks: shapes and dtypes name the argument; ``blank`` must lie in
-  ``[0, K)``; with concrete (host) lengths and labels, lengths out of
-  ``[0, T]`` / ``[0, S]`` and labels that are out of range or equal to
+* masking: logits beyond ``logit_length``, labels beyond ``label_length`` and
+  every input of a row where ``where`` is False are replaced by constants
+  before any arithmetic (NaN padding changes nothing);
+* checks: shapes and dtypes name the argument (``AssertionError``); ``blank``
+  must lie in ``[0, K)``; with concrete (host) lengths and labels, lengths out
+  of ``[0, T]`` / ``[0, S]`` and labels that are out of range or equal to
   ``blank`` raise ``ValueError``. Under ``jit`` such a sequence's loss is NaN
   (loud, never a plausible number). :func:`validate_ctc_inputs` also reports
   impossible alignments as errors, for data pipelines that want them found
@@ -37,9 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxseq import _checks, losses
+from jaxseq import _checks
+from jaxseq._reductions import (
+    SEQUENCE_REDUCTIONS,
+    all_valid,
+    compute_dtype,
+    reduce_sequences,
+    safe_divide,
+)
 
-CTC_REDUCTIONS = ("mean", "sum", "mean_over_sequences", "none")
+#: The reductions of :func:`ctc_loss`: the per-sequence ones and CTC's ``"mean_over_labels"``.
+CTC_REDUCTIONS = (*SEQUENCE_REDUCTIONS, "mean_over_labels")
 
 
 def _check_int_vector(x, name: str, batch: int):
@@ -49,7 +60,15 @@ def _check_int_vector(x, name: str, batch: int):
     return x
 
 
-def _check_args(logits, logit_lengths, labels, label_lengths, blank, reduction, zero_infinity):
+def _check_blank(blank, num_classes: int) -> None:
+    _checks.check_int(blank, "blank", 0)
+    if blank >= num_classes:
+        raise ValueError(f"`blank` must be in [0, K) = [0, {num_classes}), got {blank}")
+
+
+def _check_args(logits, logit_lengths, labels, label_lengths, where, blank, reduction, zero_inf):
+    _checks.check_choice(reduction, CTC_REDUCTIONS, "reduction")
+    _checks.check_flag(zero_inf, "zero_infinity")
     logits = _checks.as_array(logits, "logits")
     _checks.check_floating(logits, "logits")
     _checks.check_rank(logits, 3, "logits", "[B, T, K]")
@@ -57,32 +76,30 @@ def _check_args(logits, logit_lengths, labels, label_lengths, blank, reduction, 
     labels = _checks.as_array(labels, "labels")
     _checks.check_integer(labels, "labels")
     _checks.check_rank(labels, 2, "labels", "[B, S]")
-    if labels.shape[0] != batch:
-        raise ValueError(
-            f"`labels` must have shape [B, S] with B = logits.shape[0] = {batch}, "
-            f"got {tuple(labels.shape)}"
-        )
+    _checks.check_shape(labels, (batch, None), "labels", "[B, S] (B from `logits`)")
     logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
     label_lengths = _check_int_vector(label_lengths, "label_lengths", batch)
-    if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
-        raise TypeError(f"`blank` must be a Python int, got {blank!r}")
-    if not 0 <= blank < num_classes:
-        raise ValueError(f"`blank` must be in [0, K) = [0, {num_classes}), got {blank}")
-    _checks.check_choice(reduction, CTC_REDUCTIONS, "reduction")
-    if not isinstance(zero_infinity, bool):
-        raise TypeError(f"`zero_infinity` must be a bool, got {zero_infinity!r}")
-    return logits, logit_lengths, labels, label_lengths
+    where = _checks.optional_mask(where, (batch,), "where", "[B] (B from `logits`)")
+    _check_blank(blank, num_classes)
+    return logits, logit_lengths, labels, label_lengths, where
 
 
 def _first_bad(bad: np.ndarray) -> int:
     return int(np.argwhere(bad)[0][0])
 
 
-def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank):
-    """Errors for bad lengths and labels, when they are host data (not tracers)."""
+def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank, where):
+    """Errors for bad lengths and labels of the rows ``where`` is True, when they are host
+    data (not tracers). A traced ``where`` leaves every row unchecked."""
+    if where is None:
+        rows = np.ones(labels.shape[:1], bool)
+    elif _checks.is_concrete(where):
+        rows = np.asarray(where)
+    else:
+        return
     if _checks.is_concrete(logit_lengths):
         lengths = np.asarray(logit_lengths)
-        bad = (lengths < 0) | (lengths > max_t)
+        bad = rows & ((lengths < 0) | (lengths > max_t))
         if bad.any():
             i = _first_bad(bad)
             raise ValueError(
@@ -93,7 +110,7 @@ def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_clas
         return
     lengths = np.asarray(label_lengths)
     max_s = labels.shape[1]
-    bad = (lengths < 0) | (lengths > max_s)
+    bad = rows & ((lengths < 0) | (lengths > max_s))
     if bad.any():
         i = _first_bad(bad)
         raise ValueError(
@@ -103,7 +120,7 @@ def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_clas
     if not _checks.is_concrete(labels):
         return
     labels_np = np.asarray(labels)
-    valid = np.arange(max_s)[None, :] < lengths[:, None]
+    valid = rows[:, None] & (np.arange(max_s)[None, :] < lengths[:, None])
     bad = valid & ((labels_np < 0) | (labels_np >= num_classes) | (labels_np == blank))
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
@@ -141,11 +158,30 @@ def ctc_loss(
     labels: jax.Array,
     label_lengths: jax.Array,
     *,
+    where: jax.Array | None = None,
     blank: int = 0,
-    reduction: str = "mean",
+    reduction: str = "sum_over_time",
     zero_infinity: bool = False,
 ) -> jax.Array:
     """CTC loss ``-log p(labels | logits)`` summed over alignments, reduced over the batch.
+
+    With ``L_i`` the negative log-likelihood of sequence i (a sum over its
+    frames), ``U_i`` its label length and N the number of rows where ``where``
+    is True (every row by default, as PyTorch counts them):
+
+    * ``"sum_over_time"`` (default): ``(1/N) sum_i L_i``, the mean over
+      sequences of their NLL (each a sum over the sequence's frames). PyTorch:
+      none built in (``CTCLoss(reduction="sum")`` divided by B).
+    * ``"mean_over_labels"``: ``(1/N) sum_i L_i / max(U_i, 1)``, each loss
+      divided by its label length, then averaged. PyTorch:
+      ``CTCLoss(reduction="mean")``.
+    * ``"sum"``: ``sum_i L_i``. PyTorch: ``reduction="sum"``.
+    * ``"none"``: ``L_i``, float32 ``[B]``, 0 where ``where`` is False.
+      PyTorch: ``reduction="none"``.
+
+    A row with no frames and no labels is a sequence with loss 0 (``-log 1``);
+    mark rows that are batch padding with ``where=False`` so they are not
+    counted. No valid row gives 0.
 
     Args:
       logits: float ``[B, T, K]`` unnormalised scores (log-softmax is applied
@@ -154,35 +190,37 @@ def ctc_loss(
       labels: integer ``[B, S]`` class ids in ``[0, K)``, not ``blank``, right
         padded; positions ``>= label_lengths[b]`` may hold anything.
       label_lengths: integer ``[B]``, in ``[0, S]``.
+      where: optional bool ``[B]`` (default: every row); the rows where it is
+        False contribute exactly 0 (value and gradient) whatever their logits,
+        labels and lengths hold, and are not checked.
       blank: the blank's class id, in ``[0, K)``.
-      reduction: ``"mean"`` (PyTorch's: ``mean_b loss_b / max(U_b, 1)``),
-        ``"sum"``, ``"mean_over_sequences"`` (``mean_b loss_b``) or ``"none"``
-        (``[B]``). The means count every row of the batch, as PyTorch does.
+      reduction: one of the names above.
       zero_infinity: give impossible alignments loss 0 instead of ``+inf``
-        (their gradient is 0 either way).
+        (their gradient is 0 either way), as PyTorch's ``zero_infinity``.
 
     Returns:
       float32 scalar, or ``[B]`` for ``"none"``.
 
     >>> import jax.numpy as jnp, jaxseq as js
-    >>> from jaxseq.ctc import ctc_loss
     >>> logits = jnp.zeros((1, 2, 3))    # uniform over {blank, a, b} at both steps
     >>> # "a" is emitted by (a, a), (a, blank) or (blank, a): p = 3/9, -log p = log 3.
-    >>> loss = ctc_loss(logits, jnp.array([2]), jnp.array([[1]]), jnp.array([1]))
+    >>> loss = js.ctc_loss(logits, jnp.array([2]), jnp.array([[1]]), jnp.array([1]))
     >>> round(float(loss), 4)
     1.0986
-    >>> float(ctc_loss(logits, jnp.array([2]), jnp.array([[1, 1]]), jnp.array([2])))
+    >>> float(js.ctc_loss(logits, jnp.array([2]), jnp.array([[1, 1]]), jnp.array([2])))
     inf
     """
-    logits, logit_lengths, labels, label_lengths = _check_args(
-        logits, logit_lengths, labels, label_lengths, blank, reduction, zero_infinity
+    logits, logit_lengths, labels, label_lengths, where = _check_args(
+        logits, logit_lengths, labels, label_lengths, where, blank, reduction, zero_infinity
     )
     batch, max_t, num_classes = logits.shape
     max_s = labels.shape[1]
-    _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank)
-    dtype = losses.compute_dtype(logits.dtype)
-    logit_lengths = logit_lengths.astype(jnp.int32)
-    label_lengths = label_lengths.astype(jnp.int32)
+    _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank, where)
+    dtype = compute_dtype(logits.dtype)
+    where_B = all_valid(where, (batch,))
+    # A row that is not valid is run as an empty sequence (no frames, no labels).
+    logit_lengths = jnp.where(where_B, logit_lengths, 0).astype(jnp.int32)
+    label_lengths = jnp.where(where_B, label_lengths, 0).astype(jnp.int32)
 
     # Values only a traced call can carry (concrete ones raised above): NaN, never a number.
     bad_lengths = (
@@ -213,39 +251,59 @@ def ctc_loss(
     # Second where: the replaced values carry exactly zero gradient to the logits.
     per_seq = jnp.where(impossible, 0.0 if zero_infinity else jnp.inf, per_seq)
     per_seq = jnp.where(malformed, jnp.nan, per_seq)
+    per_seq = jnp.where(where_B, per_seq, 0.0)
 
-    if reduction == "none":
-        return per_seq
-    if reduction == "sum":
-        return jnp.sum(per_seq)
-    if reduction == "mean_over_sequences":
-        return jnp.sum(per_seq) / batch if batch else jnp.zeros((), dtype)
-    normalised = per_seq / jnp.maximum(label_lengths, 1).astype(dtype)
-    return jnp.sum(normalised) / batch if batch else jnp.zeros((), dtype)
+    count_B = where_B.astype(dtype)
+    if reduction == "mean_over_labels":
+        per_label = per_seq / jnp.maximum(label_lengths, 1).astype(dtype)
+        return safe_divide(jnp.sum(per_label), jnp.sum(count_B))
+    return reduce_sequences(per_seq, count_B, reduction)
 
 
-def validate_ctc_inputs(logit_lengths, labels, label_lengths, *, num_classes: int, blank: int = 0):
+def validate_ctc_inputs(
+    logit_lengths,
+    labels,
+    label_lengths,
+    *,
+    num_classes: int,
+    blank: int = 0,
+    where=None,
+) -> None:
     """Raise ``ValueError`` for host data :func:`ctc_loss` would score inf or NaN.
 
-    Checks, per sequence: lengths non-negative and ``label_lengths <= S``; labels
-    within the length in ``[0, num_classes)`` and not ``blank``; and that the
-    input can emit the labels: ``label_length + adjacent repeats <= logit_length``.
-    The message names the first offending sequence.
+    Checks, per sequence (the rows where ``where`` is True, all by default):
+    lengths non-negative and ``label_lengths <= S``; labels within the length
+    in ``[0, num_classes)`` and not ``blank``; and that the input can emit the
+    labels: ``label_length + adjacent repeats <= logit_length``. The message
+    names the first offending sequence.
+
+    Args:
+      logit_lengths: integer ``[B]``.
+      labels: integer ``[B, S]``.
+      label_lengths: integer ``[B]``.
+      num_classes: K, the blank included.
+      blank: the blank's class id, in ``[0, K)``.
+      where: optional bool ``[B]``; rows where it is False are not checked.
     """
-    logit_np = np.asarray(_checks.as_array(logit_lengths, "logit_lengths"))
-    labels_np = np.asarray(_checks.as_array(labels, "labels"))
-    label_np = np.asarray(_checks.as_array(label_lengths, "label_lengths"))
-    if labels_np.ndim != 2:
-        raise ValueError(f"`labels` must have rank 2 [B, S], got shape {labels_np.shape}")
-    if logit_np.shape != (labels_np.shape[0],) or label_np.shape != logit_np.shape:
-        raise ValueError(
-            f"`logit_lengths` and `label_lengths` must have shape [B] = ({labels_np.shape[0]},), "
-            f"got {logit_np.shape} and {label_np.shape}"
-        )
+    _checks.check_int(num_classes, "num_classes", 1)
+    _check_blank(blank, num_classes)
+    labels = _checks.as_array(labels, "labels")
+    _checks.check_integer(labels, "labels")
+    _checks.check_rank(labels, 2, "labels", "[B, S]")
+    batch = labels.shape[0]
+    logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
+    label_lengths = _check_int_vector(label_lengths, "label_lengths", batch)
+    where = _checks.optional_mask(where, (batch,), "where", "[B] (B from `labels`)")
+    for x, name in ((logit_lengths, "logit_lengths"), (labels, "labels"),
+                    (label_lengths, "label_lengths"), (where, "where")):  # fmt: skip
+        if x is not None and not _checks.is_concrete(x):
+            raise TypeError(f"`{name}` must be a concrete (host) array, not a traced value")
+    logit_np, labels_np, label_np = (np.asarray(x) for x in (logit_lengths, labels, label_lengths))
+    rows = np.ones(batch, bool) if where is None else np.asarray(where)
     max_t = int(logit_np.max(initial=0))
-    _check_concrete_values(logit_np, labels_np, label_np, max_t, num_classes, blank)
+    _check_concrete_values(logit_np, labels_np, label_np, max_t, num_classes, blank, rows)
     needed = np.asarray(required_lengths(jnp.asarray(labels_np), jnp.asarray(label_np)))
-    bad = needed > logit_np
+    bad = rows & (needed > logit_np)
     if bad.any():
         i = _first_bad(bad)
         raise ValueError(

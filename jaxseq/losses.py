@@ -1,10 +1,10 @@
 """Cross-entropy and the masked sequence losses.
 
 Notation: B batch, T time, C classes. ``logits`` are pre-softmax scores,
-``labels`` integer class ids, ``mask``/``where`` boolean with True at the
-positions that count.
+``labels`` integer class ids, ``where`` (keyword-only, every function) boolean
+with True at the positions that count; None (the default) counts every position.
 
-Semantics (the specification is ``design.md``):
+Semantics (specified in ``docs/semantics.md``):
 
 * Cross-entropy is computed from logits as ``logsumexp(z) - z[label]`` in
   float32 for float32, bfloat16 and float16 inputs (float64 for float64), and
@@ -19,6 +19,14 @@ Semantics (the specification is ``design.md``):
 * N, the number of sequences averaged over, counts only sequences with a
   positive (weighted) number of valid steps: all-padding rows change nothing,
   and a batch with nothing valid gives loss 0 and gradient 0, never NaN.
+* One vocabulary of reductions, the same names meaning the same thing in
+  every loss: ``REDUCTIONS`` for the per-step losses
+  (:func:`sequence_labeling_loss`, :func:`reduce_sequence_loss`,
+  :func:`jaxseq.linear_cross_entropy`), ``TERM_REDUCTIONS`` (their means) for
+  the ``*_terms`` functions, and ``SEQUENCE_REDUCTIONS`` for the losses with
+  one number per sequence (:func:`sequence_classification_loss`,
+  :func:`jaxseq.ctc_loss`). Each function's docstring gives the PyTorch
+  equivalent of each name.
 * Fast path: label values are not checked. An out-of-range label at a valid
   position gives NaN (never a plausible number). Use
   :func:`jaxseq.validate_labels` on host arrays or :func:`jaxseq.checked` under
@@ -27,86 +35,70 @@ Semantics (the specification is ``design.md``):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
 from jaxseq import _checks
+from jaxseq._reductions import (
+    REDUCTIONS,
+    SEQUENCE_REDUCTIONS,
+    TERM_REDUCTIONS,
+    LossTerms,
+    all_valid,
+    check_loss_options,
+    class_weight_of,
+    compute_dtype,
+    labeling_terms,
+    reduce_labeling,
+    reduce_sequences,
+    safe_divide,
+)
 
-REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens", "sum", "none")
-TERM_REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens")
-
-
-class LossTerms(NamedTuple):
-    """A loss as ``total / count``, both float32 scalars.
-
-    Sum the terms of the parts of a batch (microbatches, devices, hosts) and
-    divide once to get exactly the loss of the whole batch.
-    """
-
-    total: jax.Array
-    count: jax.Array
-
-    @property
-    def loss(self) -> jax.Array:
-        return safe_divide(self.total, self.count)
-
-
-def safe_divide(total: jax.Array, count: jax.Array) -> jax.Array:
-    """``total / count``, and 0 (with gradient 0) where ``count == 0``."""
-    nonzero = count != 0
-    return jnp.where(nonzero, total / jnp.where(nonzero, count, 1.0), 0.0)
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-    """float32 for float32/bfloat16/float16 inputs, float64 for float64 inputs."""
-    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
-
-
-def _check_settings(label_smoothing, z_loss, class_weights, num_classes):
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"`label_smoothing` must be a Python float, got {label_smoothing!r}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
-    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
-        raise TypeError(f"`z_loss` must be a Python float, got {z_loss!r}")
-    if z_loss < 0:
-        raise ValueError(f"`z_loss` must be >= 0, got {z_loss}")
-    if class_weights is not None:
-        class_weights = _checks.as_array(class_weights, "class_weights")
-        _checks.check_shape(class_weights, (num_classes,), "class_weights", "[C] (C from `logits`)")
-        _checks.check_floating(class_weights, "class_weights")
-    return class_weights
+__all__ = [
+    "REDUCTIONS",
+    "SEQUENCE_REDUCTIONS",
+    "TERM_REDUCTIONS",
+    "LossTerms",
+    "compute_dtype",
+    "cross_entropy",
+    "reduce_sequence_loss",
+    "safe_divide",
+    "sequence_classification_loss",
+    "sequence_classification_loss_terms",
+    "sequence_labeling_loss",
+    "sequence_labeling_loss_terms",
+    "sequence_loss_terms",
+    "soft_cross_entropy",
+]
 
 
-def _check_logits_labels(logits, labels, *, logits_doc: str, labels_doc: str):
+def _check_logits_labels(logits, labels, *, rank: int | None, logits_doc: str, labels_doc: str):
+    """``logits`` float ``[..., C]`` (of ``rank`` when given), ``labels`` integer ``[...]``."""
     logits = _checks.as_array(logits, "logits")
     labels = _checks.as_array(labels, "labels")
     _checks.check_floating(logits, "logits")
     _checks.check_integer(labels, "labels")
-    if logits.ndim != labels.ndim + 1 or logits.shape[:-1] != labels.shape:
-        raise ValueError(
-            f"`labels` must have shape {labels_doc} = logits.shape[:-1] = "
-            f"{tuple(logits.shape[:-1])} for `logits` {logits_doc} of shape "
-            f"{tuple(logits.shape)}, got {tuple(labels.shape)}"
-        )
+    if rank is None:
+        _checks.check_min_rank(logits, 1, "logits", logits_doc)
+    else:
+        _checks.check_rank(logits, rank, "logits", logits_doc)
+    _checks.check_shape(labels, logits.shape[:-1], "labels", f"{labels_doc} (= logits.shape[:-1])")
     return logits, labels
 
 
-def _token_losses(logits, labels, valid, label_smoothing, class_weights, z_loss):
+def _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss):
     """Per-position weighted losses and weights, both float32 ``labels.shape``.
 
-    ``valid`` (bool, ``labels.shape``) or None. Invalid positions get exactly 0
-    in value and gradient.
+    ``where`` (bool, ``labels.shape``) or None. Positions where it is False get
+    exactly 0 in value and gradient.
     """
     num_classes = logits.shape[-1]
     dtype = compute_dtype(logits.dtype)
     logits = logits.astype(dtype)
-    if valid is not None:
+    if where is not None:
         # First where: no NaN/inf from a masked position can enter the math.
-        logits = jnp.where(valid[..., None], logits, 0.0)
-        labels = jnp.where(valid, labels, 0)
+        logits = jnp.where(where[..., None], logits, 0.0)
+        labels = jnp.where(where, labels, 0)
     in_range = (labels >= 0) & (labels < num_classes)
     safe_labels = jnp.clip(labels, 0, max(num_classes - 1, 0)).astype(jnp.int32)
     lse = jax.nn.logsumexp(logits, axis=-1)
@@ -121,17 +113,11 @@ def _token_losses(logits, labels, valid, label_smoothing, class_weights, z_loss)
         loss = lse - true_logit
     if z_loss:
         loss = loss + z_loss * jnp.square(lse)
-    if class_weights is not None:
-        weight = jnp.asarray(class_weights, dtype)[safe_labels]
-    else:
-        weight = jnp.ones(labels.shape, dtype)
-    if valid is not None:
+    weight = class_weight_of(safe_labels, where, class_weights, dtype)
+    if where is not None:
         # Second where: the value and gradient at masked positions are exactly 0.
-        weight = jnp.where(valid, weight, 0.0)
-        loss = jnp.where(valid, weight * loss, 0.0)
-    else:
-        loss = weight * loss
-    return loss, weight
+        return jnp.where(where, weight * loss, 0.0), weight
+    return weight * loss, weight
 
 
 def cross_entropy(
@@ -146,13 +132,15 @@ def cross_entropy(
     """Per-position cross-entropy with integer labels, unreduced.
 
     ``L = w[y] * (logsumexp(z) - sum_c t_c z_c + z_loss * logsumexp(z)**2)`` with
-    target ``t = (1 - label_smoothing) * one_hot(y) + label_smoothing / C``.
+    target ``t = (1 - label_smoothing) * one_hot(y) + label_smoothing / C``
+    (PyTorch: ``CrossEntropyLoss(weight=w, label_smoothing=..., reduction="none")``).
 
     Args:
       logits: float ``[..., C]`` (float32, bfloat16 or float16).
       labels: integer ``[...]``, class ids in ``[0, C)``.
-      where: optional bool ``[...]``; positions where it is False give exactly 0
-        (value and gradient), whatever their logits and labels hold.
+      where: optional bool ``[...]``, True where a position counts (default: all);
+        positions where it is False give exactly 0 (value and gradient),
+        whatever their logits and labels hold.
       label_smoothing: in ``[0, 1)``.
       class_weights: optional float ``[C]``; the loss at a position is scaled by
         ``class_weights[label]``.
@@ -166,8 +154,10 @@ def cross_entropy(
     >>> round(float(js.cross_entropy(jnp.log(p), jnp.array(0))), 4)  # -log 0.7
     0.3567
     """
-    logits, labels = _check_logits_labels(logits, labels, logits_doc="[..., C]", labels_doc="[...]")
-    class_weights = _check_settings(label_smoothing, z_loss, class_weights, logits.shape[-1])
+    logits, labels = _check_logits_labels(
+        logits, labels, rank=None, logits_doc="[..., C]", labels_doc="[...]"
+    )
+    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, logits.shape[-1])
     where = _checks.optional_mask(where, labels.shape, "where", "[...] (= labels.shape)")
     loss, _ = _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
     return loss
@@ -180,13 +170,15 @@ def soft_cross_entropy(
 
     ``L = -sum_c y_c log softmax(z)_c``, computed as ``sum_c y_c (logsumexp(z) - z_c)``
     with ``0 * log 0 = 0`` (a class with target 0 contributes nothing even when
-    its logit is ``-inf``).
+    its logit is ``-inf``). PyTorch: ``CrossEntropyLoss(reduction="none")`` with
+    class-probability targets.
 
     Args:
       logits: float ``[..., C]``.
       targets: float ``[..., C]``, a distribution over the C classes (not checked
         to sum to 1).
-      where: optional bool ``[...]``; False positions give exactly 0.
+      where: optional bool ``[...]`` (default: all valid); False positions give
+        exactly 0.
 
     Returns:
       float32 ``[...]``.
@@ -201,11 +193,7 @@ def soft_cross_entropy(
     _checks.check_floating(logits, "logits")
     _checks.check_floating(targets, "targets")
     _checks.check_min_rank(logits, 1, "logits", "[..., C]")
-    if targets.shape != logits.shape:
-        raise ValueError(
-            f"`targets` must have the shape of `logits` {tuple(logits.shape)} [..., C], "
-            f"got {tuple(targets.shape)}"
-        )
+    _checks.check_shape(targets, logits.shape, "targets", "[..., C] (= logits.shape)")
     where = _checks.optional_mask(where, logits.shape[:-1], "where", "[...] (= logits.shape[:-1])")
     dtype = compute_dtype(logits.dtype)
     logits = logits.astype(dtype)
@@ -223,6 +211,16 @@ def soft_cross_entropy(
     return loss
 
 
+def _classification_losses(logits, labels, where, label_smoothing, class_weights, z_loss):
+    """Checks, then the per-sequence losses and weights ``[B]``."""
+    logits, labels = _check_logits_labels(
+        logits, labels, rank=2, logits_doc="[B, C]", labels_doc="[B]"
+    )
+    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, logits.shape[-1])
+    where = _checks.optional_mask(where, labels.shape, "where", "[B] (B from `logits`)")
+    return _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
+
+
 def sequence_classification_loss_terms(
     logits: jax.Array,
     labels: jax.Array,
@@ -232,17 +230,16 @@ def sequence_classification_loss_terms(
     class_weights: jax.Array | None = None,
     z_loss: float = 0.0,
 ) -> LossTerms:
-    """:func:`sequence_classification_loss` as exact ``LossTerms(total, count)``.
+    """:func:`sequence_classification_loss` (``"sum_over_time"``) as exact
+    ``LossTerms(total, count)``.
 
     ``total`` is the sum of the (weighted) per-sequence losses over valid
     sequences, ``count`` the number of valid sequences (the sum of their
     ``class_weights[label]`` when weighted).
     """
-    logits, labels = _check_logits_labels(logits, labels, logits_doc="[B, C]", labels_doc="[B]")
-    _checks.check_rank(logits, 2, "logits", "[B, C]")
-    class_weights = _check_settings(label_smoothing, z_loss, class_weights, logits.shape[-1])
-    where = _checks.optional_mask(where, labels.shape, "where", "[B] (B from `logits`)")
-    loss_B, weight_B = _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
+    loss_B, weight_B = _classification_losses(
+        logits, labels, where, label_smoothing, class_weights, z_loss
+    )
     return LossTerms(jnp.sum(loss_B), jnp.sum(weight_B))
 
 
@@ -251,87 +248,89 @@ def sequence_classification_loss(
     labels: jax.Array,
     *,
     where: jax.Array | None = None,
+    reduction: str = "sum_over_time",
     label_smoothing: float = 0.0,
     class_weights: jax.Array | None = None,
     z_loss: float = 0.0,
 ) -> jax.Array:
-    """Mean cross-entropy over sequences, one label per sequence.
+    """Cross-entropy with one label per sequence, reduced over the batch.
 
-    ``loss = (1/N) sum_i L_i`` over the valid sequences (``where`` True); with
-    ``class_weights``, ``sum_i w[y_i] L_i / sum_i w[y_i]`` (PyTorch's weighted
-    mean). No valid sequence gives 0.
+    With ``L_i`` the loss of sequence i (scaled by ``w_i = class_weights[y_i]``,
+    1 without weights) and only the rows where ``where`` is True counted:
+
+    * ``"sum_over_time"`` (default): ``sum_i w_i L_i / sum_i w_i``, the mean over
+      the valid sequences (the weighted mean with ``class_weights``). PyTorch:
+      ``CrossEntropyLoss(reduction="mean")``.
+    * ``"sum"``: ``sum_i w_i L_i``. PyTorch: ``reduction="sum"``.
+    * ``"none"``: ``w_i L_i``, float32 ``[B]``, 0 where ``where`` is False.
+      PyTorch: ``reduction="none"``.
+
+    (``where`` False is PyTorch's ``ignore_index``.) The per-sequence names of
+    the reduction vocabulary shared with :func:`jaxseq.ctc.ctc_loss`: for a
+    loss with one number per sequence, ``"sum_over_time"`` is the mean over
+    sequences. No valid sequence gives 0.
 
     Args:
       logits: float ``[B, C]``, e.g. computed from the RNN state at each
         sequence's last valid step.
       labels: integer ``[B]``.
-      where: optional bool ``[B]``; False marks padding rows of a batch.
+      where: optional bool ``[B]`` (default: all valid); False marks padding
+        rows of a batch.
+      reduction: one of the names above.
       label_smoothing, class_weights, z_loss: as in :func:`cross_entropy`.
 
     Returns:
-      float32 scalar.
+      float32 scalar (``[B]`` for ``"none"``).
 
     >>> import jax.numpy as jnp, jaxseq as js
     >>> logits = jnp.log(jnp.array([[0.7, 0.3], [0.2, 0.8]]))
     >>> round(float(js.sequence_classification_loss(logits, jnp.array([0, 1]))), 4)
     0.2899
+    >>> per_sequence = js.sequence_classification_loss(logits, jnp.array([0, 1]), reduction="none")
+    >>> [round(float(x), 4) for x in per_sequence]  # -log 0.7, -log 0.8
+    [0.3567, 0.2231]
     """
-    return sequence_classification_loss_terms(
-        logits,
-        labels,
-        where=where,
-        label_smoothing=label_smoothing,
-        class_weights=class_weights,
-        z_loss=z_loss,
-    ).loss
-
-
-def _labeling_checks(logits, labels, mask, label_smoothing, class_weights, z_loss):
-    logits, labels = _check_logits_labels(
-        logits, labels, logits_doc="[B, T, C]", labels_doc="[B, T]"
+    _checks.check_choice(reduction, SEQUENCE_REDUCTIONS, "reduction")
+    loss_B, weight_B = _classification_losses(
+        logits, labels, where, label_smoothing, class_weights, z_loss
     )
-    _checks.check_rank(logits, 3, "logits", "[B, T, C]")
-    mask = _checks.as_array(mask, "mask")
-    _checks.check_bool(mask, "mask")
-    _checks.check_shape(mask, labels.shape, "mask", "[B, T] (= labels.shape)")
-    class_weights = _check_settings(label_smoothing, z_loss, class_weights, logits.shape[-1])
-    return logits, labels, mask, class_weights
+    return reduce_sequences(loss_B, weight_B, reduction)
 
 
-def _labeling_terms(loss_BT, weight_BT, reduction):
-    weight_B = jnp.sum(weight_BT, axis=1)
-    counted_B = weight_B > 0
-    num_sequences = jnp.sum(counted_B.astype(weight_B.dtype))
-    if reduction == "sum_over_time":
-        return LossTerms(jnp.sum(loss_BT), num_sequences)
-    if reduction == "mean_over_time":
-        per_sequence_B = safe_divide(jnp.sum(loss_BT, axis=1), weight_B)
-        return LossTerms(jnp.sum(per_sequence_B), num_sequences)
-    return LossTerms(jnp.sum(loss_BT), jnp.sum(weight_B))  # mean_over_tokens
+def _labeling_losses(logits, labels, where, label_smoothing, class_weights, z_loss):
+    """Checks, then the per-step losses and weights ``[B, T]``."""
+    logits, labels = _check_logits_labels(
+        logits, labels, rank=3, logits_doc="[B, T, C]", labels_doc="[B, T]"
+    )
+    where = _checks.optional_mask(where, labels.shape, "where", "[B, T] (= labels.shape)")
+    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, logits.shape[-1])
+    where = all_valid(where, labels.shape)
+    return _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
 
 
-def _check_token_losses(token_losses, mask, weights):
+def _check_token_losses(token_losses, where, weights):
     token_losses = _checks.as_array(token_losses, "token_losses")
     _checks.check_floating(token_losses, "token_losses")
     _checks.check_rank(token_losses, 2, "token_losses", "[B, T]")
-    mask = _checks.as_array(mask, "mask")
-    _checks.check_bool(mask, "mask")
-    _checks.check_shape(mask, token_losses.shape, "mask", "[B, T] (= token_losses.shape)")
+    where = _checks.optional_mask(
+        where, token_losses.shape, "where", "[B, T] (= token_losses.shape)"
+    )
+    where = all_valid(where, token_losses.shape)
     dtype = compute_dtype(token_losses.dtype)
-    weight_BT = mask.astype(dtype)
+    weight_BT = where.astype(dtype)
     if weights is not None:
         weights = _checks.as_array(weights, "weights")
         _checks.check_floating(weights, "weights")
         _checks.check_shape(weights, token_losses.shape, "weights", "[B, T] (= token_losses.shape)")
-        weight_BT = jnp.where(mask, weights.astype(dtype), 0.0)
-    loss_BT = jnp.where(mask, token_losses.astype(dtype), 0.0)
+        weight_BT = jnp.where(where, weights.astype(dtype), 0.0)
+    loss_BT = jnp.where(where, token_losses.astype(dtype), 0.0)
     return loss_BT, weight_BT
 
 
 def sequence_loss_terms(
     token_losses: jax.Array,
-    mask: jax.Array,
     *,
+    where: jax.Array | None = None,
     reduction: str = "sum_over_time",
     weights: jax.Array | None = None,
 ) -> LossTerms:
@@ -340,53 +339,53 @@ def sequence_loss_terms(
 
     Args:
       token_losses: float ``[B, T]``, already scaled by ``weights`` if any (e.g.
-        ``soft_cross_entropy(logits, targets, where=mask)``). Compute it with
-        ``where=mask`` so masked steps are safe: this function zeroes their
+        ``soft_cross_entropy(logits, targets, where=where)``). Compute it with
+        the same ``where`` so masked steps are safe: this function zeroes their
         values, but a NaN produced upstream at a masked step would still reach
         the upstream gradient.
-      mask: bool ``[B, T]``.
+      where: optional bool ``[B, T]``, True at valid steps (default: all valid).
       reduction: ``"sum_over_time"``, ``"mean_over_time"`` or ``"mean_over_tokens"``.
       weights: optional float ``[B, T]``, what each valid step counts for in the
         normalisers (1 without it).
     """
     _checks.check_choice(reduction, TERM_REDUCTIONS, "reduction")
-    loss_BT, weight_BT = _check_token_losses(token_losses, mask, weights)
-    return _labeling_terms(loss_BT, weight_BT, reduction)
+    loss_BT, weight_BT = _check_token_losses(token_losses, where, weights)
+    return labeling_terms(loss_BT, weight_BT, reduction)
 
 
 def reduce_sequence_loss(
     token_losses: jax.Array,
-    mask: jax.Array,
     *,
+    where: jax.Array | None = None,
     reduction: str = "sum_over_time",
     weights: jax.Array | None = None,
 ) -> jax.Array:
     """Reduce any per-step loss ``[B, T]`` with the reductions of
-    :func:`sequence_labeling_loss` (the same semantics, the same N).
+    :func:`sequence_labeling_loss` (the same names, semantics and N).
+
+    Args: as in :func:`sequence_loss_terms`; ``reduction`` also takes ``"sum"``
+    and ``"none"`` (``[B, T]``, 0 where masked).
 
     Use it for losses jaxseq does not compute itself, e.g. soft targets:
 
     >>> import jax.numpy as jnp, jaxseq as js
-    >>> logits, mask = jnp.zeros((2, 3, 4)), js.length_mask(jnp.array([3, 1]), 3)
+    >>> logits, where = jnp.zeros((2, 3, 4)), js.length_mask(jnp.array([3, 1]), 3)
     >>> targets = jnp.full((2, 3, 4), 0.25)
-    >>> per_step = js.soft_cross_entropy(logits, targets, where=mask)
-    >>> round(float(js.reduce_sequence_loss(per_step, mask, reduction="mean_over_tokens")), 4)
+    >>> per_step = js.soft_cross_entropy(logits, targets, where=where)
+    >>> loss = js.reduce_sequence_loss(per_step, where=where, reduction="mean_over_tokens")
+    >>> round(float(loss), 4)
     1.3863
     """
     _checks.check_choice(reduction, REDUCTIONS, "reduction")
-    loss_BT, weight_BT = _check_token_losses(token_losses, mask, weights)
-    if reduction == "none":
-        return loss_BT
-    if reduction == "sum":
-        return jnp.sum(loss_BT)
-    return _labeling_terms(loss_BT, weight_BT, reduction).loss
+    loss_BT, weight_BT = _check_token_losses(token_losses, where, weights)
+    return reduce_labeling(loss_BT, weight_BT, reduction)
 
 
 def sequence_labeling_loss_terms(
     logits: jax.Array,
     labels: jax.Array,
-    mask: jax.Array,
     *,
+    where: jax.Array | None = None,
     reduction: str = "sum_over_time",
     label_smoothing: float = 0.0,
     class_weights: jax.Array | None = None,
@@ -408,18 +407,17 @@ def sequence_labeling_loss_terms(
     the number of sequences whose ``sum_j w_ij > 0``.
     """
     _checks.check_choice(reduction, TERM_REDUCTIONS, "reduction")
-    logits, labels, mask, class_weights = _labeling_checks(
-        logits, labels, mask, label_smoothing, class_weights, z_loss
+    loss_BT, weight_BT = _labeling_losses(
+        logits, labels, where, label_smoothing, class_weights, z_loss
     )
-    loss_BT, weight_BT = _token_losses(logits, labels, mask, label_smoothing, class_weights, z_loss)
-    return _labeling_terms(loss_BT, weight_BT, reduction)
+    return labeling_terms(loss_BT, weight_BT, reduction)
 
 
 def sequence_labeling_loss(
     logits: jax.Array,
     labels: jax.Array,
-    mask: jax.Array,
     *,
+    where: jax.Array | None = None,
     reduction: str = "sum_over_time",
     label_smoothing: float = 0.0,
     class_weights: jax.Array | None = None,
@@ -428,24 +426,29 @@ def sequence_labeling_loss(
     """Cross-entropy at every valid time step, reduced over the batch.
 
     With ``L_ij`` the loss at step j of sequence i and ``T_i`` its number of
-    valid steps (``mask`` True), N the number of sequences with ``T_i > 0``:
+    valid steps (``where`` True), N the number of sequences with ``T_i > 0``:
 
-    | reduction | value |
-    |---|---|
-    | ``"sum_over_time"`` | ``(1/N) sum_i sum_{j<T_i} L_ij`` (the textbook definition) |
-    | ``"mean_over_time"`` | ``(1/N) sum_i (1/T_i) sum_{j<T_i} L_ij`` (sequences weigh the same) |
-    | ``"mean_over_tokens"`` | ``sum_ij L_ij / sum_i T_i`` (each token weighs the same) |
-    | ``"sum"`` | ``sum_ij L_ij`` |
-    | ``"none"`` | ``L_ij``, float32 ``[B, T]``, 0 where masked |
+    * ``"sum_over_time"`` (default): ``(1/N) sum_i sum_{j<T_i} L_ij``, the
+      textbook definition. PyTorch: none built in
+      (``CrossEntropyLoss(reduction="sum")`` divided by N).
+    * ``"mean_over_time"``: ``(1/N) sum_i (1/T_i) sum_{j<T_i} L_ij``, every
+      sequence weighs the same. PyTorch: none built in.
+    * ``"mean_over_tokens"``: ``sum_ij L_ij / sum_i T_i``, every token weighs
+      the same. PyTorch: ``CrossEntropyLoss(ignore_index=..., reduction="mean")``.
+    * ``"sum"``: ``sum_ij L_ij``. PyTorch: ``reduction="sum"``.
+    * ``"none"``: ``L_ij``, float32 ``[B, T]``, 0 where masked. PyTorch:
+      ``reduction="none"`` (0 at the ignored positions).
 
-    With ``class_weights``, ``L_ij`` is scaled by ``w[y_ij]`` and every ``T_i``
-    (and the sequence count) counts ``w[y_ij]`` instead of 1.
+    (``where`` False is PyTorch's ``ignore_index``.) With ``class_weights``,
+    ``L_ij`` is scaled by ``w[y_ij]`` and every ``T_i`` (and the sequence
+    count) counts ``w[y_ij]`` instead of 1: ``"mean_over_tokens"`` is then
+    PyTorch's weighted mean (``weight=``).
 
     Args:
       logits: float ``[B, T, C]``.
       labels: integer ``[B, T]``; any value at masked steps.
-      mask: bool ``[B, T]``, True at valid steps (it need not be a prefix, e.g.
-        to count only some steps' labels).
+      where: optional bool ``[B, T]``, True at valid steps (default: all valid;
+        it need not be a prefix, e.g. to count only some steps' labels).
       reduction: one of the names above.
       label_smoothing, class_weights, z_loss: as in :func:`cross_entropy`.
 
@@ -454,18 +457,13 @@ def sequence_labeling_loss(
 
     >>> import jax.numpy as jnp, jaxseq as js
     >>> p = jnp.array([[[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]]])   # [B=1, T=3, C=2]
-    >>> labels, mask = jnp.array([[0, 1, 0]]), jnp.array([[True, True, False]])
-    >>> loss = js.sequence_labeling_loss(jnp.log(p), labels, mask)  # -log .7 - log .6
+    >>> labels, where = jnp.array([[0, 1, 0]]), jnp.array([[True, True, False]])
+    >>> loss = js.sequence_labeling_loss(jnp.log(p), labels, where=where)  # -log .7 - log .6
     >>> round(float(loss), 4)
     0.8675
     """
     _checks.check_choice(reduction, REDUCTIONS, "reduction")
-    logits, labels, mask, class_weights = _labeling_checks(
-        logits, labels, mask, label_smoothing, class_weights, z_loss
+    loss_BT, weight_BT = _labeling_losses(
+        logits, labels, where, label_smoothing, class_weights, z_loss
     )
-    loss_BT, weight_BT = _token_losses(logits, labels, mask, label_smoothing, class_weights, z_loss)
-    if reduction == "none":
-        return loss_BT
-    if reduction == "sum":
-        return jnp.sum(loss_BT)
-    return _labeling_terms(loss_BT, weight_BT, reduction).loss
+    return reduce_labeling(loss_BT, weight_BT, reduction)

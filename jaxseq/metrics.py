@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import _checks, losses
+from jaxseq import _checks
+from jaxseq._reductions import all_valid, safe_divide
 
 
 class Ratio(NamedTuple):
@@ -29,12 +30,21 @@ class Ratio(NamedTuple):
 
     @property
     def value(self) -> jax.Array:
-        return losses.safe_divide(self.total, self.count)
+        return safe_divide(self.total, self.count)
 
 
-def _valid(where, shape, name):
-    where = _checks.optional_mask(where, shape, name)
-    return jnp.ones(shape, bool) if where is None else where
+def _check_logits_labels(logits, labels):
+    logits = _checks.as_array(logits, "logits")
+    labels = _checks.as_array(labels, "labels")
+    _checks.check_integer(labels, "labels")
+    _checks.check_min_rank(logits, 1, "logits", "[..., C]")
+    _checks.check_shape(logits, (*labels.shape, None), "logits", "[..., C] (... = labels.shape)")
+    return logits, labels
+
+
+def _where(where, shape):
+    where = _checks.optional_mask(where, shape, "where", "[...] (= labels.shape)")
+    return all_valid(where, shape)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None) -> Ratio:
@@ -44,18 +54,23 @@ def accuracy(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = 
       logits: float ``[..., C]`` (``[B, C]`` for classification, ``[B, T, C]``
         for token accuracy).
       labels: integer ``[...]``.
-      where: optional bool ``[...]``: positions that count (e.g. the label mask).
+      where: optional bool ``[...]``, True at the positions that count (default:
+        all).
 
     Returns:
       ``Ratio(number correct, number of valid positions)``.
+
+    >>> import jax.numpy as jnp, jaxseq as js
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])   # predicts 0, 1, 0
+    >>> where = jnp.array([True, True, False])
+    >>> ratio = js.metrics.accuracy(logits, jnp.array([0, 0, 1]), where=where)
+    >>> float(ratio.total), float(ratio.count), float(ratio.value)
+    (1.0, 2.0, 0.5)
     """
-    logits = _checks.as_array(logits, "logits")
-    labels = _checks.as_array(labels, "labels")
-    _checks.check_integer(labels, "labels")
-    _checks.check_shape(logits, tuple(labels.shape) + (None,), "logits", "[..., C]")
-    valid = _valid(where, labels.shape, "where")
-    correct = (jnp.argmax(logits, axis=-1) == labels) & valid
-    return Ratio(jnp.sum(correct, dtype=jnp.float32), jnp.sum(valid, dtype=jnp.float32))
+    logits, labels = _check_logits_labels(logits, labels)
+    where = _where(where, labels.shape)
+    correct = (jnp.argmax(logits, axis=-1) == labels) & where
+    return Ratio(jnp.sum(correct, dtype=jnp.float32), jnp.sum(where, dtype=jnp.float32))
 
 
 def confusion_matrix(
@@ -63,18 +78,15 @@ def confusion_matrix(
 ) -> jax.Array:
     """Counts ``[C, C]`` (float32): row = true class, column = predicted class.
 
-    Positions where ``where`` is False, or whose label is outside ``[0, C)``,
-    are not counted.
+    Positions where ``where`` (optional bool ``[...]``, default all True) is
+    False, or whose label is outside ``[0, C)``, are not counted.
     """
-    logits = _checks.as_array(logits, "logits")
-    labels = _checks.as_array(labels, "labels")
-    _checks.check_integer(labels, "labels")
-    _checks.check_shape(logits, tuple(labels.shape) + (None,), "logits", "[..., C]")
+    logits, labels = _check_logits_labels(logits, labels)
     num_classes = logits.shape[-1]
-    valid = _valid(where, labels.shape, "where") & (labels >= 0) & (labels < num_classes)
+    counted = _where(where, labels.shape) & (labels >= 0) & (labels < num_classes)
     predicted = jnp.argmax(logits, axis=-1)
-    flat_index = jnp.where(valid, labels * num_classes + predicted, 0).reshape(-1)
-    weights = valid.reshape(-1).astype(jnp.float32)
+    flat_index = jnp.where(counted, labels * num_classes + predicted, 0).reshape(-1)
+    weights = counted.reshape(-1).astype(jnp.float32)
     counts = jnp.zeros((num_classes * num_classes,), jnp.float32).at[flat_index].add(weights)
     return counts.reshape(num_classes, num_classes)
 

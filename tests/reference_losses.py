@@ -1,4 +1,4 @@
-"""Plain-Python float64 reference for the losses, written straight from design.md.
+"""Plain-Python float64 reference for the losses, written straight from docs/semantics.md.
 
 Explicit loops over examples, time steps and classes; no vectorisation, no JAX.
 """
@@ -41,14 +41,14 @@ def soft_token_loss(z, target) -> float:
     return -sum(float(t) * lp for t, lp in zip(target, log_p) if t != 0)
 
 
-def labeling_loss(logits, labels, mask, reduction, *, soft=False, **kwargs):
-    """logits [B, T, C], labels [B, T] (or soft targets [B, T, C]), mask [B, T]."""
-    num_b, num_t = mask.shape
+def labeling_loss(logits, labels, where, reduction, *, soft=False, **kwargs):
+    """logits [B, T, C], labels [B, T] (or soft targets [B, T, C]), where [B, T]."""
+    num_b, num_t = where.shape
     per_token = np.zeros((num_b, num_t))
     weights = np.zeros((num_b, num_t))
     for i in range(num_b):
         for j in range(num_t):
-            if not mask[i, j]:
+            if not where[i, j]:
                 continue
             if soft:
                 per_token[i, j], weights[i, j] = soft_token_loss(logits[i, j], labels[i, j]), 1.0
@@ -78,13 +78,63 @@ def labeling_loss(logits, labels, mask, reduction, *, soft=False, **kwargs):
     raise ValueError(reduction)
 
 
-def classification_loss(logits, labels, where=None, **kwargs):
-    """logits [B, C], labels [B]: sum_i w_i L_i / sum_i w_i over valid i."""
+def classification_loss(logits, labels, where=None, reduction="sum_over_time", **kwargs):
+    """logits [B, C], labels [B]; over the valid i: "none" w_i L_i ([B], 0 elsewhere),
+    "sum" sum_i w_i L_i, "sum_over_time" sum_i w_i L_i / sum_i w_i."""
+    per_sequence = np.zeros(len(labels))
     total, count = 0.0, 0.0
     for i in range(len(labels)):
         if where is not None and not where[i]:
             continue
         loss, weight = token_loss(logits[i], int(labels[i]), **kwargs)
+        per_sequence[i] = loss
         total += loss
         count += weight
-    return total / count if count > 0 else 0.0
+    if reduction == "none":
+        return per_sequence
+    if reduction == "sum":
+        return total
+    if reduction == "sum_over_time":
+        return total / count if count > 0 else 0.0
+    raise ValueError(reduction)
+
+
+def logaddexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+def ctc_nll(logits, labels, *, blank=0) -> float:
+    """-log p(labels | logits) by the CTC forward algorithm (Graves et al. 2006) in log space.
+
+    logits [T_i, K] (this sequence's frames only), labels [U_i] (its labels only).
+    Returns inf when no alignment exists.
+    """
+    extended = [blank]
+    for label in labels:
+        extended += [int(label), blank]
+    num_s = len(extended)
+    num_t = len(logits)
+    if num_t == 0:
+        return 0.0 if len(labels) == 0 else math.inf
+    log_p = [log_softmax_row(z) for z in logits]
+    alpha = [-math.inf] * num_s
+    alpha[0] = log_p[0][extended[0]]
+    if num_s > 1:
+        alpha[1] = log_p[0][extended[1]]
+    for t in range(1, num_t):
+        new = [-math.inf] * num_s
+        for s in range(num_s):
+            a = alpha[s]
+            if s >= 1:
+                a = logaddexp(a, alpha[s - 1])
+            if s >= 2 and extended[s] != blank and extended[s] != extended[s - 2]:
+                a = logaddexp(a, alpha[s - 2])
+            new[s] = a + log_p[t][extended[s]] if a != -math.inf else -math.inf
+        alpha = new
+    end = alpha[num_s - 1] if num_s == 1 else logaddexp(alpha[num_s - 1], alpha[num_s - 2])
+    return -end if end != -math.inf else math.inf
