@@ -94,6 +94,12 @@ def check_bool(x, name: str) -> None:
     )
 
 
+def shape_error(message: str) -> AssertionError:
+    """The error of a shape check that chex has no assertion for (pytree structures,
+    sizes that depend on params): the same type as chex's, ``raise shape_error(...)``."""
+    return AssertionError(message)
+
+
 def optional_mask(where, shape: Sequence[int | None], name: str = "where", shape_doc: str = ""):
     """``where`` as a boolean array of ``shape`` (checked), or None if it is None."""
     if where is None:
@@ -117,7 +123,9 @@ def is_concrete(x) -> bool:
 
 
 def check_choice(value, choices: Sequence[str], name: str) -> None:
-    if not isinstance(value, str) or value not in choices:
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a string, got {value!r}")
+    if value not in choices:
         raise ValueError(
             f"unknown `{name}` {value!r}; expected one of: " + ", ".join(repr(c) for c in choices)
         )

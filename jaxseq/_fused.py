@@ -63,7 +63,6 @@ from jaxseq import cells, masks
 Params = Any
 
 
-
 class _Plan(NamedTuple):
     """How the core loops run (speed only; every plan computes the same function).
 
@@ -496,5 +495,3 @@ def rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan = 
     if reverse:
         hs_BTH = _flip(hs_BTH, index_BT)
     return final_carry, hs_BTH
-
-

@@ -62,7 +62,10 @@ class Cell(NamedTuple):
     """A recurrent cell: a name, a hidden size and pure functions (see the module doc).
 
     Attributes:
-      name: ``"elman"``, ``"gru"`` or ``"lstm"``.
+      name: ``"elman"``, ``"gru"`` or ``"lstm"`` for the cells made by :func:`elman`,
+        :func:`gru`, :func:`lstm` (any name for a cell of your own: the recurrence
+        recognises the built-in cells by value, not by name, so a cell of your own
+        runs with ``method=jaxseq.Scan()`` even if it is called ``"gru"``).
       hidden_size: H.
       init: ``(key, input_size) -> params`` (a dict of arrays).
       initial_carry: ``(params, dtype=jnp.float32) -> carry`` for ONE example, zeros.
@@ -141,7 +144,7 @@ def _project(params, x, *, weight: str, bias: str, cell_name: str):
     _checks.check_floating(x, "x")
     w = params[weight]
     if x.ndim < 1 or x.shape[-1] != w.shape[0]:
-        raise ValueError(
+        raise _checks.shape_error(
             f"`x` must have shape [..., D] with D = {w.shape[0]} (from `params['{weight}']` "
             f"of the {cell_name} cell), got {tuple(x.shape)}"
         )
@@ -150,12 +153,12 @@ def _project(params, x, *, weight: str, bias: str, cell_name: str):
 
 def _check_step(h, xp, width: int, hidden_size: int, cell_name: str) -> None:
     if h.shape != (hidden_size,):
-        raise ValueError(
+        raise _checks.shape_error(
             f"`carry` of a {cell_name} cell must hold [H] = [{hidden_size}] arrays for ONE "
             f"example, got {tuple(h.shape)} (use `jax.vmap` or `recurrence.rnn` for a batch)"
         )
     if xp.shape != (width,):
-        raise ValueError(
+        raise _checks.shape_error(
             f"`xp_t` of a {cell_name} cell must have shape [G] = [{width}] (the output of "
             f"`project` for one step), got {tuple(xp.shape)}"
         )

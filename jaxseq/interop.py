@@ -71,7 +71,8 @@ def from_torch(module, *, dtype=jnp.float32):
       params pytree per layer (``{"forward": p, "backward": p}`` when
       ``module.bidirectional``), such that
       ``recurrence.stack(cell, layer_params, xs, lengths, bidirectional=module.bidirectional)``
-      computes what the module computes on a packed batch. The per-layer final
+      computes what the module computes on a packed batch, with any ``method=``
+      (the cell is a built-in one: the default is ``jaxseq.Fused()``). The per-layer final
       carries match ``h_n`` (and ``c_n``), whose layout is
       ``[num_layers * num_directions, B, H]`` with index ``layer * num_directions
       + direction``.

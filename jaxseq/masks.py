@@ -3,6 +3,8 @@
 Notation: B batch, T time. A ``mask`` is always boolean, True at valid steps,
 and a valid prefix (``mask[b, t]`` is True exactly for ``t < lengths[b]``). A
 length vector is always ``lengths``: integer ``[B]``, with ``0 <= lengths <= T``.
+``length_mask(lengths, T)`` is what the losses and the pooling functions take as
+their keyword ``where=``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
 
 
 def mask_lengths(mask: jax.Array) -> jax.Array:
-    """The length of each sequence of a prefix mask: bool ``[..., T]`` -> int32 ``[...]``."""
+    """The length of each sequence of a prefix mask: bool ``[..., T]`` -> int32 ``[...]``.
+
+    The inverse of :func:`length_mask`.
+
+    >>> import jaxseq as js, jax.numpy as jnp
+    >>> js.mask_lengths(js.length_mask(jnp.array([2, 0, 3]), 3)).tolist()
+    [2, 0, 3]
+    """
     mask = _checks.as_array(mask, "mask")
     _checks.check_bool(mask, "mask")
     _checks.check_min_rank(mask, 1, "mask", "[..., T]")
@@ -54,6 +63,11 @@ def last_valid(hs: jax.Array, lengths: jax.Array) -> jax.Array:
     Returns:
       ``[B, ...]``: ``hs[b, lengths[b] - 1]``, and zeros where ``lengths[b] == 0``
       (never the padding at index -1).
+
+    >>> import jaxseq as js, jax.numpy as jnp
+    >>> hs = jnp.array([[[1.0], [2.0], [9.0]], [[3.0], [9.0], [9.0]], [[9.0], [9.0], [9.0]]])
+    >>> js.last_valid(hs, jnp.array([2, 1, 0])).tolist()
+    [[2.0], [3.0], [0.0]]
     """
     hs = _checks.as_array(hs, "hs")
     lengths = _checks.as_array(lengths, "lengths")

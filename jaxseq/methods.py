@@ -20,7 +20,9 @@ hoist_projection)``                                   ``lax.scan``, differentiat
 ============================  ======================  ====================================
 
 ``method=None`` (the default) picks per cell and backend (:func:`resolve_method`):
-``Fused()`` for the built-in elman/gru/lstm cells (measured fastest on CPU; the
+``Fused()`` for the built-in elman/gru/lstm cells (those made by
+:func:`jaxseq.elman`, :func:`jaxseq.gru`, :func:`jaxseq.lstm`; a cell of your
+own is not one of them, whatever its name) (measured fastest on CPU; the
 choice on a backend not yet measured), ``Parallel()`` for the linear cells on GPU
 and TPU and ``Scan()`` for them on CPU (where ``benchmarks/parallel_scan.py``
 measured the sequential loop faster at every T), ``Scan()`` for any other cell.
@@ -47,6 +49,7 @@ FUSED_CELLS = ("elman", "gru", "lstm")
 # loop faster there at every T (XLA:CPU's loop costs well under a microsecond per step,
 # while the associative scan does ~2x the work with strided memory access).
 PARALLEL_BACKENDS = ("gpu", "tpu")
+BACKENDS = ("cpu", "gpu", "tpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +119,26 @@ def _check_cell(cell) -> None:
         raise TypeError(f"`cell` must be a jaxseq.cells.Cell, got {type(cell).__name__}")
 
 
+_BUILT_IN = {"elman": cells.elman, "gru": cells.gru, "lstm": cells.lstm}
+
+
+def _is_built_in(cell: cells.Cell) -> bool:
+    """True when ``cell`` was built by :func:`jaxseq.elman`, :func:`jaxseq.gru` or
+    :func:`jaxseq.lstm` (any ``hidden_size``, ``forget_bias``, ``param_dtype``): the cells
+    whose equations the fused engine hard-codes.
+
+    By value, not by name: a user-defined cell named ``"gru"`` (or a built-in one with
+    another ``step``) is not one of them, and runs with ``Scan``.
+    """
+    make = _BUILT_IN.get(cell.name)
+    size = cell.hidden_size
+    if make is None or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return False
+    built_in = make(size)
+    # `init` depends on forget_bias and param_dtype, which the engine never sees.
+    return cell._replace(init=built_in.init) == built_in
+
+
 def resolve_method(
     cell: cells.Cell, method: Method | None = None, *, backend: str | None = None
 ) -> Method:
@@ -134,23 +157,33 @@ def resolve_method(
     >>> import jaxseq as js
     >>> js.resolve_method(js.gru(4))
     Fused()
-    >>> js.resolve_method(js.mingru(4), backend="gpu"), js.resolve_method(js.mingru(4), backend="cpu")
-    (Parallel(remat=False), Scan(unroll=1, remat=False, hoist_projection=None))
+    >>> js.resolve_method(js.mingru(4), backend="gpu")
+    Parallel(remat=False)
+    >>> js.resolve_method(js.mingru(4), backend="cpu")
+    Scan(unroll=1, remat=False, hoist_projection=None)
+    >>> js.resolve_method(js.gru(4)._replace(name="mgu"))  # a cell of your own
+    Scan(unroll=1, remat=False, hoist_projection=None)
     """
     _check_cell(cell)
+    if backend is not None:
+        _checks.check_choice(backend, BACKENDS, "backend")
     linear = parallel_cells.is_linear(cell)
+    fused = _is_built_in(cell)
     if method is None:
-        if cell.name in FUSED_CELLS:
+        if fused:
             return Fused()
         if linear:
             backend = jax.default_backend() if backend is None else backend
             return Parallel() if backend in PARALLEL_BACKENDS else Scan()
         return Scan()
     if isinstance(method, Fused):
-        if cell.name not in FUSED_CELLS:
+        if not fused:
+            what = f"a {cell.name!r} cell"
+            if cell.name in FUSED_CELLS:
+                what += " not built by jaxseq.elman/gru/lstm"
             raise ValueError(
-                f"method=Fused() runs the cells {FUSED_CELLS} (their backward pass is written "
-                f"by hand), got a {cell.name!r} cell; use method=jaxseq.Scan()"
+                f"method=Fused() runs the built-in cells {FUSED_CELLS} (their backward pass is "
+                f"written by hand), got {what}; use method=jaxseq.Scan()"
                 + (" or jaxseq.Parallel()" if linear else "")
             )
     elif isinstance(method, Parallel):
@@ -158,7 +191,7 @@ def resolve_method(
             raise ValueError(
                 f"method=Parallel() needs a cell whose recurrence is linear in its state "
                 f"(jaxseq.mingru, minlstm, lru); the {cell.name!r} cell is not: use "
-                "method=jaxseq.Scan()" + (" or jaxseq.Fused()" if cell.name in FUSED_CELLS else "")
+                "method=jaxseq.Scan()" + (" or jaxseq.Fused()" if fused else "")
             )
     elif isinstance(method, Scan):
         if linear and method.hoist_projection is not None:

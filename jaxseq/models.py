@@ -57,6 +57,12 @@ __all__ = [
 ]
 
 
+def _check_string(value, name: str) -> None:
+    # A value of the wrong type is a TypeError; a string that is not a choice, a ValueError.
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a string, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SequenceModelConfig:
     """The static architecture of a sequence classifier or labeler.
@@ -113,6 +119,7 @@ class SequenceModelConfig:
     def __post_init__(self):
         _checks.check_int(self.num_classes, "num_classes", 2)
         _checks.check_int(self.hidden_size, "hidden_size", 1)
+        _check_string(self.cell, "cell")
         _checks.check_choice(self.cell, CELLS, "cell")
         _checks.check_int(self.num_layers, "num_layers", 1)
         _checks.check_flag(self.bidirectional, "bidirectional")
@@ -130,6 +137,7 @@ class SequenceModelConfig:
         _checks.check_rate(self.dropout_rate, "dropout_rate")
         _checks.check_rate(self.embed_dropout_rate, "embed_dropout_rate")
         if self.pooling is not None:
+            _check_string(self.pooling, "pooling")
             _checks.check_choice(self.pooling, POOLINGS, "pooling")
         if self.forget_bias is not None:
             _checks.check_float(self.forget_bias, "forget_bias")
@@ -247,11 +255,12 @@ def _check_inputs(config: SequenceModelConfig, inputs, lengths):
     else:
         _checks.check_rank(inputs, 3, "inputs", "[B, T, D] (dense features)")
         _checks.check_floating(inputs, "inputs")
-        if inputs.shape[2] != config.input_size:
-            raise ValueError(
-                f"`inputs` must have shape [B, T, D] with D = config.input_size = "
-                f"{config.input_size}, got {tuple(inputs.shape)}"
-            )
+        _checks.check_shape(
+            inputs,
+            (None, None, config.input_size),
+            "inputs",
+            f"[B, T, D] with D = config.input_size = {config.input_size}",
+        )
     _checks.check_integer(lengths, "lengths")
     _checks.check_shape(lengths, (inputs.shape[0],), "lengths", "[B] (B from `inputs`)")
     return inputs, lengths
@@ -312,9 +321,7 @@ def encode(
     mask_BT = length_mask(lengths, inputs.shape[1])
     x_BTE = _input_layer(params, config, inputs, mask_BT)
     if train and config.embed_dropout_rate > 0:
-        x_BTE = recurrence.variational_dropout(
-            x_BTE, rate=config.embed_dropout_rate, key=key_embed
-        )
+        x_BTE = recurrence.variational_dropout(x_BTE, rate=config.embed_dropout_rate, key=key_embed)
     return recurrence.stack(
         make_cell(config),
         params["rnn"],

@@ -182,6 +182,7 @@ class RNN(nnx.Module):
 class _SequenceModel(nnx.Module):
     _init = staticmethod(models.classifier_init)
     _apply = staticmethod(models.classifier_apply)
+    _check_config = staticmethod(lambda config: None)
 
     def __init__(
         self,
@@ -195,6 +196,8 @@ class _SequenceModel(nnx.Module):
             raise TypeError(
                 f"`config` must be a jaxseq.models.SequenceModelConfig, got {type(config).__name__}"
             )
+        # At construction, also with from_params (which does not run `_init`).
+        type(self)._check_config(config)
         if params is None:
             if not isinstance(rngs, nnx.Rngs):
                 raise ValueError(
@@ -275,3 +278,4 @@ class SequenceLabeler(_SequenceModel):
 
     _init = staticmethod(models.labeler_init)
     _apply = staticmethod(models.labeler_apply)
+    _check_config = staticmethod(models._check_labeler_config)

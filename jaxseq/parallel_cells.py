@@ -13,9 +13,10 @@ so a whole sequence can be evaluated with :func:`jax.lax.associative_scan`
 (O(log T) depth) instead of a ``lax.scan`` of T dependent steps: the pairs
 ``(a_t, b_t)`` compose associatively, ``(a1, b1) then (a2, b2) = (a1 a2,
 a2 b1 + b2)``, with identity ``(1, 0)``. :mod:`jaxseq.recurrence` evaluates
-them either way (``mode="sequential" | "parallel" | "auto"``); padded steps
-become the identity element, so the carry is held there, exactly as the
-sequential scan does.
+them either way (``method=jaxseq.Scan()`` for a sequential loop,
+``method=jaxseq.Parallel()`` for the associative scan; see :mod:`jaxseq.methods`);
+padded steps become the identity element, so the carry is held there, exactly as
+the sequential scan does.
 
 The cells are ordinary :class:`jaxseq.cells.Cell` values (``init``,
 ``initial_carry``, ``project``, ``step``, ``output``), so they work wherever
@@ -23,9 +24,9 @@ elman/gru/lstm do. What makes them parallel is their ``step``: a
 :class:`LinearStep`, which computes ``a * s + b`` and also exposes the pieces
 a whole-sequence evaluation needs (``coefficients``, ``log_coefficients``,
 ``to_state``, ``readout``). :func:`is_linear` tells whether a cell has one.
-:mod:`jaxseq.recurrence` uses those pieces in both of its modes: it computes
-every step's ``(a_t, b_t)`` at once and then scans them, sequentially or in
-parallel.
+:mod:`jaxseq.recurrence` uses those pieces with both methods: it computes
+every step's ``(a_t, b_t)`` at once and then scans them, sequentially
+(``Scan``) or in parallel (``Parallel``).
 
 =========  ===================================  ==============================
 cell       paper                                parallel scan
@@ -110,8 +111,8 @@ class LinearStep:
       coefficients: ``(params, xp [..., G], dtype) -> (a [..., S], b [..., S])``
         in ``dtype`` (complex for a complex state).
       log_coefficients: None, or ``(params, xp [..., G], dtype) -> (log a,
-        log b)`` for cells whose ``a`` and ``b`` are positive; the parallel
-        mode then scans in log space.
+        log b)`` for cells whose ``a`` and ``b`` are positive;
+        ``method=Parallel()`` then scans in log space.
       to_state: ``(carry) -> s [S]``: the linear state of ONE example's carry
         (checks the carry's structure and shapes).
       readout: ``(params, s [..., S], xp [..., G]) -> carry``: the carry
@@ -128,7 +129,7 @@ class LinearStep:
         s = self.to_state(carry)
         xp_t = _checks.as_array(xp_t, "xp_t")
         if xp_t.shape != (self.width,):
-            raise ValueError(
+            raise _checks.shape_error(
                 f"`xp_t` must have shape [G] = [{self.width}] (the output of `project` for "
                 f"one step), got {tuple(xp_t.shape)}"
             )
@@ -139,7 +140,7 @@ class LinearStep:
 
 def is_linear(cell: Cell) -> bool:
     """True when ``cell``'s recurrence is linear in its state (``cell.step`` is a
-    :class:`LinearStep`), i.e. when it can run with ``mode="parallel"``."""
+    :class:`LinearStep`), i.e. when it can run with ``method=jaxseq.Parallel()``."""
     return isinstance(cell, Cell) and isinstance(cell.step, LinearStep)
 
 
@@ -192,14 +193,13 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, *, reverse: bool = False
 
 
 def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a Python bool, got {value!r}")
+    _checks.check_flag(value, name)
     return value
 
 
 def _check_width(xp, width: int, cell_name: str) -> None:
     if xp.ndim < 1 or xp.shape[-1] != width:
-        raise ValueError(
+        raise _checks.shape_error(
             f"`xp` of a {cell_name} cell must have shape [..., G] = [..., {width}] (the output "
             f"of `project`), got {tuple(xp.shape)}"
         )
@@ -208,7 +208,7 @@ def _check_width(xp, width: int, cell_name: str) -> None:
 def _h_state(carry, *, hidden_size, cell_name):
     h = _checks.as_array(carry, "carry")
     if h.shape != (hidden_size,):
-        raise ValueError(
+        raise _checks.shape_error(
             f"`carry` of a {cell_name} cell must be an [H] = [{hidden_size}] array for ONE "
             f"example, got {tuple(h.shape)} (use `jax.vmap` or `recurrence.rnn` for a batch)"
         )
@@ -308,17 +308,16 @@ def mingru(hidden_size: int, *, log_space: bool = True, param_dtype=jnp.float32)
     Args:
       hidden_size: H.
       log_space: the paper's log-space formulation: the candidate goes through
-        ``g`` (positive) and ``mode="parallel"`` scans in log space. False: the
-        plain formulation, a linear-space scan.
+        ``g`` (positive) and ``method=jaxseq.Parallel()`` scans in log space.
+        False: the plain formulation, a linear-space scan.
       param_dtype: dtype of the parameters made by ``init``.
 
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxseq import parallel_cells, recurrence
-    >>> cell = parallel_cells.mingru(4)
+    >>> import jax, jax.numpy as jnp, jaxseq as js
+    >>> cell = js.mingru(4)
     >>> params = cell.init(jax.random.key(0), 3)
     >>> xs, lengths = jnp.ones((2, 5, 3)), jnp.array([5, 2])
-    >>> h_par, hs_par = recurrence.rnn(cell, params, xs, lengths, mode="parallel")
-    >>> h_seq, hs_seq = recurrence.rnn(cell, params, xs, lengths, mode="sequential")
+    >>> h_par, hs_par = js.rnn(cell, params, xs, lengths, method=js.Parallel())
+    >>> h_seq, hs_seq = js.rnn(cell, params, xs, lengths, method=js.Scan())
     >>> bool(jnp.allclose(hs_par, hs_seq, atol=1e-6)), hs_par.shape
     (True, (2, 5, 4))
     """
@@ -430,7 +429,7 @@ def _lru_project(params, x, *, hidden_size, state_size):
     _checks.check_floating(x, "x")
     weight = jnp.concatenate([params["B_re"], params["B_im"], params["D"]], axis=1)
     if x.ndim < 1 or x.shape[-1] != weight.shape[0]:
-        raise ValueError(
+        raise _checks.shape_error(
             f"`x` must have shape [..., D] with D = {weight.shape[0]} (from `params['B_re']` "
             f"of the lru cell), got {tuple(x.shape)}"
         )
@@ -474,7 +473,7 @@ def _lru_to_state(carry, *, hidden_size, state_size):
     h_re, h_im, y = (_checks.as_array(c, "carry") for c in carry)
     want = ((state_size,), (state_size,), (hidden_size,))
     if (h_re.shape, h_im.shape, y.shape) != want:
-        raise ValueError(
+        raise _checks.shape_error(
             f"`carry` of an lru cell must hold arrays of shapes {want} for ONE example, got "
             f"{(h_re.shape, h_im.shape, y.shape)} (use `jax.vmap` or `recurrence.rnn` for a "
             "batch)"

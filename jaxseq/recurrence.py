@@ -78,7 +78,7 @@ def _check_carry(cell, params, carry, batch: int | None, name: str = "carry"):
     except (ValueError, TypeError):
         got = None
     if got != want:
-        raise ValueError(
+        raise _checks.shape_error(
             f"`{name}` must have the structure and shapes of the {cell.name} cell's carry "
             f"{doc}: {want}, got {jax.tree.map(lambda c: tuple(np.shape(c)), carry)}"
         )
@@ -206,9 +206,25 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, reverse: bool, method: 
     return run(params, xs_BTD, carry)
 
 
+def _check_params(cell, params, xs_BTD) -> None:
+    """The cell's own checks of ``params`` (keys, widths) on abstract values: nothing runs.
+
+    The fused engine reads the weights directly, so without this a wrong params dict
+    would fail there with a KeyError or a matmul shape error instead of the cell's
+    ValueError naming `params`, `x` or `xp_t` (what the Scan method raises).
+    """
+    dtype = cells.compute_dtype(xs_BTD.dtype, *cells.param_dtypes(params))
+
+    def one_step(params, x_D):
+        return cell.step(params, cell.initial_carry(params, dtype), cell.project(params, x_D))
+
+    jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs_BTD.shape[2:], xs_BTD.dtype))
+
+
 def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Method):
     """The unchecked batched recurrence; ``method`` is resolved. Returns (final, hs [B, T, H])."""
     if isinstance(method, Fused):
+        _check_params(cell, params, xs_BTD)
         return _fused.rnn(cell, params, xs_BTD, lengths_B, carry, reverse=reverse)
     mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
     if parallel_cells.is_linear(cell):
@@ -268,8 +284,8 @@ def scan_rnn(
     length = _checks.as_array(length, "length")
     _checks.check_integer(length, "length")
     _checks.check_shape(length, (), "length", "(a scalar)")
-    if _checks.is_concrete(length):
-        validation.validate_lengths(length.reshape(1), xs.shape[0])
+    if _checks.is_concrete(length) and not 0 <= int(length) <= xs.shape[0]:
+        raise ValueError(f"`length` must be in [0, {xs.shape[0]}] (T), got {int(length)}")
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
     if isinstance(method, Scan) and not parallel_cells.is_linear(cell):

@@ -18,19 +18,14 @@ def temp_bytes(fn, *args) -> int:
     return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
-def _long_sequence_grad(remat: bool, implementation: str = "scan"):
-    cell = js.lstm(64)
+def _long_sequence_grad(method, cell=None):
+    cell = js.lstm(64) if cell is None else cell
     params = cell.init(jax.random.key(0), 16)
     xs = jnp.ones((4, 1024, 16))
     lengths = jnp.full((4,), 1024, jnp.int32)
 
     def loss(params):
-        if implementation == "fused":
-            from jaxseq import fused
-
-            _, hs = fused.rnn(cell, params, xs, lengths)
-        else:
-            _, hs = js.rnn(cell, params, xs, lengths, remat=remat)
+        _, hs = js.rnn(cell, params, xs, lengths, method=method)
         return jnp.sum(hs**2)
 
     return jax.grad(loss), params
@@ -38,8 +33,8 @@ def _long_sequence_grad(remat: bool, implementation: str = "scan"):
 
 @pytest.mark.perf_budget
 def test_remat_cuts_the_backward_memory_of_long_sequences():
-    grad_plain, params = _long_sequence_grad(remat=False)
-    grad_remat, _ = _long_sequence_grad(remat=True)
+    grad_plain, params = _long_sequence_grad(js.Scan())
+    grad_remat, _ = _long_sequence_grad(js.Scan(remat=True))
     plain, rematted = temp_bytes(grad_plain, params), temp_bytes(grad_remat, params)
     # remat saves only the carry per step instead of every gate activation.
     assert rematted < 0.75 * plain, (rematted, plain)
@@ -47,10 +42,11 @@ def test_remat_cuts_the_backward_memory_of_long_sequences():
 
 @pytest.mark.perf_budget
 def test_fused_path_stores_no_more_than_the_scan_path():
-    grad_scan, params = _long_sequence_grad(remat=False)
-    grad_fused, _ = _long_sequence_grad(remat=False, implementation="fused")
-    scan, fused_bytes = temp_bytes(grad_scan, params), temp_bytes(grad_fused, params)
-    assert fused_bytes <= 1.05 * scan, (fused_bytes, scan)
+    grad_scan, params = _long_sequence_grad(js.Scan())
+    for method in (js.Fused(), None):  # the default for an LSTM is the fused engine
+        grad_fused, _ = _long_sequence_grad(method)
+        scan, fused_bytes = temp_bytes(grad_scan, params), temp_bytes(grad_fused, params)
+        assert fused_bytes <= 1.05 * scan, (method, fused_bytes, scan)
 
 
 CONFIG = models.SequenceModelConfig(
@@ -74,7 +70,7 @@ def _train_params(seed: int, num_steps: int = 5):
 
     def loss_fn(params, batch, key, is_training):
         logits = models.labeler_apply(params, CONFIG, ids, lengths, key=key, train=is_training)
-        return js.sequence_labeling_loss_terms(logits, labels, mask), {}
+        return js.sequence_labeling_loss_terms(logits, labels, where=mask), {}
 
     optimizer = optax.adam(1e-2)
     state = steps.create_train_state(models.labeler_init(jax.random.key(seed), CONFIG), optimizer)
@@ -117,7 +113,7 @@ def test_float16_soft_targets_and_class_weights_stay_float32():
     weights = jnp.asarray([1.0, 2.0, 0.5], jnp.float16)
     labels = rng.integers(0, 3, size=(2, 4)).astype(np.int32)
     weighted = js.sequence_labeling_loss(
-        logits, labels, mask, reduction="mean_over_tokens", class_weights=weights
+        logits, labels, where=mask, reduction="mean_over_tokens", class_weights=weights
     )
     want = ref.labeling_loss(
         np.asarray(logits, np.float64),

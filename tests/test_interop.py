@@ -13,7 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import jaxseq as js  # noqa: E402
 from jaxseq import cells, interop, recurrence  # noqa: E402
+from tests.test_recurrence import NONLINEAR_METHODS  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -77,7 +79,7 @@ def jax_final_states(cell, finals, bidirectional):
     return [np.stack([np.asarray(h) for h in per_direction])]
 
 
-def max_deviation(module, xs, lengths):
+def max_deviation(module, xs, lengths, method=None):
     out, states = torch_run(module, xs, lengths)
     cell, layer_params = interop.from_torch(module)
     finals, hs = recurrence.stack(
@@ -86,6 +88,7 @@ def max_deviation(module, xs, lengths):
         jnp.asarray(xs),
         jnp.asarray(lengths),
         bidirectional=module.bidirectional,
+        method=method,
     )
     got = jax_final_states(cell, finals, module.bidirectional)
     devs = [np.max(np.abs(np.asarray(hs) - out))]
@@ -124,6 +127,18 @@ def test_parity_with_torch(kind, num_layers, bidirectional, batch_first):
     for g, s in zip(got, states):
         assert g.shape == s.shape == (num_layers * (2 if bidirectional else 1), B, H)
         np.testing.assert_allclose(g, s, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.reference
+def test_parity_with_torch_with_every_method(kind, method_id):
+    # 2 bidirectional layers; torch runs the packed batch, jax the padded one.
+    module = make_module(kind, 2, True, True, seed=7)
+    cell, _ = interop.from_torch(module)
+    method = NONLINEAR_METHODS[method_id]
+    assert js.resolve_method(cell) == js.Fused()  # converted cells are the built-in ones
+    assert max_deviation(module, make_inputs(LENGTHS, seed=8), LENGTHS, method) < ATOL
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])

@@ -1,7 +1,10 @@
-"""Sequence classifier / labeler: shapes, padding invariance, composition, dropout, training."""
+"""Sequence classifier / labeler: shapes, padding invariance, composition, dropout, training,
+the config's checks, and the same model with every method."""
 
 import dataclasses
+import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 import jaxseq as js
 from jaxseq import models, pooling, recurrence
 from jaxseq.models import SequenceModelConfig
+from tests.test_recurrence import TOL, methods_for
 
 B, T, V, E, D, H, C = 3, 5, 11, 4, 3, 5, 3
 LENGTHS = jnp.array([5, 2, 0])  # full, partial, empty
@@ -55,6 +59,11 @@ def inputs_for(config, seed=0):
     return token_ids(seed) if config.tokens else features(seed)
 
 
+def unpooled(config):
+    """The config for a labeler, which does not pool."""
+    return dataclasses.replace(config, pooling=None)
+
+
 CONFIGS = [
     token_config(cell="lstm", bidirectional=True, pooling="last"),
     token_config(cell="gru", pooling="mean"),
@@ -74,12 +83,13 @@ def test_shapes_and_finite(config):
     # A length-0 sequence pools to zeros: its logits are the bias c.
     np.testing.assert_array_equal(np.asarray(logits[2]), np.asarray(params["output"]["c"]))
 
+    config = unpooled(config)
     params = models.labeler_init(jax.random.key(0), config)
     logits = labeler_jit(params, config, inputs, LENGTHS)
     assert logits.shape == (B, T, C) and bool(jnp.all(jnp.isfinite(logits)))
     assert params["output"]["V"].shape == (config.output_size, C)
     # The outputs feed the losses directly.
-    loss = js.sequence_labeling_loss(logits, jnp.zeros((B, T), jnp.int32), MASK)
+    loss = js.sequence_labeling_loss(logits, jnp.zeros((B, T), jnp.int32), where=MASK)
     assert loss.shape == () and bool(jnp.isfinite(loss))
 
 
@@ -101,7 +111,7 @@ def _grads_impl(params, inputs, config_and_task):
         loss_fn = lambda z: js.sequence_classification_loss(z, labels, where=LENGTHS > 0)
     else:
         logits_fn, labels = models.labeler_apply, jnp.ones((B, T), jnp.int32)
-        loss_fn = lambda z: js.sequence_labeling_loss(z, labels, MASK)
+        loss_fn = lambda z: js.sequence_labeling_loss(z, labels, where=MASK)
     return jax.grad(lambda p: loss_fn(logits_fn(p, config, inputs, LENGTHS)))(params)
 
 
@@ -114,7 +124,7 @@ def _assert_trees_equal(a, b):
 
 @pytest.mark.padding_invariance
 def test_padding_invariance_tokens():
-    config = token_config(cell="lstm", bidirectional=True, pooling="last")
+    config = token_config(cell="lstm", bidirectional=True)  # pooling None: "last"
     params = models.classifier_init(jax.random.key(1), config)
     ids = token_ids()
     junk = garbage_padding_ids(ids)
@@ -186,7 +196,7 @@ def test_mean_and_max_pooling(pooling_name):
     params = models.classifier_init(jax.random.key(5), config)
     _, hs = models.encode(params, config, features(), LENGTHS)
     pool = {"mean": pooling.masked_mean, "max": pooling.masked_max}[pooling_name]
-    want = pool(hs, LENGTHS) @ params["output"]["V"] + params["output"]["c"][None]
+    want = pool(hs, where=MASK) @ params["output"]["V"] + params["output"]["c"][None]
     got = models.classifier_apply(params, config, features(), LENGTHS)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
 
@@ -273,7 +283,7 @@ def test_training_reduces_the_loss():
 
     def loss_fn(params, key, train):
         logits = models.labeler_apply(params, config, ids, lengths, key=key, train=train)
-        return js.sequence_labeling_loss(logits, labels, mask, reduction="mean_over_tokens")
+        return js.sequence_labeling_loss(logits, labels, where=mask, reduction="mean_over_tokens")
 
     @jax.jit
     def step(params, opt_state, key):
@@ -310,10 +320,13 @@ def test_training_reduces_the_loss():
         (dict(dropout_rate="0.1"), TypeError, "dropout_rate"),
         (dict(embed_dropout_rate=-0.1), ValueError, "embed_dropout_rate"),
         (dict(pooling="sum"), ValueError, "pooling"),
-        (dict(forget_bias=None), TypeError, "forget_bias"),
-        (dict(unroll=0), ValueError, "unroll"),
-        (dict(remat=None), TypeError, "remat"),
-        (dict(hoist_projection=0), TypeError, "hoist_projection"),
+        (dict(pooling=1), TypeError, "pooling"),
+        (dict(forget_bias="1"), TypeError, "forget_bias"),
+        (dict(forget_bias=float("nan")), ValueError, "forget_bias"),
+        (dict(cell="gru", forget_bias=1.0), ValueError, "forget_bias"),
+        (dict(cell="mingru", forget_bias=0.0), ValueError, "forget_bias"),
+        (dict(method="fused"), TypeError, "method"),
+        (dict(method=js.Scan), TypeError, "method"),
     ],
 )
 @pytest.mark.bad_input
@@ -322,23 +335,75 @@ def test_bad_config_raises_naming_the_field(kwargs, error, field):
         token_config(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(cell="mingru", method=js.Fused()), r"method=Fused\(\)"),
+        (dict(cell="lstm", method=js.Parallel()), r"method=Parallel\(\)"),
+        (dict(cell="lru", method=js.Scan(hoist_projection=True)), r"Scan\(hoist_projection"),
+    ],
+    ids=["fused_mingru", "parallel_lstm", "hoist_lru"],
+)
+@pytest.mark.bad_input
+def test_config_rejects_a_method_that_does_not_apply(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        token_config(**kwargs)
+
+
+@pytest.mark.bad_input
+def test_labeler_rejects_pooling():
+    for pooling_name in models.POOLINGS:
+        config = token_config(pooling=pooling_name)
+        params = models.classifier_init(jax.random.key(0), config)  # the classifier pools
+        with pytest.raises(ValueError, match="labeler does not pool.*`pooling`"):
+            models.labeler_init(jax.random.key(0), config)
+        with pytest.raises(ValueError, match="labeler does not pool.*`pooling`"):
+            models.labeler_apply(params, config, token_ids(), LENGTHS)
+
+
+@pytest.mark.reference
+def test_pooling_default_is_last():
+    config = token_config(cell="gru", bidirectional=True)
+    assert config.pooling is None
+    params = models.classifier_init(jax.random.key(12), config)
+    last = dataclasses.replace(config, pooling="last")
+    np.testing.assert_array_equal(
+        classifier_jit(params, config, token_ids(), LENGTHS),
+        classifier_jit(params, last, token_ids(), LENGTHS),
+    )
+
+
+@pytest.mark.reference
+def test_forget_bias_sets_the_lstm_forget_gate_bias():
+    def forget_block(config):
+        bias = models.classifier_init(jax.random.key(0), config)["rnn"][0]["b"]
+        return np.asarray(bias[H : 2 * H])
+
+    np.testing.assert_array_equal(forget_block(token_config()), 1.0)  # None: 1.0
+    np.testing.assert_array_equal(forget_block(token_config(forget_bias=0.0)), 0.0)
+    np.testing.assert_array_equal(forget_block(token_config(forget_bias=-2)), -2.0)
+    assert models.make_cell(token_config(forget_bias=0.0)) == js.lstm(H, forget_bias=0.0)
+
+
 @pytest.mark.bad_input
 def test_bad_inputs_raise():
     config = token_config()
     params = models.classifier_init(jax.random.key(0), config)
-    with pytest.raises(TypeError, match="`inputs`"):
+    with pytest.raises(AssertionError, match="`inputs` must have an integer dtype"):
         models.classifier_apply(params, config, features()[..., 0], LENGTHS)
-    with pytest.raises(ValueError, match="`inputs`"):
+    with pytest.raises(AssertionError, match=r"`inputs` must have rank 2 \[B, T\]"):
         models.classifier_apply(params, config, token_ids()[0], LENGTHS)
-    with pytest.raises(ValueError, match="`lengths`"):
+    with pytest.raises(AssertionError, match=r"`lengths` must have shape \[3\]"):
         models.classifier_apply(params, config, token_ids(), LENGTHS[:2])
+    with pytest.raises(AssertionError, match="`lengths` must have an integer dtype"):
+        models.classifier_apply(params, config, token_ids(), LENGTHS.astype(jnp.float32))
     with pytest.raises(TypeError, match="`config`"):
         models.classifier_apply(params, dataclasses.asdict(config), token_ids(), LENGTHS)
     fconfig = feature_config()
     fparams = models.classifier_init(jax.random.key(0), fconfig)
-    with pytest.raises(ValueError, match="input_size"):
+    with pytest.raises(AssertionError, match=r"`inputs` must have shape.*input_size = 3"):
         models.classifier_apply(fparams, fconfig, features()[..., :2], LENGTHS)
-    with pytest.raises(TypeError, match="`inputs`"):
+    with pytest.raises(AssertionError, match="`inputs` must have a floating dtype"):
         models.classifier_apply(fparams, fconfig, token_ids()[..., None], LENGTHS)
 
 
@@ -350,3 +415,79 @@ def test_config_is_static_and_hashable():
         a.hidden_size = 3  # type: ignore[misc]
     assert token_config(bidirectional=True).output_size == 2 * H
     assert feature_config().rnn_input_size == D and feature_config(embed_dim=E).rnn_input_size == E
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+def _model_cases():
+    return [
+        pytest.param(cell_name, method, id=f"{cell_name}-{method_id}")
+        for cell_name in models.CELLS
+        for method_id, method in methods_for(
+            models.make_cell(feature_config(cell=cell_name))
+        ).items()
+    ]
+
+
+def _method_config(cell_name, method, pooling=None):
+    return feature_config(
+        cell=cell_name,
+        embed_dim=E,
+        num_layers=2,
+        bidirectional=True,
+        pooling=pooling,
+        method=method,
+    )
+
+
+def _model_values_and_grads(params, config_pair, xs):
+    classifier_config, labeler_config = config_pair
+
+    def loss(params):
+        logits_c = models.classifier_apply(params, classifier_config, xs, LENGTHS)
+        logits_l = models.labeler_apply(params, labeler_config, xs, LENGTHS)
+        loss = jnp.sum(jnp.sin(logits_c)) + jnp.sum(jnp.where(MASK[..., None], logits_l**2, 0.0))
+        return loss, (logits_c, logits_l)
+
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return logits, grads
+
+
+_model_values_and_grads = jax.jit(_model_values_and_grads, static_argnums=1)
+
+
+@functools.cache
+def _float64_model(cell_name):
+    """The reference for every method: the same model in float64, with ``Scan()``."""
+    config = _method_config(cell_name, js.Scan())
+    params, xs = models.classifier_init(jax.random.key(13), config), np.asarray(features())
+    with jax.enable_x64(True):  # the same float32 values (random draws differ in float64)
+        params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        xs64 = jnp.where(MASK[..., None], jnp.asarray(xs, jnp.float64), jnp.nan)
+        pair = (_method_config(cell_name, js.Scan(), "mean"), config)
+        expected = _model_values_and_grads(params64, pair, xs64)
+        return params, jax.tree.map(lambda a: np.asarray(a, np.float64), expected)
+
+
+@pytest.mark.parametrize("cell_name, method", _model_cases())
+@pytest.mark.reference
+def test_every_method_gives_the_same_model(cell_name, method):
+    # Classifier (mean pooling) and labeler logits and their gradients, 2 bidirectional
+    # layers, NaN padding, against the same model in float64 with Scan(): float32 against
+    # float64, atol = rtol = 1e-5. (Not two float32 methods against each other at 1e-6:
+    # through the input layer, two layers and the heads, each float32 result is already
+    # ~2e-6 from the float64 one. No dropout: in float64 its Bernoulli masks come from
+    # other bits; stacks with dropout and every method: test_recurrence, test_fused.)
+    params, (expected_logits, expected_grads) = _float64_model(cell_name)
+    pair = (_method_config(cell_name, method, "mean"), _method_config(cell_name, method))
+    xs = jnp.where(MASK[..., None], features(), jnp.nan)
+    logits, grads = _model_values_and_grads(params, pair, xs)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((logits, grads)))
+    for got, expected in ((logits, expected_logits), (grads, expected_grads)):
+        jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, **TOL), got, expected)
+    if method is None:  # the default is the resolved method itself
+        resolved = js.resolve_method(models.make_cell(pair[1]))
+        pair = (dataclasses.replace(pair[0], method=resolved), pair[1])
+        pair = (pair[0], dataclasses.replace(pair[1], method=resolved))
+        chex.assert_trees_all_equal((logits, grads), _model_values_and_grads(params, pair, xs))

@@ -1,5 +1,9 @@
-"""flax.nnx adapters: each module gives exactly what its pure function gives on the same weights."""
+"""flax.nnx adapters: each module gives exactly what its pure function gives on the same weights,
+with every method."""
 
+import dataclasses
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +13,7 @@ from flax import nnx
 import jaxseq as js
 from jaxseq import cells, models, recurrence
 from jaxseq import nnx as jnnx
+from tests.test_recurrence import agreement, methods_for
 
 B, T, V, E, D, H, C = 3, 4, 9, 3, 2, 4, 3
 LENGTHS = jnp.array([4, 1, 0])
@@ -110,6 +115,8 @@ CONFIGS = [
 )
 @pytest.mark.reference
 def test_model_module_equals_pure_function(config, module_cls, init, apply):
+    if module_cls is jnnx.SequenceLabeler:
+        config = dataclasses.replace(config, pooling=None)  # a labeler does not pool
     inputs = IDS if config.tokens else XS
     module = module_cls(config, rngs=nnx.Rngs(params=3, dropout=4))
     params = module.to_params()
@@ -132,11 +139,11 @@ def test_nnx_jit_and_grad_match_the_pure_gradient():
     labels = jnp.ones((B, T), jnp.int32)
 
     def module_loss(model):
-        return js.sequence_labeling_loss(model(IDS, LENGTHS), labels, MASK)
+        return js.sequence_labeling_loss(model(IDS, LENGTHS), labels, where=MASK)
 
     def pure_loss(params):
         logits = models.labeler_apply(params, config, IDS, LENGTHS)
-        return js.sequence_labeling_loss(logits, labels, MASK)
+        return js.sequence_labeling_loss(logits, labels, where=MASK)
 
     grads = nnx.jit(nnx.grad(module_loss))(module)
     got = nnx.clone(module)
@@ -157,3 +164,89 @@ def test_model_module_rejects_bad_arguments():
     with pytest.raises(ValueError, match="no `rngs`"):
         module(IDS, LENGTHS)  # dropout on (nnx default deterministic=False), no key
     module(IDS, LENGTHS, key=jax.random.key(0))  # an explicit key works
+    # A labeler does not pool: rejected at construction, also from existing params.
+    pooled = CONFIGS[1]
+    assert pooled.pooling is not None
+    with pytest.raises(ValueError, match="labeler does not pool"):
+        jnnx.SequenceLabeler(pooled, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="labeler does not pool"):
+        jnnx.SequenceLabeler.from_params(pooled, models.classifier_init(jax.random.key(0), pooled))
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [cells.lstm(H), js.mingru(H), js.lru(H, state_size=3)],
+    ids=["lstm", "mingru", "lru"],
+)
+@pytest.mark.variants
+def test_rnn_module_with_every_method(cell):
+    layer_params = recurrence.init_stack(
+        jax.random.key(7), cell, D, num_layers=2, bidirectional=True
+    )
+    key = jax.random.key(8)
+    options = dict(bidirectional=True, dropout_rate=0.5)
+    base = recurrence.stack(
+        cell, layer_params, XS, LENGTHS, key=key, train=True, method=js.Scan(), **options
+    )
+    for method in methods_for(cell).values():
+        module = jnnx.RNN.from_params(cell, layer_params, method=method, **options)
+        assert module.method == js.resolve_method(cell, method)  # resolved when built
+        got = module(XS, LENGTHS, key=key)
+        want = recurrence.stack(
+            cell, layer_params, XS, LENGTHS, key=key, train=True, method=method, **options
+        )
+        _assert_trees_equal(got, want)  # the module is the pure function
+        chex.assert_trees_all_close(got, base, **agreement(cell, method)[0])  # every method
+        built = jnnx.RNN(cell, D, num_layers=2, method=method, rngs=nnx.Rngs(0))
+        _assert_trees_equal(
+            built(XS, LENGTHS),
+            recurrence.stack(cell, built.to_params(), XS, LENGTHS, method=method),
+        )
+
+
+@pytest.mark.parametrize(
+    "module_cls, apply",
+    [
+        (jnnx.SequenceClassifier, models.classifier_apply),
+        (jnnx.SequenceLabeler, models.labeler_apply),
+    ],
+    ids=["classifier", "labeler"],
+)
+@pytest.mark.variants
+def test_model_module_with_every_method(module_cls, apply):
+    base_config = CONFIGS[0]
+    params = models.classifier_init(jax.random.key(9), base_config)
+    key = jax.random.key(10)
+    base = apply(params, base_config, IDS, LENGTHS, key=key, train=True)
+    cell = models.make_cell(base_config)
+    for method in methods_for(cell).values():
+        config = dataclasses.replace(base_config, method=method)
+        module = module_cls.from_params(config, params)
+        got = module(IDS, LENGTHS, key=key)
+        want = apply(params, config, IDS, LENGTHS, key=key, train=True)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        # Tokens, an embedding, 2 LSTM layers with dropout and a head: float32 against
+        # float32, each ~1e-6 from the exact values (see test_models), so 1e-5 here.
+        np.testing.assert_allclose(np.asarray(got), np.asarray(base), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.bad_input
+def test_rnn_module_rejects_a_method_that_does_not_apply():
+    with pytest.raises(ValueError, match=r"method=Fused\(\)"):
+        jnnx.RNN(js.mingru(H), D, method=js.Fused(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"method=Parallel\(\)"):
+        jnnx.RNN(cells.gru(H), D, method=js.Parallel(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"Scan\(hoist_projection"):
+        jnnx.RNN.from_params(
+            js.mingru(H),
+            [js.mingru(H).init(jax.random.key(0), D)],
+            method=js.Scan(hoist_projection=True),
+        )
+    for not_a_method in ("fused", js.Scan):
+        with pytest.raises(TypeError, match="`method` must be jaxseq.Scan"):
+            jnnx.RNN(cells.gru(H), D, method=not_a_method, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        jnnx.RNN(cells.gru(H), D, unroll=2, rngs=nnx.Rngs(0))

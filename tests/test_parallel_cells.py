@@ -1,12 +1,18 @@
-"""Parallel-in-time cells: both evaluation modes against the papers' equations and each other.
+"""Parallel-in-time cells with every method against the papers' equations and each other.
+
+Every test that computes runs with every method that applies to a linear cell
+(``tests.test_recurrence.LINEAR_METHODS``: ``Scan()``, ``Scan(unroll=3)``,
+``Scan(remat=True)``, ``Parallel()``, ``Parallel(remat=True)`` and the default
+``None``).
 
 Tolerances: float32 JAX against the float64 NumPy loops of
 ``tests/reference_parallel.py`` (UNPADDED sequences), ``atol = rtol = 1e-5``;
-the parallel and the sequential mode against each other (float32, different
-summation orders), values ``atol = rtol = 1e-5`` and gradients
-``atol = rtol = 1e-4``; padded outputs exactly 0, poisoned padding bitwise
-identical. The batch mixes lengths T, 0 and 1. Compiled functions are
-module-level jits with the cell static, so every shape compiles once.
+``Parallel`` against ``Scan`` (float32, different summation orders), values
+``atol = rtol = 1e-5`` and gradients ``atol = rtol = 1e-4``; the ``remat`` and
+``unroll`` variants against their plain method ``atol = rtol = 1e-6``; padded
+outputs exactly 0, poisoned padding bitwise identical. The batch mixes lengths
+T, 0 and 1. Compiled functions are module-level jits with the cell and the
+method static, so every shape compiles once per method.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import jaxseq as js
 from jaxseq import cells, masks, models, parallel_cells, recurrence
 from tests import reference_parallel as ref
+from tests.test_recurrence import LINEAR_METHODS, agreement
 
 B, T, D, H, N = 5, 6, 3, 4, 3
 LENGTHS = np.array([6, 3, 0, 1, 5], np.int32)
@@ -36,10 +44,20 @@ CELLS = {
     "lru": parallel_cells.lru(H, state_size=N, **RING),
 }
 MAIN = ("mingru", "minlstm", "lru")  # the log-space variants and the LRU
-MODES = ("sequential", "parallel")
-OPTIONS = ("reverse", "mode", "remat")
-RNN = jax.jit(recurrence.rnn, static_argnums=0, static_argnames=OPTIONS)
-BIDI = jax.jit(recurrence.bidirectional, static_argnums=0, static_argnames=OPTIONS[1:])
+SCAN, PARALLEL = js.Scan(), js.Parallel()
+STATIC = ("reverse", "method")
+RNN = jax.jit(recurrence.rnn, static_argnums=0, static_argnames=STATIC)
+BIDI = jax.jit(recurrence.bidirectional, static_argnums=0, static_argnames="method")
+SCAN_RNN = jax.jit(recurrence.scan_rnn, static_argnums=0, static_argnames=STATIC)
+
+
+def cell_methods(kinds=tuple(CELLS)):
+    """``(kind, method)`` parameters: every cell with every method that applies."""
+    return [
+        pytest.param(kind, method, id=f"{kind}-{method_id}")
+        for kind in kinds
+        for method_id, method in LINEAR_METHODS.items()
+    ]
 
 
 def random_params(kind, key, input_size=D, dtype=jnp.float32):
@@ -99,14 +117,13 @@ def reference(kind, params, xs, lengths, *, reverse=False, carries=None):
 # ---------------------------------------------------------------------------- reference
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.parametrize("kind, method", cell_methods())
 @pytest.mark.reference
-def test_matches_reference(kind, mode):
+def test_matches_reference(kind, method):
     # Bidirectional: the forward and the within-length reversed pass in one call.
     cell, params = CELLS[kind], PARAMS[kind]
     xs, lengths, valid = make_batch()
-    (final_f, final_b), hs = BIDI(cell, params, xs, lengths, mode=mode)
+    (final_f, final_b), hs = BIDI(cell, params, xs, lengths, method=method)
     expected_f, expected_hs_f = reference(kind, params["forward"], xs, lengths)
     expected_b, expected_hs_b = reference(kind, params["backward"], xs, lengths, reverse=True)
     expected_hs = np.concatenate([expected_hs_f, expected_hs_b], axis=-1)
@@ -130,9 +147,9 @@ def test_step_matches_reference(kind):
     np.testing.assert_allclose(cell.output(new), ref.output(kind, expected), **TOL)
 
 
-@pytest.mark.parametrize("kind", MAIN)
+@pytest.mark.parametrize("kind, method", cell_methods(MAIN))
 @pytest.mark.reference
-def test_initial_carry_and_single_step_sequences(kind):
+def test_initial_carry_and_single_step_sequences(kind, method):
     # A random initial carry (negative entries too: the log-space scan adds it linearly),
     # on sequences of length 0 and 1 with T = 1, on an empty T = 0 batch, and in reverse
     # on the main batch.
@@ -141,7 +158,7 @@ def test_initial_carry_and_single_step_sequences(kind):
     for lengths, max_len, reverse in cases:
         xs, lengths, _ = make_batch(lengths=lengths, max_len=max_len)
         carry = random_carry(kind, jax.random.key(3))
-        final, hs = RNN(cell, params, xs, lengths, carry=carry, reverse=reverse, mode="parallel")
+        final, hs = RNN(cell, params, xs, lengths, carry=carry, reverse=reverse, method=method)
         carries = [example(carry, b) for b in range(B)]
         expected, expected_hs = reference(
             kind, params, xs, lengths, reverse=reverse, carries=carries
@@ -171,22 +188,18 @@ def test_scan_primitives_match_a_loop():
         np.testing.assert_allclose(jnp.exp(jnp.stack(log_got)), (expected_a, expected_b), **TOL)
 
 
-# ---------------------------------------------------------------------------- modes agree
+# ---------------------------------------------------------------------------- methods agree
 
 
-def _loss(cell, params, xs, lengths, carry, weights, *, mode, remat=False):
+def _loss(cell, params, xs, lengths, carry, weights, method):
     (final_f, final_b), hs = recurrence.bidirectional(
-        cell, params, xs, lengths, carry=carry, mode=mode, remat=remat
+        cell, params, xs, lengths, carry=carry, method=method
     )
     finals = sum(jnp.sum(leaf) for leaf in jax.tree.leaves((final_f, final_b)))
     return jnp.sum(hs * weights) + finals
 
 
-GRAD = jax.jit(
-    jax.value_and_grad(_loss, argnums=(1, 2, 4)),
-    static_argnums=0,
-    static_argnames=("mode", "remat"),
-)
+GRAD = jax.jit(jax.value_and_grad(_loss, argnums=(1, 2, 4)), static_argnums=(0, 6))
 WEIGHTS = jax.random.normal(jax.random.key(5), (B, T, 2 * H))
 
 
@@ -194,76 +207,98 @@ def _carries(kind):
     return (random_carry(kind, jax.random.key(1)), random_carry(kind, jax.random.key(2)))
 
 
-@pytest.mark.parametrize("kind", MAIN)
+@pytest.mark.parametrize("kind, method", cell_methods())
 @pytest.mark.variants
-def test_parallel_equals_sequential_values_and_gradients(kind):
+def test_values_and_gradients_agree_with_scan(kind, method):
     cell, params = CELLS[kind], PARAMS[kind]
     xs, lengths, _ = make_batch()
     carry = _carries(kind)
-    seq = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="sequential")
-    par = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="parallel")
-    np.testing.assert_allclose(par[0], seq[0], **TOL)
-    chex.assert_trees_all_close(par[1], seq[1], **GRAD_TOL)
+    value_tol, grad_tol = agreement(cell, method)
+    seq = GRAD(cell, params, xs, lengths, carry, WEIGHTS, SCAN)
+    got = GRAD(cell, params, xs, lengths, carry, WEIGHTS, method)
+    np.testing.assert_allclose(got[0], seq[0], **value_tol)
+    chex.assert_trees_all_close(got[1], seq[1], **grad_tol)
 
 
 @pytest.mark.variants
-def test_remat_gives_the_same_gradients():
+def test_remat_and_unroll_give_the_same_gradients():
     cell, params = CELLS["minlstm"], PARAMS["minlstm"]
     xs, lengths, _ = make_batch()
     carry = _carries("minlstm")
-    for mode in MODES:
-        plain = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode=mode)
-        remat = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode=mode, remat=True)
-        chex.assert_trees_all_close(remat, plain, atol=1e-6, rtol=1e-6)
+    pairs = (
+        (SCAN, js.Scan(remat=True)),
+        (SCAN, js.Scan(unroll=4)),
+        (PARALLEL, js.Parallel(remat=True)),
+    )
+    for plain, variant in pairs:
+        expected = GRAD(cell, params, xs, lengths, carry, WEIGHTS, plain)
+        got = GRAD(cell, params, xs, lengths, carry, WEIGHTS, variant)
+        chex.assert_trees_all_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind, method", cell_methods(["lru", "mingru"]))
 @pytest.mark.variants
-def test_scan_rnn_is_rnn_of_one_example():
-    cell, params = CELLS["lru"], PARAMS["lru"]["forward"]
-    xs, lengths, valid = make_batch()
-    scan = jax.jit(recurrence.scan_rnn, static_argnums=0, static_argnames=OPTIONS)
-    final, hs = RNN(cell, params, xs, lengths, reverse=True, mode="parallel")
+def test_scan_rnn_is_rnn_of_one_example(kind, method):
+    # One example with a scalar length = a row of the batch; also vmapped and jitted.
+    cell, params = CELLS[kind], PARAMS[kind]["forward"]
+    xs, lengths, _ = make_batch()
+    final, hs = RNN(cell, params, xs, lengths, reverse=True, method=method)
     for b in (0, 2, 3):  # lengths T, 0, 1
-        final_b, hs_b = scan(
-            cell, params, xs[b], jnp.asarray(valid[b]), reverse=True, mode="parallel"
-        )
+        final_b, hs_b = SCAN_RNN(cell, params, xs[b], lengths[b], reverse=True, method=method)
         np.testing.assert_allclose(hs_b, hs[b], atol=1e-6, rtol=1e-6)
         chex.assert_trees_all_close(final_b, jax.tree.map(lambda a, b=b: a[b], final), atol=1e-6)
 
+    @jax.jit
+    def batched(xs, lengths):
+        return jax.vmap(
+            lambda x, n: recurrence.scan_rnn(cell, params, x, n, reverse=True, method=method)
+        )(xs, lengths)
+
+    chex.assert_trees_all_close(batched(xs, lengths), (final, hs), atol=1e-6, rtol=1e-6)
+
 
 @pytest.mark.variants
-def test_auto_mode_is_backend_aware():
-    linear, gru = CELLS["mingru"], cells.gru(H)
-    assert parallel_cells.is_linear(linear) and not parallel_cells.is_linear(gru)
-    assert recurrence.resolve_mode(linear, backend="gpu") == "parallel"
-    assert recurrence.resolve_mode(linear, backend="tpu") == "parallel"
-    assert recurrence.resolve_mode(linear, backend="cpu") == "sequential"
-    assert recurrence.resolve_mode(gru, backend="gpu") == "sequential"
-    assert recurrence.resolve_mode(linear, "parallel", backend="cpu") == "parallel"
-    assert recurrence.resolve_mode(linear, "sequential", backend="gpu") == "sequential"
+def test_default_method_is_backend_aware():
+    gru = cells.gru(H)
+    assert not parallel_cells.is_linear(gru)
+    for kind, cell in CELLS.items():
+        assert parallel_cells.is_linear(cell), kind
+        for backend, expected in (("gpu", PARALLEL), ("tpu", PARALLEL), ("cpu", SCAN)):
+            assert js.resolve_method(cell, backend=backend) == expected, (kind, backend)
+        assert js.resolve_method(cell, PARALLEL, backend="cpu") is PARALLEL
+        assert js.resolve_method(cell, SCAN, backend="gpu") is SCAN
 
 
 @pytest.mark.parametrize("kind, head", [("minlstm", "labeler"), ("lru", "classifier")])
 @pytest.mark.variants
 def test_model_heads_accept_the_new_cells(kind, head):
-    config = models.SequenceModelConfig(
-        num_classes=3, hidden_size=H, cell=kind, input_size=D, bidirectional=True, num_layers=2
-    )
-    init = models.classifier_init if head == "classifier" else models.labeler_init
-    apply = models.classifier_apply if head == "classifier" else models.labeler_apply
-    params = init(jax.random.key(0), config)
     xs, lengths, _ = make_batch(padding=np.nan)
-    logits = jax.jit(apply, static_argnames="config")(params, config, xs, lengths)
-    # The model runs mode="auto" (sequential on CPU); by hand the same 2-layer bidirectional
-    # stack runs with mode="parallel", so this also checks stacks across the two modes.
-    cell = models.make_cell(config)
+    init = models.classifier_init if head == "classifier" else models.labeler_init
+    apply = jax.jit(
+        models.classifier_apply if head == "classifier" else models.labeler_apply,
+        static_argnames="config",
+    )
+
+    def config(method):
+        return models.SequenceModelConfig(
+            num_classes=3,
+            hidden_size=H,
+            cell=kind,
+            input_size=D,
+            bidirectional=True,
+            num_layers=2,
+            method=method,
+        )
+
+    params = init(jax.random.key(0), config(None))
+    cell = models.make_cell(config(None))
     assert cell == {"minlstm": parallel_cells.minlstm, "lru": parallel_cells.lru}[kind](H)
 
     @jax.jit
     def by_hand(params, xs, lengths):  # the same computation, with the parallel scan
         clean = jnp.where(masks.length_mask(lengths, T)[:, :, None], xs, 0.0)
         finals, hs = recurrence.stack(
-            cell, params["rnn"], clean, lengths, bidirectional=True, mode="parallel"
+            cell, params["rnn"], clean, lengths, bidirectional=True, method=PARALLEL
         )
         if head == "labeler":
             return hs @ params["output"]["V"] + params["output"]["c"][None, None]
@@ -271,18 +306,22 @@ def test_model_heads_accept_the_new_cells(kind, head):
         pooled = jnp.concatenate([out(finals[-1][0]), out(finals[-1][1])], axis=-1)
         return pooled @ params["output"]["V"] + params["output"]["c"][None]
 
-    np.testing.assert_allclose(logits, by_hand(params, xs, lengths), **TOL)
+    # The model with every method (the default: Scan on CPU) against the 2-layer
+    # bidirectional stack by hand with Parallel(): stacks across the methods.
+    expected = by_hand(params, xs, lengths)
+    for method in LINEAR_METHODS.values():
+        logits = apply(params, config(method), xs, lengths)
+        np.testing.assert_allclose(logits, expected, **TOL, err_msg=str(method))
 
 
 # ---------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize(
-    "kind, mode",
-    [("mingru", "parallel"), ("minlstm", "parallel"), ("lru", "parallel")],
-)
+@pytest.mark.parametrize("method", [SCAN, PARALLEL], ids=["Scan", "Parallel"])
+@pytest.mark.parametrize("kind", MAIN)
 @pytest.mark.gradcheck
-def test_check_grads_float64(kind, mode):
+def test_check_grads_float64(kind, method):
+    # Forward mode as well: no method for linear cells has a custom_vjp.
     cell = CELLS[kind]
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
@@ -294,25 +333,25 @@ def test_check_grads_float64(kind, mode):
         @jax.jit
         def f(params, xs, carry):
             return recurrence.bidirectional(
-                cell, params, xs, lengths, carry=(carry, carry), mode=mode
+                cell, params, xs, lengths, carry=(carry, carry), method=method
             )
 
-        check_grads(f, (params, xs, carry), order=1, modes=["rev"])
+        check_grads(f, (params, xs, carry), order=1, modes=["fwd", "rev"])
 
 
 # ---------------------------------------------------------------------------- padding
 
 
-@pytest.mark.parametrize("kind", MAIN)
+@pytest.mark.parametrize("kind, method", cell_methods(MAIN))
 @pytest.mark.padding_invariance
-def test_poison_padding_changes_nothing(kind):
+def test_poison_padding_changes_nothing(kind, method):
     cell, params = CELLS[kind], PARAMS[kind]
     xs, lengths, valid = make_batch(padding=0.0)
     carry = _carries(kind)
-    clean = GRAD(cell, params, xs, lengths, carry, WEIGHTS, mode="parallel")
+    clean = GRAD(cell, params, xs, lengths, carry, WEIGHTS, method)
     for poison in (np.nan, np.inf, -np.inf, 1e30):
         poisoned = jnp.where(jnp.asarray(valid)[:, :, None], xs, poison)
-        got = GRAD(cell, params, poisoned, lengths, carry, WEIGHTS, mode="parallel")
+        got = GRAD(cell, params, poisoned, lengths, carry, WEIGHTS, method)
         _, (grad_params, grad_xs, _) = got
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad_params))
         assert not np.asarray(grad_xs)[~valid].any()  # exactly 0 at padded steps
@@ -326,8 +365,8 @@ def test_poison_padding_changes_nothing(kind):
 def test_extreme_gates_stay_accurate():
     # Gates from z ~ 1e-13 (the state is kept for ever) to 1 - 1e-13 (forgotten at once):
     # over 100 steps the log-coefficients of the forgetting units sum to about -3000, where
-    # a cumsum-based log-space scan (Heinsen's) would lose 3-4 digits in float32. Both
-    # modes match the float64 loop.
+    # a cumsum-based log-space scan (Heinsen's) would lose 3-4 digits in float32. Every
+    # method matches the float64 loop.
     steps, hidden = 100, 6
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(1, steps, 2)).astype(np.float32)
@@ -338,15 +377,15 @@ def test_extreme_gates_stay_accurate():
         "b": jnp.array([-30, -12, -3, 3, 12, 30, 1, -1, 0, 2, -2, 0.5], jnp.float32),
     }
     _, expected = ref.run_batch("mingru", params, xs, np.asarray(lengths), hidden, 0)
-    for mode in MODES:
-        _, hs = RNN(cell, params, jnp.asarray(xs), lengths, mode=mode)
-        np.testing.assert_allclose(hs, expected, **TOL)
+    for method in LINEAR_METHODS.values():
+        _, hs = RNN(cell, params, jnp.asarray(xs), lengths, method=method)
+        np.testing.assert_allclose(hs, expected, **TOL, err_msg=str(method))
 
-        def loss(params, mode=mode):
-            return jnp.sum(RNN(cell, params, jnp.asarray(xs), lengths, mode=mode)[1])
+        def loss(params, method=method):
+            return jnp.sum(RNN(cell, params, jnp.asarray(xs), lengths, method=method)[1])
 
         grads = jax.grad(loss)(params)
-        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)), mode
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)), method
 
 
 @pytest.mark.numerics
@@ -377,18 +416,18 @@ def test_lru_initialisation_ring_and_normalisation():
 # ---------------------------------------------------------------------------- dtypes
 
 
+@pytest.mark.parametrize("kind, method", cell_methods(["lru", "minlstm"]))
 @pytest.mark.dtype
-def test_bfloat16_inputs_keep_a_float32_state():
-    kind = "lru"
+def test_bfloat16_inputs_keep_a_float32_state(kind, method):
     cell = CELLS[kind]
     params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS[kind]["forward"])
     xs, lengths, _ = make_batch()
     xs = xs.astype(jnp.bfloat16)
-    final, hs = RNN(cell, params_bf16, xs, lengths, mode="parallel")
+    final, hs = RNN(cell, params_bf16, xs, lengths, method=method)
     assert hs.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(final))
     params_f32 = jax.tree.map(lambda a: a.astype(jnp.float32), params_bf16)
-    expected = RNN(cell, params_f32, xs.astype(jnp.float32), lengths, mode="parallel")
+    expected = RNN(cell, params_f32, xs.astype(jnp.float32), lengths, method=method)
     chex.assert_trees_all_close((final, hs), expected, atol=1e-6, rtol=1e-6)
 
 
@@ -401,13 +440,13 @@ def test_equal_cells_are_one_static_argument():
     assert hash(parallel_cells.mingru(H)) == hash(CELLS["mingru"])
     assert parallel_cells.mingru(H) != parallel_cells.mingru(H, log_space=False)
 
-    def apply(cell, params, xs, lengths):
-        return recurrence.rnn(cell, params, xs, lengths, mode="parallel")
+    def apply(cell, params, xs, lengths, method):
+        return recurrence.rnn(cell, params, xs, lengths, method=method)
 
-    apply = jax.jit(chex.assert_max_traces(apply, n=1), static_argnums=0)
+    apply = jax.jit(chex.assert_max_traces(apply, n=1), static_argnums=(0, 4))
     xs, lengths, _ = make_batch()
-    for _ in range(2):
-        apply(parallel_cells.minlstm(H), PARAMS["minlstm"]["forward"], xs, lengths)
+    for _ in range(2):  # equal cells and equal methods, freshly built
+        apply(parallel_cells.minlstm(H), PARAMS["minlstm"]["forward"], xs, lengths, js.Parallel())
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -422,15 +461,36 @@ def _bad_calls():
     return {
         "parallel_gru": (
             lambda: recurrence.rnn(
-                gru, gru.init(jax.random.key(0), D), xs, lengths, mode="parallel"
+                gru, gru.init(jax.random.key(0), D), xs, lengths, method=PARALLEL
             ),
             ValueError,
-            "`mode`='parallel' needs a cell whose recurrence is linear",
+            r"method=Parallel\(\) needs a cell whose recurrence is linear",
         ),
-        "unknown_mode": (
-            lambda: recurrence.stack(mingru, [p_min], xs, lengths, mode="fast"),
+        "fused_mingru": (
+            lambda: recurrence.rnn(mingru, p_min, xs, lengths, method=js.Fused()),
             ValueError,
-            "unknown `mode` 'fast'",
+            r"method=Fused\(\) runs the built-in cells",
+        ),
+        "hoist_lru": (
+            lambda: recurrence.bidirectional(
+                lru,
+                {"forward": p_lru, "backward": p_lru},
+                xs,
+                lengths,
+                method=js.Scan(hoist_projection=True),
+            ),
+            ValueError,
+            r"Scan\(hoist_projection=\.\.\.\) does not apply to the linear 'lru' cell",
+        ),
+        "string_method": (
+            lambda: recurrence.stack(mingru, [p_min], xs, lengths, method="parallel"),
+            TypeError,
+            "`method` must be jaxseq.Scan",
+        ),
+        "xs_rank": (
+            lambda: recurrence.rnn(mingru, p_min, xs[0], lengths, method=PARALLEL),
+            AssertionError,
+            r"`xs` must have rank 3",
         ),
         "ring": (lambda: parallel_cells.lru(H, r_min=0.9, r_max=0.5), ValueError, "r_min"),
         "ring_one": (lambda: parallel_cells.lru(H, r_max=1.0), ValueError, "r_max"),
@@ -439,14 +499,19 @@ def _bad_calls():
         "log_space": (lambda: parallel_cells.mingru(H, log_space=1), TypeError, "`log_space`"),
         "hidden_size": (lambda: parallel_cells.minlstm(0), ValueError, "`hidden_size`"),
         "params": (
-            lambda: recurrence.rnn(mingru, p_lru, xs, lengths, mode="parallel"),
+            lambda: recurrence.rnn(mingru, p_lru, xs, lengths, method=PARALLEL),
             ValueError,
             "`params` of a mingru cell",
         ),
-        "x_width": (lambda: lru.project(p_lru, jnp.ones((4,))), ValueError, "`x`"),
+        "params_scan": (
+            lambda: recurrence.rnn(mingru, p_lru, xs, lengths, method=SCAN),
+            ValueError,
+            "`params` of a mingru cell",
+        ),
+        "x_width": (lambda: lru.project(p_lru, jnp.ones((4,))), AssertionError, "`x`"),
         "xp_width": (
             lambda: mingru.step(p_min, jnp.zeros(H), jnp.ones(H)),
-            ValueError,
+            AssertionError,
             "`xp_t`",
         ),
         "lru_carry": (
@@ -456,12 +521,12 @@ def _bad_calls():
         ),
         "batched_carry": (
             lambda: mingru.step(p_min, jnp.zeros((2, H)), jnp.ones(2 * H)),
-            ValueError,
+            AssertionError,
             "`carry` of a mingru cell",
         ),
         "rnn_carry": (
-            lambda: recurrence.rnn(lru, p_lru, xs, lengths, carry=carry, mode="parallel"),
-            ValueError,
+            lambda: recurrence.rnn(lru, p_lru, xs, lengths, carry=carry, method=PARALLEL),
+            AssertionError,
             "`carry`.*leading B",
         ),
     }
@@ -478,27 +543,15 @@ def test_bad_inputs_raise_naming_the_argument(case):
 # ---------------------------------------------------------------------------- training
 
 
-@pytest.mark.training_smoke
-def test_long_range_experiment_smoke(tmp_path):
-    from experiments import long_range
-
-    results = long_range.main(["--smoke", "--out-dir", str(tmp_path)])
-    assert {r["model"] for r in results} == {"mingru", "lstm"}
-    for r in results:
-        assert np.isfinite(r["test_mse"]) and r["train_seconds"] > 0
-        assert r["final_loss"] < r["first_loss"]  # it learns something
-    assert (tmp_path / "result.json").exists()
-
-
 @pytest.mark.gpu
 def test_long_sequences_agree_on_gpu():
-    # On a GPU "auto" is the parallel mode: check it on a long batch there, both scans.
+    # On a GPU the default is Parallel(): check it on a long batch there against Scan().
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.normal(size=(8, 4096, D)), jnp.float32)
     lengths = jnp.asarray(rng.integers(2048, 4097, size=8), jnp.int32)
     for kind in MAIN:
         cell, params = CELLS[kind], PARAMS[kind]["forward"]
-        assert recurrence.resolve_mode(cell) == "parallel"
-        seq = RNN(cell, params, xs, lengths, mode="sequential")
+        assert js.resolve_method(cell) == PARALLEL
+        seq = RNN(cell, params, xs, lengths, method=SCAN)
         par = RNN(cell, params, xs, lengths)
         chex.assert_trees_all_close(par, seq, atol=1e-4, rtol=1e-4)

@@ -1,13 +1,21 @@
-"""The masked recurrence against the NumPy reference, plus padding, options, stacks, checks.
+"""The masked recurrence against the NumPy reference, with every method; options, stacks, checks.
+
+Every test that computes runs with every method that applies to the cell
+(:data:`NONLINEAR_METHODS`: ``Scan()``, ``Scan(unroll=3)``, ``Scan(remat=True)``,
+``Scan(hoist_projection=True)``, ``Fused()`` and the default ``None``).
 
 Tolerances: float32 JAX against the float64 reference loop over the UNPADDED
-sequences, ``atol = rtol = 1e-5``; two float32 JAX paths that should agree
-(unroll, remat, hoist, jit, vmap), ``atol = 1e-6``; padded outputs exactly 0.
-Compiled functions are module-level jits with the cell static, so every shape
-compiles once.
+sequences, ``atol = rtol = 1e-5``; a method against ``Scan()`` (:func:`agreement`):
+the ``Scan`` variants (unroll, remat, hoist, jit, vmap) ``atol = 1e-6``, ``Fused()``
+``1e-5`` (its batched matmuls sum in another order), ``Parallel()`` ``1e-5`` for
+values and ``1e-4`` for gradients (another summation order over T); padded
+outputs exactly 0. Compiled functions are module-level jits with the cell and the
+method static, so every shape compiles once per method.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import chex
 import jax
@@ -16,13 +24,15 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxseq import cells, masks, pooling, recurrence
+import jaxseq as js
+from jaxseq import cells, masks, methods, parallel_cells, pooling, recurrence
 from tests import reference_rnn as ref
 from tests.test_cells import random_params
 
 B, T, D, H = 4, 6, 3, 5
 TOL = dict(atol=1e-5, rtol=1e-5)
 SAME = dict(atol=1e-6, rtol=1e-6)
+GRAD_TOL = dict(atol=1e-4, rtol=1e-4)
 CELLS = {"elman": cells.elman(H), "gru": cells.gru(H), "lstm": cells.lstm(H)}
 PATTERNS = {  # name: (T, lengths)
     "full": (T, [6, 6, 6, 6]),
@@ -31,14 +41,65 @@ PATTERNS = {  # name: (T, lengths)
     "with_1": (T, [1, 6, 1, 4]),
     "T1": (1, [1, 0, 1, 1]),
 }
-OPTIONS = ("reverse", "unroll", "remat", "hoist_projection")
-RNN = jax.jit(recurrence.rnn, static_argnums=0, static_argnames=OPTIONS)
-BIDI = jax.jit(recurrence.bidirectional, static_argnums=0, static_argnames=OPTIONS[1:])
-SCAN = jax.jit(recurrence.scan_rnn, static_argnums=0, static_argnames=OPTIONS)
+
+# ---------------------------------------------------------------------------- methods
+
+# Every method (and option) that applies to a non-linear cell; "default" is method=None.
+NONLINEAR_METHODS = {
+    "Scan": js.Scan(),
+    "Scan_unroll3": js.Scan(unroll=3),
+    "Scan_remat": js.Scan(remat=True),
+    "Scan_hoist": js.Scan(hoist_projection=True),
+    "Fused": js.Fused(),
+    "default": None,
+}
+# ... and to a cell linear in its state (mingru, minlstm, lru).
+LINEAR_METHODS = {
+    "Scan": js.Scan(),
+    "Scan_unroll3": js.Scan(unroll=3),
+    "Scan_remat": js.Scan(remat=True),
+    "Parallel": js.Parallel(),
+    "Parallel_remat": js.Parallel(remat=True),
+    "default": None,
+}
+
+
+def methods_for(cell) -> dict:
+    """The methods that apply to ``cell``, by id (``Fused`` only for the built-in cells)."""
+    if parallel_cells.is_linear(cell):
+        return LINEAR_METHODS
+    if methods._is_built_in(cell):
+        return NONLINEAR_METHODS
+    return {name: m for name, m in NONLINEAR_METHODS.items() if not isinstance(m, js.Fused)}
+
+
+def agreement(cell, method) -> tuple[dict, dict]:
+    """``(value_tol, grad_tol)`` of ``method`` against ``Scan()`` on ``cell`` (module doc)."""
+    resolved = js.resolve_method(cell, method)
+    if isinstance(resolved, js.Fused):
+        return TOL, TOL
+    if isinstance(resolved, js.Parallel):
+        return TOL, GRAD_TOL
+    return SAME, SAME
+
+
+def cell_methods(cell_names=tuple(CELLS)):
+    """``(name, method)`` parameters: every cell with every applicable method."""
+    return [
+        pytest.param(name, method, id=f"{name}-{method_id}")
+        for name in cell_names
+        for method_id, method in methods_for(CELLS[name]).items()
+    ]
+
+
+STATIC = ("reverse", "method")
+RNN = jax.jit(recurrence.rnn, static_argnums=0, static_argnames=STATIC)
+BIDI = jax.jit(recurrence.bidirectional, static_argnums=0, static_argnames="method")
+SCAN = jax.jit(recurrence.scan_rnn, static_argnums=0, static_argnames=STATIC)
 STACK = jax.jit(
     recurrence.stack,
     static_argnums=0,
-    static_argnames=("bidirectional", "dropout_rate", "train") + OPTIONS[1:],
+    static_argnames=("bidirectional", "dropout_rate", "train", "method"),
 )
 
 
@@ -79,20 +140,20 @@ def assert_finals_close(got, expected_list, **tol):
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name, method", cell_methods())
 @pytest.mark.reference
-def test_matches_reference(name, direction, pattern):
+def test_matches_reference(name, method, direction, pattern):
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, valid = make_batch(pattern)
     if direction == "bidirectional":
-        (final_f, final_b), hs = BIDI(cell, params, xs, lengths)
+        (final_f, final_b), hs = BIDI(cell, params, xs, lengths, method=method)
         expected_f, expected_b, expected_hs = ref.run_bidirectional(name, params, xs, lengths, H)
         assert hs.shape == (B, xs.shape[1], 2 * H)
         assert_finals_close(final_f, expected_f, **TOL)
         assert_finals_close(final_b, expected_b, **TOL)
     else:
         reverse = direction == "reverse"
-        final, hs = RNN(cell, params["forward"], xs, lengths, reverse=reverse)
+        final, hs = RNN(cell, params["forward"], xs, lengths, reverse=reverse, method=method)
         expected, expected_hs = ref.run_batch(
             name, params["forward"], xs, lengths, H, reverse=reverse
         )
@@ -103,16 +164,16 @@ def test_matches_reference(name, direction, pattern):
     assert not np.asarray(hs)[~valid].any()  # padded outputs are exactly 0
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name, method", cell_methods())
 @pytest.mark.reference
-def test_initial_carry_argument(name):
+def test_initial_carry_argument(name, method):
     cell, params = CELLS[name], PARAMS[name]["forward"]
     xs, lengths, _ = make_batch("with_0")
     leaves, treedef = jax.tree.flatten(cell.initial_carry(params))
     carry = jax.tree.unflatten(
         treedef, [jax.random.normal(jax.random.key(i), (B, H)) for i in range(len(leaves))]
     )
-    final, hs = RNN(cell, params, xs, lengths, carry=carry, reverse=True)
+    final, hs = RNN(cell, params, xs, lengths, carry=carry, reverse=True, method=method)
     carries = [example(carry, b) for b in range(B)]
     expected, expected_hs = ref.run_batch(
         name, params, xs, lengths, H, reverse=True, carries=carries
@@ -123,116 +184,222 @@ def test_initial_carry_argument(name):
         np.testing.assert_array_equal(leaf[1], leaf0[1])  # length 0: the initial carry
 
 
-# ---------------------------------------------------------------------------- padding
+# ---------------------------------------------------------------------------- gradients
 
 
-def _loss(cell, params, xs, lengths, weights, **options):
-    (final_f, final_b), hs = recurrence.bidirectional(cell, params, xs, lengths, **options)
+def _loss(cell, params, xs, lengths, weights, method):
+    (final_f, final_b), hs = recurrence.bidirectional(cell, params, xs, lengths, method=method)
     finals = sum(jnp.sum(leaf) for leaf in jax.tree.leaves((final_f, final_b)))
     return jnp.sum(hs * weights) + finals
 
 
-GRAD = jax.jit(
-    jax.value_and_grad(_loss, argnums=(1, 2)),
-    static_argnums=0,
-    static_argnames=OPTIONS[1:],
-)
+GRAD = jax.jit(jax.value_and_grad(_loss, argnums=(1, 2)), static_argnums=(0, 5))
 WEIGHTS = jax.random.normal(jax.random.key(5), (B, T, 2 * H))
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name, method", cell_methods())
 @pytest.mark.padding_invariance
-def test_poison_padding_changes_nothing(name):
+def test_poison_padding_changes_nothing(name, method):
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, valid = make_batch("with_1", padding=0.0)
-    clean = GRAD(cell, params, xs, lengths, WEIGHTS)
+    clean = GRAD(cell, params, xs, lengths, WEIGHTS, method)
     for poison in (np.nan, np.inf, -np.inf, 1e30):
         poisoned = jnp.where(jnp.asarray(valid)[:, :, None], xs, poison)
-        value, (grad_params, grad_xs) = GRAD(cell, params, poisoned, lengths, WEIGHTS)
+        value, (grad_params, grad_xs) = GRAD(cell, params, poisoned, lengths, WEIGHTS, method)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad_params))
         assert not np.asarray(grad_xs)[~valid].any()  # exactly 0 at padded steps
         chex.assert_trees_all_equal((value, (grad_params, grad_xs)), clean)
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name, method", cell_methods())
 @pytest.mark.variants
-def test_remat_and_hoist_gradients_agree(name):
+def test_values_and_gradients_agree_with_scan(name, method):
+    # Forward and backward direction, each with its own params, and a loss on hs and on
+    # every leaf of both final carries.
     cell, params = CELLS[name], PARAMS[name]
     xs, lengths, _ = make_batch("mixed")
-    base = GRAD(cell, params, xs, lengths, WEIGHTS)
-    other = GRAD(cell, params, xs, lengths, WEIGHTS, remat=True, hoist_projection=True)
-    chex.assert_trees_all_close(other, base, **SAME)
+    value_tol, grad_tol = agreement(cell, method)
+    base = GRAD(cell, params, xs, lengths, WEIGHTS, js.Scan())
+    other = GRAD(cell, params, xs, lengths, WEIGHTS, method)
+    np.testing.assert_allclose(other[0], base[0], **value_tol)
+    chex.assert_trees_all_close(other[1], base[1], **grad_tol)
 
 
+@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
 @pytest.mark.parametrize(
     "name, direction", [("elman", "forward"), ("gru", "reverse"), ("lstm", "bidirectional")]
 )
 @pytest.mark.gradcheck
-def test_scan_check_grads_float64(name, direction):
-    # One direction per cell keeps it fast; the scan code is shared by all cells.
-    cell = CELLS[name]
+def test_check_grads_float64(name, direction, method_id):
+    # One direction per cell keeps it fast; the code of every method is shared by all cells.
+    cell, method = CELLS[name], NONLINEAR_METHODS[method_id]
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), PARAMS[name])
-        xs = jnp.asarray(rng.normal(size=(2, 3, D)))
-        lengths = jnp.array([3, 1], jnp.int32)
+        xs = jnp.asarray(rng.normal(size=(3, 4, D)))
+        lengths = jnp.array([4, 1, 0], jnp.int32)
         leaves, treedef = jax.tree.flatten(cell.initial_carry(None, jnp.float64))
-        carry = jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(size=(2, H))) for _ in leaves])
+        carry = jax.tree.unflatten(treedef, [jnp.asarray(rng.normal(size=(3, H))) for _ in leaves])
 
         @jax.jit
         def f(params, xs, carry):
             if direction == "bidirectional":
-                return recurrence.bidirectional(cell, params, xs, lengths, carry=(carry, carry))
-            reverse = direction == "reverse"
-            return recurrence.rnn(
-                cell, params["forward"], xs, lengths, carry=carry, reverse=reverse
-            )
+                final, hs = recurrence.bidirectional(
+                    cell, params, xs, lengths, carry=(carry, carry), method=method
+                )
+            else:
+                final, hs = recurrence.rnn(
+                    cell,
+                    params["forward"],
+                    xs,
+                    lengths,
+                    carry=carry,
+                    reverse=direction == "reverse",
+                    method=method,
+                )
+            assert hs.dtype == jnp.float64
+            return final, hs
 
-        check_grads(f, (params, xs, carry), order=1, modes=["rev"])
+        # Forward mode too, except through the fused engine (a custom_vjp).
+        fused = isinstance(js.resolve_method(cell, method), js.Fused)
+        check_grads(f, (params, xs, carry), order=1, modes=["rev"] if fused else ["fwd", "rev"])
+
+
+# ---------------------------------------------------------------------------- forward mode
+
+
+def _hs_sum(cell, method, params, xs, lengths):
+    final, hs = recurrence.rnn(cell, params, xs, lengths, method=method)
+    return jnp.sum(jnp.sin(hs)) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final))
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.bad_input
+def test_forward_mode_through_the_default_names_scan(name):
+    cell, params = CELLS[name], PARAMS[name]["forward"]
+    xs, lengths, _ = make_batch("mixed")
+    assert js.resolve_method(cell) == js.Fused()
+
+    def f(xs):
+        return _hs_sum(cell, None, params, xs, lengths)
+
+    match = r"method=jaxseq\.Scan\(\)"
+    with pytest.raises(TypeError, match=match):
+        jax.jvp(f, (xs,), (jnp.ones_like(xs),))
+    with pytest.raises(TypeError, match=match):
+        jax.jacfwd(f)(xs)
+    with pytest.raises(TypeError, match=match):
+        jax.jit(jax.jacfwd(lambda p: _hs_sum(cell, None, p, xs, lengths)))(params)
+
+
+@pytest.mark.gradcheck
+def test_forward_mode_with_scan_matches_finite_differences_and_reverse_mode():
+    cell = CELLS["gru"]
+    xs, lengths, _ = make_batch("with_0")
+    # jvp against central finite differences, in float64.
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), PARAMS["gru"]["forward"])
+        xs64 = jnp.asarray(xs, jnp.float64)
+        tangent = jnp.asarray(np.random.default_rng(1).normal(size=xs.shape))
+
+        def f(xs):
+            return _hs_sum(cell, js.Scan(), params, xs, lengths)
+
+        value, derivative = jax.jvp(f, (xs64,), (tangent,))
+        eps = 1e-6
+        finite = (f(xs64 + eps * tangent) - f(xs64 - eps * tangent)) / (2 * eps)
+        np.testing.assert_allclose(value, f(xs64), rtol=1e-12)
+        np.testing.assert_allclose(derivative, finite, rtol=1e-7, atol=1e-9)
+    # jacfwd (Scan) against jacrev (the default: the fused engine's hand-written VJP).
+    params = PARAMS["gru"]["forward"]
+    forward = jax.jit(jax.jacfwd(lambda p: _hs_sum(cell, js.Scan(), p, xs, lengths)))(params)
+    reverse = jax.jit(jax.jacrev(lambda p: _hs_sum(cell, None, p, xs, lengths)))(params)
+    chex.assert_trees_all_close(forward, reverse, **TOL)
 
 
 # ---------------------------------------------------------------------------- equivalences
 
-VARIANTS = {
-    "unroll4": dict(unroll=4),
-    "unrollT": dict(unroll=T),
-    "remat": dict(remat=True),
-    "hoist": dict(hoist_projection=True),
+OPTION_VARIANTS = {
+    "Scan_unroll4": js.Scan(unroll=4),
+    "Scan_unrollT": js.Scan(unroll=T),
+    "Scan_remat": js.Scan(remat=True),
+    "Scan_hoist": js.Scan(hoist_projection=True),
+    "Scan_all": js.Scan(unroll=2, remat=True, hoist_projection=True),
+    "Fused": js.Fused(),
 }
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", OPTION_VARIANTS)
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.variants
-def test_options_agree_with_default(name, variant):
+def test_options_agree_with_scan_in_reverse(name, variant):
     # reverse=True: the padded steps come first in the loop, the case where unrolling
-    # could go wrong. (Forward with all options at once: test_remat_and_hoist_gradients_agree.)
-    cell, params = CELLS[name], PARAMS[name]["backward"]
+    # could go wrong.
+    cell, params, method = CELLS[name], PARAMS[name]["backward"], OPTION_VARIANTS[variant]
     xs, lengths, _ = make_batch("with_0")
-    base = RNN(cell, params, xs, lengths, reverse=True)
-    got = RNN(cell, params, xs, lengths, reverse=True, **VARIANTS[variant])
-    chex.assert_trees_all_close(got, base, **SAME)
+    base = RNN(cell, params, xs, lengths, reverse=True, method=js.Scan())
+    got = RNN(cell, params, xs, lengths, reverse=True, method=method)
+    chex.assert_trees_all_close(got, base, **agreement(cell, method)[0])
 
 
+@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
 @pytest.mark.variants
-def test_jit_agrees_with_eager():
+def test_jit_agrees_with_eager(method_id):
     cell, params = CELLS["lstm"], PARAMS["lstm"]["forward"]
+    method = NONLINEAR_METHODS[method_id]
     xs, lengths, _ = make_batch("with_1")
-    eager = recurrence.rnn(cell, params, xs, lengths)
-    chex.assert_trees_all_close(eager, RNN(cell, params, xs, lengths), **SAME)
+    eager = recurrence.rnn(cell, params, xs, lengths, method=method)
+    chex.assert_trees_all_close(eager, RNN(cell, params, xs, lengths, method=method), **SAME)
+    # scan_rnn, with a Python int length.
+    eager = recurrence.scan_rnn(cell, params, xs[3], 4, reverse=True, method=method)
+    jitted = SCAN(cell, params, xs[3], lengths[3], reverse=True, method=method)
+    chex.assert_trees_all_close(eager, jitted, **SAME)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name, method", cell_methods())
 @pytest.mark.variants
-def test_rnn_is_a_loop_over_scan_rnn(name, reverse):
+def test_scan_rnn_is_rnn_of_one_example(name, method, reverse):
+    # scan_rnn (one example, a scalar length) = rnn on a batch of one, = a row of the
+    # batched rnn; also under vmap, and with the length a traced scalar under jit.
     cell, params = CELLS[name], PARAMS[name]["forward"]
-    xs, lengths, valid = make_batch("with_0")
-    final, hs = RNN(cell, params, xs, lengths, reverse=reverse)
+    xs, lengths, _ = make_batch("with_0")
+    final, hs = RNN(cell, params, xs, lengths, reverse=reverse, method=method)
+    tol = agreement(cell, method)[0]
     for b in range(B):
-        final_b, hs_b = SCAN(cell, params, xs[b], jnp.asarray(valid[b]), reverse=reverse)
-        np.testing.assert_allclose(hs[b], hs_b, **SAME)
-        chex.assert_trees_all_close(jax.tree.map(lambda a, b=b: a[b], final), final_b, **SAME)
+        final_b, hs_b = SCAN(cell, params, xs[b], lengths[b], reverse=reverse, method=method)
+        one = RNN(cell, params, xs[b : b + 1], lengths[b : b + 1], reverse=reverse, method=method)
+        chex.assert_trees_all_close((final_b, hs_b), jax.tree.map(lambda a: a[0], one), **SAME)
+        # Another batch size: the same values up to the method's summation order.
+        chex.assert_trees_all_close(
+            (final_b, hs_b), jax.tree.map(lambda a, b=b: a[b], (final, hs)), **tol
+        )
+
+    @jax.jit
+    def batched(xs, lengths):
+        return jax.vmap(
+            lambda x, n: recurrence.scan_rnn(cell, params, x, n, reverse=reverse, method=method)
+        )(xs, lengths)
+
+    chex.assert_trees_all_close(batched(xs, lengths), (final, hs), **tol)
+
+
+@pytest.mark.parametrize("name, method", cell_methods())
+@pytest.mark.numerics
+def test_lengths_out_of_range_under_jit_act_as_clipped(name, method):
+    # Documented: unchecked under jit, where a length above T acts as T and a negative one
+    # as 0 (rnn and scan_rnn).
+    cell, params = CELLS[name], PARAMS[name]["forward"]
+    xs, _, _ = make_batch("full")
+    wild, clipped = jnp.array([T + 3, -2, 2, T]), jnp.array([T, 0, 2, T])
+    for reverse in (False, True):
+        got = RNN(cell, params, xs, wild, reverse=reverse, method=method)
+        want = RNN(cell, params, xs, clipped, reverse=reverse, method=method)
+        chex.assert_trees_all_equal(got, want)
+        for b in (0, 1):
+            got = SCAN(cell, params, xs[b], wild[b], reverse=reverse, method=method)
+            want = SCAN(cell, params, xs[b], clipped[b], reverse=reverse, method=method)
+            chex.assert_trees_all_equal(got, want)
 
 
 @pytest.mark.retrace
@@ -244,28 +411,186 @@ def test_traces_once_for_same_shapes():
     def apply(params, xs, lengths):
         return recurrence.rnn(CELLS["gru"], params, xs, lengths)
 
-    def apply_cell(cell, params, xs, lengths):
-        return recurrence.rnn(cell, params, xs, lengths)
+    def apply_cell(cell, params, xs, lengths, method):
+        return recurrence.rnn(cell, params, xs, lengths, method=method)
 
-    apply_static = jax.jit(chex.assert_max_traces(apply_cell, n=1), static_argnums=0)
+    used = (None, js.Scan(unroll=2), js.Fused())
+    # One trace per method, whatever the lengths.
+    apply_static = jax.jit(
+        chex.assert_max_traces(apply_cell, n=len(used)),
+        static_argnums=0,
+        static_argnames="method",
+    )
     for pattern in ("full", "mixed", "with_0"):
         xs, lengths, _ = make_batch(pattern)
         apply(params, xs, lengths)
-        # A freshly built but equal cell is the same static argument: no retrace.
-        apply_static(cells.gru(H), params, xs, lengths)
+        for method in used:
+            # A freshly built but equal cell and method are the same static arguments.
+            fresh = None if method is None else type(method)(**vars(method))
+            apply_static(cells.gru(H), params, xs, lengths, method=fresh)
 
 
+@pytest.mark.parametrize("name, method", cell_methods(["gru", "lstm"]))
 @pytest.mark.dtype
-def test_bfloat16_inputs_keep_a_float32_carry():
-    cell = CELLS["lstm"]
-    params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS["lstm"]["forward"])
+def test_bfloat16_inputs_keep_a_float32_carry(name, method):
+    cell = CELLS[name]
+    params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS[name]["forward"])
     xs, lengths, _ = make_batch("mixed", dtype=jnp.bfloat16)
-    (h, c), hs = RNN(cell, params_bf16, xs, lengths)
-    assert hs.dtype == h.dtype == c.dtype == jnp.float32
+    final, hs = RNN(cell, params_bf16, xs, lengths, method=method)
+    assert hs.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(final))
     # The same bfloat16 values upcast: the computation itself runs in float32.
     params_f32 = jax.tree.map(lambda a: a.astype(jnp.float32), params_bf16)
-    expected = RNN(cell, params_f32, xs.astype(jnp.float32), lengths)
-    chex.assert_trees_all_close(((h, c), hs), expected, **SAME)
+    expected = RNN(cell, params_f32, xs.astype(jnp.float32), lengths, method=method)
+    chex.assert_trees_all_close((final, hs), expected, **SAME)
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+@pytest.mark.variants
+def test_resolve_method_table(backend):
+    gru = cells.gru(H)
+    table = {  # cell: the default method on this backend
+        cells.elman(H): js.Fused(),
+        gru: js.Fused(),
+        cells.lstm(H, forget_bias=0.0, param_dtype=jnp.bfloat16): js.Fused(),
+        parallel_cells.mingru(H): js.Scan() if backend == "cpu" else js.Parallel(),
+        parallel_cells.minlstm(H, log_space=False): (
+            js.Scan() if backend == "cpu" else js.Parallel()
+        ),
+        parallel_cells.lru(H): js.Scan() if backend == "cpu" else js.Parallel(),
+        # Cells of one's own: a new name, or a built-in name on a different step.
+        gru._replace(name="mgu"): js.Scan(),
+        gru._replace(step=lambda params, carry, xp: jnp.tanh(xp[:H])): js.Scan(),
+    }
+    for cell, expected in table.items():
+        got = js.resolve_method(cell, backend=backend)
+        assert got == expected and type(got) is type(expected), (cell.name, got)
+        # An explicit method that applies is returned as it is, on every backend.
+        for method in methods_for(cell).values():
+            if method is not None:
+                assert js.resolve_method(cell, method, backend=backend) is method
+    if backend == jax.default_backend():
+        assert js.resolve_method(parallel_cells.lru(H)) == table[parallel_cells.lru(H)]
+
+
+def _every_front_end(cell, params, method):
+    """Calls of each front-end (and the model config) with ``method``."""
+    xs, lengths, _ = make_batch("mixed")
+    bidi = {"forward": params, "backward": params}
+    return {
+        "resolve_method": lambda: js.resolve_method(cell, method),
+        "rnn": lambda: js.rnn(cell, params, xs, lengths, method=method),
+        "bidirectional": lambda: js.bidirectional(cell, bidi, xs, lengths, method=method),
+        "stack": lambda: js.stack(cell, [bidi], xs, lengths, bidirectional=True, method=method),
+        "scan_rnn": lambda: js.scan_rnn(cell, params, xs[0], 3, method=method),
+    }
+
+
+NOT_APPLICABLE = {  # id: (cell, method, what the message names)
+    "Fused_mingru": (parallel_cells.mingru(H), js.Fused(), r"method=Fused\(\)"),
+    "Fused_minlstm": (parallel_cells.minlstm(H), js.Fused(), r"method=Fused\(\)"),
+    "Fused_lru": (parallel_cells.lru(H, state_size=3), js.Fused(), r"method=Fused\(\)"),
+    "Fused_own_cell": (cells.gru(H)._replace(name="mgu"), js.Fused(), r"method=Fused\(\)"),
+    "Fused_own_gru": (
+        cells.gru(H)._replace(step=lambda params, carry, xp: jnp.tanh(xp[:H])),
+        js.Fused(),
+        r"method=Fused\(\).*'gru' cell not built by jaxseq",
+    ),
+    "Parallel_elman": (cells.elman(H), js.Parallel(), r"method=Parallel\(\)"),
+    "Parallel_gru": (cells.gru(H), js.Parallel(), r"method=Parallel\(\)"),
+    "Parallel_remat_lstm": (cells.lstm(H), js.Parallel(remat=True), r"method=Parallel\(\)"),
+    "Parallel_own_cell": (cells.gru(H)._replace(name="mgu"), js.Parallel(), r"Parallel\(\)"),
+    "Scan_hoist_mingru": (
+        parallel_cells.mingru(H),
+        js.Scan(hoist_projection=True),
+        r"Scan\(hoist_projection=\.\.\.\)",
+    ),
+    "Scan_no_hoist_minlstm": (
+        parallel_cells.minlstm(H),
+        js.Scan(hoist_projection=False),
+        r"Scan\(hoist_projection=\.\.\.\)",
+    ),
+    "Scan_hoist_lru": (
+        parallel_cells.lru(H, state_size=3),
+        js.Scan(unroll=2, hoist_projection=True),
+        r"Scan\(hoist_projection=\.\.\.\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NOT_APPLICABLE)
+@pytest.mark.bad_input
+def test_method_that_does_not_apply_raises_naming_it(case):
+    cell, method, match = NOT_APPLICABLE[case]
+    params = cell.init(jax.random.key(0), D)
+    for front_end, call in _every_front_end(cell, params, method).items():
+        with pytest.raises(ValueError, match=match):
+            call()
+            pytest.fail(f"{front_end} accepted {method}")
+
+
+NOT_METHODS = {
+    "string_fused": "fused",
+    "string_scan": "scan",
+    "string_parallel": "parallel",
+    "class_Scan": js.Scan,
+    "class_Fused": js.Fused,
+    "int": 1,
+    "dict": {"unroll": 2},
+}
+
+
+@pytest.mark.parametrize("case", NOT_METHODS)
+@pytest.mark.bad_input
+def test_a_value_that_is_not_a_method_is_a_type_error(case):
+    value = NOT_METHODS[case]
+    for cell in (cells.gru(H), parallel_cells.mingru(H)):
+        params = cell.init(jax.random.key(0), D)
+        for front_end, call in _every_front_end(cell, params, value).items():
+            with pytest.raises(TypeError, match="`method` must be jaxseq.Scan"):
+                call()
+                pytest.fail(f"{front_end} accepted {value!r}")
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: js.Scan(unroll=0), ValueError, "`Scan.unroll` must be >= 1"),
+        (lambda: js.Scan(unroll=2.0), TypeError, "`Scan.unroll`"),
+        (lambda: js.Scan(unroll=True), TypeError, "`Scan.unroll`"),
+        (lambda: js.Scan(remat=1), TypeError, "`Scan.remat`"),
+        (lambda: js.Scan(hoist_projection=0), TypeError, "`Scan.hoist_projection`"),
+        (lambda: js.Parallel(remat="yes"), TypeError, "`Parallel.remat`"),
+        (lambda: js.Fused(remat=True), TypeError, "remat"),  # the engine has no remat option
+        (lambda: js.Parallel(unroll=2), TypeError, "unroll"),
+    ],
+    ids=[
+        "unroll0",
+        "unroll_float",
+        "unroll_bool",
+        "remat_int",
+        "hoist_int",
+        "parallel_remat_str",
+        "fused_remat",
+        "parallel_unroll",
+    ],
+)
+@pytest.mark.bad_input
+def test_bad_method_options(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.variants
+def test_methods_are_static_values():
+    assert js.Scan(unroll=2) == js.Scan(unroll=2) and hash(js.Scan()) == hash(js.Scan())
+    assert js.Scan() != js.Scan(remat=True) and js.Fused() == js.Fused()
+    assert js.Parallel() != js.Parallel(remat=True) and js.Scan() != js.Parallel()
+    with pytest.raises(AttributeError):
+        js.Scan().unroll = 2  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------- stacks
@@ -293,14 +618,17 @@ def stack_params(name, bidirectional, num_layers=2):
     return jax.tree.map(lambda a: a + jnp.asarray(0.3 * rng.normal(size=a.shape), a.dtype), layers)
 
 
+@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
 @pytest.mark.parametrize("name, bidirectional", [("elman", True), ("gru", False), ("lstm", True)])
 @pytest.mark.reference
-def test_stack_matches_reference(name, bidirectional):
-    cell = CELLS[name]
+def test_stack_matches_reference(name, bidirectional, method_id):
+    cell, method = CELLS[name], NONLINEAR_METHODS[method_id]
     layers = stack_params(name, bidirectional)
     xs, lengths, valid = make_batch("with_0")
     # train=False: dropout_rate is ignored.
-    finals, hs = STACK(cell, layers, xs, lengths, bidirectional=bidirectional, dropout_rate=0.5)
+    finals, hs = STACK(
+        cell, layers, xs, lengths, bidirectional=bidirectional, dropout_rate=0.5, method=method
+    )
     expected_hs = np.asarray(xs, np.float64)
     for layer, params in enumerate(layers):
         if bidirectional:
@@ -327,13 +655,14 @@ def test_variational_dropout_mask_is_shared_over_time():
     assert recurrence.variational_dropout(hs, rate=0.0, key=jax.random.key(0)) is hs
 
 
+@pytest.mark.parametrize("method_id", ["Scan", "Fused"])
 @pytest.mark.determinism
-def test_stack_dropout_between_layers_only():
-    cell = CELLS["gru"]
+def test_stack_dropout_between_layers_only(method_id):
+    cell, method = CELLS["gru"], NONLINEAR_METHODS[method_id]
     layers = stack_params("gru", False, num_layers=3)
     xs, lengths, valid = make_batch("mixed")
     key = jax.random.key(3)
-    _, hs = STACK(cell, layers, xs, lengths, dropout_rate=0.5, key=key, train=True)
+    _, hs = STACK(cell, layers, xs, lengths, dropout_rate=0.5, key=key, train=True, method=method)
     # The same computation by hand: dropout on the inputs of layers 1 and 2 only,
     # with keys fold_in(key, layer).
     manual = xs
@@ -342,7 +671,7 @@ def test_stack_dropout_between_layers_only():
             manual = recurrence.variational_dropout(
                 manual, rate=0.5, key=jax.random.fold_in(key, layer)
             )
-        _, manual = RNN(cell, params, manual, lengths)
+        _, manual = RNN(cell, params, manual, lengths, method=method)
     np.testing.assert_allclose(hs, manual, **SAME)
     # No dropout on the output: no feature is zero over all valid steps of a sequence.
     assert all(np.all(np.asarray(hs)[b, : lengths[b]] != 0, axis=0).all() for b in range(B))
@@ -350,8 +679,10 @@ def test_stack_dropout_between_layers_only():
         cell, layers, xs, lengths, dropout_rate=0.5, key=jax.random.key(4), train=True
     )
     assert not np.allclose(hs, other_key)
-    _, eval_hs = STACK(cell, layers, xs, lengths, dropout_rate=0.5, key=key, train=False)
-    _, no_dropout = STACK(cell, layers, xs, lengths)
+    _, eval_hs = STACK(
+        cell, layers, xs, lengths, dropout_rate=0.5, key=key, train=False, method=method
+    )
+    _, no_dropout = STACK(cell, layers, xs, lengths, method=method)
     np.testing.assert_array_equal(eval_hs, no_dropout)
 
 
@@ -361,8 +692,9 @@ def test_stack_dropout_between_layers_only():
 @pytest.mark.reference
 def test_pooling_over_valid_steps_only():
     xs, lengths, valid = make_batch("with_0")
+    where = masks.length_mask(lengths, T)
     hs = jnp.where(jnp.asarray(valid)[:, :, None], xs, jnp.nan)
-    mean, maximum = pooling.masked_mean(hs, lengths), pooling.masked_max(hs, lengths)
+    mean, maximum = pooling.masked_mean(hs, where=where), pooling.masked_max(hs, where=where)
     for b in range(B):
         n = int(lengths[b])
         expected_mean = np.asarray(xs[b, :n]).mean(0) if n else np.zeros(D)
@@ -370,7 +702,10 @@ def test_pooling_over_valid_steps_only():
         np.testing.assert_allclose(mean[b], expected_mean, **TOL)
         np.testing.assert_array_equal(maximum[b], expected_max)
     grad = jax.grad(
-        lambda h: jnp.sum(pooling.masked_mean(h, lengths)) + jnp.sum(pooling.masked_max(h, lengths))
+        lambda h: (
+            jnp.sum(pooling.masked_mean(h, where=where))
+            + jnp.sum(pooling.masked_max(h, where=where))
+        )
     )(hs)
     assert bool(jnp.all(jnp.isfinite(grad))) and not np.asarray(grad)[~valid].any()
     assert pooling.last_valid is masks.last_valid
@@ -383,23 +718,26 @@ def _bad_calls():
     cell, params = CELLS["gru"], PARAMS["gru"]
     xs, lengths, valid = make_batch("mixed")
     p = params["forward"]
-    mask = jnp.asarray(valid[0])
     layers = [p, random_params(cell, jax.random.key(0), H)]
     return {
-        "xs_rank": (lambda: recurrence.rnn(cell, p, xs[0], lengths), ValueError, "`xs`.*rank 3"),
+        "xs_rank": (
+            lambda: recurrence.rnn(cell, p, xs[0], lengths),
+            AssertionError,
+            r"`xs` must have rank 3 \[B, T, D\]",
+        ),
         "xs_int": (
             lambda: recurrence.rnn(cell, p, xs.astype(jnp.int32), lengths),
-            TypeError,
-            "`xs`",
+            AssertionError,
+            "`xs` must have a floating dtype",
         ),
         "lengths_float": (
             lambda: recurrence.rnn(cell, p, xs, lengths.astype(jnp.float32)),
-            TypeError,
-            "`lengths`.*integer",
+            AssertionError,
+            "`lengths` must have an integer dtype",
         ),
         "lengths_size": (
             lambda: recurrence.bidirectional(cell, params, xs, lengths[:3]),
-            ValueError,
+            AssertionError,
             r"`lengths` must have shape \[4\]",
         ),
         "lengths_above_T": (
@@ -412,25 +750,40 @@ def _bad_calls():
             ValueError,
             r"`lengths` must be in \[0, 6\]",
         ),
-        "mask_not_bool": (
-            lambda: recurrence.scan_rnn(cell, p, xs[0], mask.astype(jnp.int32)),
-            TypeError,
-            "`mask` must be boolean",
+        "length_float": (
+            lambda: recurrence.scan_rnn(cell, p, xs[0], 3.0),
+            AssertionError,
+            "`length` must have an integer dtype",
         ),
-        "mask_not_prefix": (
-            lambda: recurrence.scan_rnn(cell, p, xs[0], jnp.array([1, 0, 1, 0, 0, 0], bool)),
-            ValueError,
-            "`mask` must be a valid prefix",
+        "length_bool_mask": (  # the old scan_rnn took a bool mask [T]
+            lambda: recurrence.scan_rnn(cell, p, xs[0], jnp.asarray(valid[0])),
+            AssertionError,
+            "`length` must have an integer dtype",
         ),
-        "mask_size": (
-            lambda: recurrence.scan_rnn(cell, p, xs[0], mask[:4]),
+        "length_not_scalar": (
+            lambda: recurrence.scan_rnn(cell, p, xs[0], lengths[:1]),
+            AssertionError,
+            r"`length` must have shape \[\] \(a scalar\)",
+        ),
+        "length_above_T": (
+            lambda: recurrence.scan_rnn(cell, p, xs[0], 7),
             ValueError,
-            "`mask` must have shape",
+            r"`length` must be in \[0, 6\]",
+        ),
+        "length_negative": (
+            lambda: recurrence.scan_rnn(cell, p, xs[0], np.int32(-1)),
+            ValueError,
+            r"`length` must be in \[0, 6\]",
         ),
         "scan_xs_rank": (
-            lambda: recurrence.scan_rnn(cell, p, xs, mask),
-            ValueError,
-            "`xs`.*rank 2",
+            lambda: recurrence.scan_rnn(cell, p, xs, 3),
+            AssertionError,
+            r"`xs` must have rank 2 \[T, D\]",
+        ),
+        "reverse": (
+            lambda: recurrence.rnn(cell, p, xs, lengths, reverse=1),
+            TypeError,
+            "`reverse`",
         ),
         "dropout_without_key": (
             lambda: recurrence.stack(cell, layers, xs, lengths, dropout_rate=0.5, train=True),
@@ -449,21 +802,29 @@ def _bad_calls():
         ),
         "carry_shape": (
             lambda: recurrence.rnn(cell, p, xs, lengths, carry=jnp.zeros((H,))),
-            ValueError,
+            AssertionError,
             "`carry`.*leading B",
         ),
         "not_a_cell": (lambda: recurrence.rnn("gru", p, xs, lengths), TypeError, "`cell`"),
-        "unroll": (lambda: recurrence.rnn(cell, p, xs, lengths, unroll=0), ValueError, "`unroll`"),
         "layer_params": (
             lambda: recurrence.stack(cell, [], xs, lengths),
             ValueError,
             "`layer_params`",
         ),
-        "pool_hs_rank": (lambda: pooling.masked_mean(xs[0], lengths), ValueError, "`hs`"),
-        "pool_lengths_float": (
-            lambda: pooling.masked_max(xs, lengths.astype(jnp.float32)),
-            TypeError,
-            "`lengths`",
+        "pool_hs_rank": (
+            lambda: pooling.masked_mean(xs[0], where=jnp.asarray(valid)),
+            AssertionError,
+            "`hs` must have rank 3",
+        ),
+        "pool_where_not_bool": (
+            lambda: pooling.masked_max(xs, where=lengths),
+            AssertionError,
+            "`where` must be boolean",
+        ),
+        "pool_where_shape": (
+            lambda: pooling.masked_max(xs, where=jnp.asarray(valid)[:, :4]),
+            AssertionError,
+            r"`where` must have shape \[4, 6\]",
         ),
     }
 
@@ -476,10 +837,42 @@ def test_bad_inputs_raise_naming_the_argument(case):
         call()
 
 
-@pytest.mark.numerics
-def test_non_prefix_mask_is_unchecked_under_jit():
-    cell, params = CELLS["elman"], PARAMS["elman"]["forward"]
-    xs, _, _ = make_batch("full")
-    mask = jnp.array([1, 0, 1, 0, 0, 0], bool)
-    _, hs = SCAN(cell, params, xs[0], mask)  # documented: no error, masked steps skipped
-    assert not np.asarray(hs)[~np.asarray(mask)].any()
+@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
+@pytest.mark.bad_input
+def test_params_of_another_cell_raise_with_every_method(method_id):
+    # The fused engine reads the weights itself: the cell's own checks run first.
+    cell, method = CELLS["gru"], NONLINEAR_METHODS[method_id]
+    xs, lengths, _ = make_batch("mixed")
+    # A wrong set of keys is a ValueError; a width that does not fit is a shape error.
+    cases = {
+        "`params` of a gru cell": (ValueError, PARAMS["lstm"]["forward"]),
+        r"`x` must have shape \[\.\.\., D\] with D = 4": (
+            AssertionError,
+            random_params(cell, jax.random.key(0), 4),
+        ),
+        "`xp_t` of a gru cell": (
+            AssertionError,
+            random_params(cells.gru(H + 1), jax.random.key(0)),
+        ),
+    }
+    for match, (error, params) in cases.items():
+        with pytest.raises(error, match=match):
+            recurrence.rnn(cell, params, xs, lengths, method=method)
+        with pytest.raises(error, match=match):
+            RNN(cell, params, xs, lengths, method=method)
+
+
+@pytest.mark.bad_input
+def test_the_old_api_is_gone():
+    cell, p = CELLS["gru"], PARAMS["gru"]["forward"]
+    xs, lengths, _ = make_batch("mixed")
+    for old in (dict(mode="parallel"), dict(unroll=2), dict(remat=True)):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            recurrence.rnn(cell, p, xs, lengths, **old)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        recurrence.stack(cell, [p], xs, lengths, hoist_projection=True)
+    for name in ("resolve_mode", "fused", "train", "loop", "checkpoint", "distributed"):
+        assert not hasattr(js, name), name
+    assert not hasattr(recurrence, "resolve_mode")
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("jaxseq.fused")
