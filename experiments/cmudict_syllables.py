@@ -62,7 +62,7 @@ class Config(configs.RunSwitches):
 
 SMOKE = {
     "model": {"hidden_size": 8, "embed_dim": 8},
-    "train": {"max_steps": 12, "log_every": 3, "eval_every": 6, "num_buckets": 1,
+    "train": {"max_steps": 24, "log_every": 6, "eval_every": 6, "num_buckets": 1,
               "batch_size": 32, "learning_rate": 2e-2, "warmup_steps": 0, "train_subset": 512,
               "eval_subset": 256, "progress": False},
 }  # fmt: skip

@@ -17,7 +17,9 @@ labeling) and ``result.json``; an experiment that trains several models gives
 each a sub-folder and reports once at the top.
 
 The metrics schema: every line of ``metrics.jsonl`` is one JSON object whose
-first keys are :data:`SCHEMA`, in that order, then the task's metrics (floats)::
+first keys are :data:`SCHEMA`, in that order, then the task's metrics (floats),
+as ``fit`` writes them (:func:`jaxseq.training.loop.metrics_record`) while it
+trains, so an interrupted run's file is already in the schema::
 
     {"step": 120, "epoch": 2.5, "split": "train", "learning_rate": 0.0028, "loss": 0.41,
      "accuracy": 0.87, ...}
@@ -25,7 +27,8 @@ first keys are :data:`SCHEMA`, in that order, then the task's metrics (floats)::
 * ``step``: updates applied so far;
 * ``epoch``: ``step / steps_per_epoch``, the training progress in epochs;
 * ``split``: ``train`` (the mean over the steps since the last train record),
-  ``dev`` (evaluated at ``step``) or ``test`` (one record, the last line);
+  ``dev`` (evaluated at ``step``) or ``test`` (one record, the last line, written
+  once the run has reached its last step: a ``--train.stop-after`` run has none);
 * ``learning_rate``: the rate of the update that produced ``step`` (the
   schedule at ``step - 1``);
 * ``loss``: the task's loss (the mean over tokens, words, sequences... as the
@@ -267,87 +270,41 @@ def total_steps_of(tc: configs.TrainConfig, steps_per_epoch: int) -> int:
     return total if tc.max_steps is None else min(total, tc.max_steps)
 
 
-def optimizer_for(tc: configs.TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """:func:`jaxseq.training.steps.make_optimizer` from a :class:`TrainConfig`."""
-    return steps.make_optimizer(
+def schedule_for(tc: configs.TrainConfig, total_steps: int) -> optax.Schedule:
+    """The run's learning-rate schedule (:func:`jaxseq.training.steps.make_schedule`)."""
+    return steps.make_schedule(
         learning_rate=tc.learning_rate,
-        clip_norm=tc.clip_norm,
-        weight_decay=tc.weight_decay,
         warmup_steps=tc.warmup_steps,
         total_steps=total_steps if tc.cosine else None,
     )
 
 
-def learning_rate_schedule(tc: configs.TrainConfig, total_steps: int) -> optax.Schedule:
-    """The schedule of :func:`optimizer_for` (``make_optimizer`` builds it but does not
-    return it; ``tests/test_experiments.py`` checks the two agree)."""
-    if tc.cosine:
-        warmup = max(tc.warmup_steps, 1)
-        return optax.warmup_cosine_decay_schedule(
-            0.0, tc.learning_rate, warmup, max(total_steps, tc.warmup_steps + 1)
-        )
-    if tc.warmup_steps:
-        return optax.linear_schedule(0.0, tc.learning_rate, tc.warmup_steps)
-    return optax.constant_schedule(tc.learning_rate)
+def optimizer_for(
+    tc: configs.TrainConfig, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """:func:`jaxseq.training.steps.make_optimizer` from a :class:`TrainConfig`, on
+    ``schedule`` (:func:`schedule_for`)."""
+    return steps.make_optimizer(
+        learning_rate=schedule,
+        clip_norm=tc.clip_norm,
+        weight_decay=tc.weight_decay,
+    )
 
 
 # ----------------------------------------------------------------------------- metrics
 
 
-def schema_record(
-    step: int,
-    split: str,
-    values: Mapping[str, float],
-    *,
-    steps_per_epoch: int,
-    schedule: optax.Schedule,
-) -> dict[str, Any]:
-    """One ``metrics.jsonl`` record in the schema (see the module doc)."""
-    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int and float
-        learning_rate = float(schedule(max(int(step) - 1, 0)))
-    return {
-        "step": int(step),
-        "epoch": int(step) / steps_per_epoch,
-        "split": split,
-        "learning_rate": learning_rate,
-        "loss": float(values["loss"]),
-        **{k: float(v) for k, v in values.items() if k not in SCHEMA},
-    }
-
-
-def finish_metrics(
-    path: str,
-    step: int,
-    test: Mapping[str, float],
-    *,
-    steps_per_epoch: int,
-    schedule: optax.Schedule,
-) -> list[dict[str, Any]]:
-    """Rewrite ``fit``'s ``metrics.jsonl`` in the schema, ending with the test record.
-
-    ``fit`` writes ``step``, ``split`` and the metrics; the epoch and learning rate
-    are added here. A record repeated for a (split, step) (a resumed run that was
-    already complete) keeps its last values; an earlier run's test record is replaced.
-    """
-    latest: dict[tuple[str, int], dict] = {}
-    for r in loop.read_metrics(path):
-        if r["split"] != "test":
-            latest[r["split"], r["step"]] = r
-    records = [
-        schema_record(s, split, r, steps_per_epoch=steps_per_epoch, schedule=schedule)
-        for (split, s), r in latest.items()
-    ]
-    records.append(
-        schema_record(step, "test", test, steps_per_epoch=steps_per_epoch, schedule=schedule)
-    )
-    _write_records(path, records)
-    return records
-
-
 @distributed.main_process_only
-def _write_records(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+def append_test_record(path: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Append the test record to ``metrics.jsonl`` (process 0 only) and return the
+    file's records. A resume of a finished run finds its test record there already
+    and appends none."""
+    records = loop.read_metrics(path) if os.path.exists(path) else []
+    if records and (records[-1]["split"], records[-1]["step"]) == ("test", record["step"]):
+        return records
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return [*records, dict(record)]
 
 
 def evaluate_sums(eval_step, params, batches: Iterable[Any]) -> dict:
@@ -402,23 +359,20 @@ def train_and_evaluate(
         },
     )
 
-    optimizer = optimizer_for(tc, total_steps)
+    schedule = schedule_for(tc, total_steps)
+    optimizer = optimizer_for(tc, schedule)
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
     state = steps.create_train_state(task.init(key_init), optimizer)
-    mesh = distributed.setup_from_env()  # None: one device, the plain steps
-    if mesh is None:
-        train_step = steps.make_train_step(task.loss_fn, optimizer)
-        eval_step = steps.make_eval_step(task.loss_fn)
-        on_devices = lambda batches: batches
-    else:  # tc.batch_size is the global batch, split over the mesh's "data" axis
-        state = distributed.replicate(state, mesh)
-        key_train = distributed.replicate(key_train, mesh)
-        train_step = distributed.make_sharded_train_step(task.loss_fn, optimizer, mesh)
-        eval_step = distributed.make_sharded_eval_step(task.loss_fn, mesh)
-        on_devices = lambda batches: distributed.shard_batches(batches, mesh)
+    # None: one device and the plain steps; else tc.batch_size is the global batch,
+    # split over the mesh's "data" axis.
+    mesh = distributed.setup_from_env()
+    state = distributed.replicate(state, mesh)
+    key_train = distributed.replicate(key_train, mesh)
+    train_step = distributed.make_sharded_train_step(task.loss_fn, optimizer, mesh)
+    eval_step = distributed.make_sharded_eval_step(task.loss_fn, mesh)
 
     def placed(batches_fn):
-        return lambda *args: on_devices(batches_fn(*args))
+        return lambda *args: distributed.shard_batches(batches_fn(*args), mesh)
 
     state, _ = loop.fit(
         state,
@@ -438,6 +392,7 @@ def train_and_evaluate(
         out_dir=out_dir,
         resume=config.resume,
         tokens_in=task.tokens_in,
+        learning_rate=schedule,
     )
 
     test_sums = evaluate_sums(eval_step, state.params, placed(task.eval_sets["test"])())
@@ -445,13 +400,14 @@ def train_and_evaluate(
     if test_metrics is not None:
         test.update(test_metrics(state.params))
     step = int(state.step)
-    records = finish_metrics(
-        os.path.join(out_dir, "metrics.jsonl"),
-        step,
-        test,
-        steps_per_epoch=task.steps_per_epoch,
-        schedule=learning_rate_schedule(tc, total_steps),
-    )
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if step == total_steps:
+        record = loop.metrics_record(
+            step, "test", test, epoch=step / task.steps_per_epoch, learning_rate=schedule
+        )
+        records = append_test_record(path, record)
+    else:  # interrupted (stop_after): the file is fit's, ready for --resume
+        records = loop.read_metrics(path) if distributed.is_main_process() else []
     title = f"{name} ({configs.variant_name(config)})"
     plots.curves(records, os.path.join(out_dir, "curves.png"), title)
     if class_names is not None and "confusion" in test_sums:

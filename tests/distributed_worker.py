@@ -102,9 +102,12 @@ def recording(inner: optax.GradientTransformation) -> optax.GradientTransformati
     return optax.GradientTransformation(init, update)
 
 
+FIT_LEARNING_RATE = 1e-2
+
+
 def fit_optimizer() -> optax.GradientTransformation:
     """The experiments' optimizer (clipping + AdamW), for the multi-step fit runs."""
-    return steps.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
+    return steps.make_optimizer(learning_rate=FIT_LEARNING_RATE, clip_norm=1.0)
 
 
 def step_optimizer() -> optax.GradientTransformation:
@@ -245,6 +248,7 @@ def _fit(state, train_step, eval_step, wrap, key, out_dir):
         config=FIT,
         out_dir=out_dir,
         tokens_in=lambda batch: int(batch.lengths.sum()),
+        learning_rate=FIT_LEARNING_RATE,
     )[0]
 
 

@@ -192,7 +192,7 @@ def _optimizer_learning_rates(tc: configs.TrainConfig, total_steps: int) -> np.n
     """The rate of each update of the run's optimizer, measured: with a constant gradient
     of 1 (no clipping, no decay) Adam's bias-corrected step is the learning rate."""
     tc = dataclasses.replace(tc, weight_decay=0.0, clip_norm=None)
-    optimizer = harness.optimizer_for(tc, total_steps)
+    optimizer = harness.optimizer_for(tc, harness.schedule_for(tc, total_steps))
     params, grads = jnp.zeros(()), jnp.ones(())
     with jax.numpy_dtype_promotion("standard"):
         state = optimizer.init(params)
@@ -215,6 +215,10 @@ def test_resume_reaches_the_uninterrupted_params(name, smoke_runs, tmp_path):
     experiment.main([*args, "--train.stop-after", "5"])  # mid-epoch (8 steps per epoch)
     folders = run_folders(tmp_path)
     assert [restore_params(f)[0] for f in folders] == [5] * len(folders)
+    for folder in folders:  # fit wrote the schema; the test record waits for the last step
+        records = loop.read_metrics(folder / "metrics.jsonl")
+        assert records and all(tuple(r)[: len(harness.SCHEMA)] == harness.SCHEMA for r in records)
+        assert "test" not in {r["split"] for r in records} and records[-1]["step"] == 5
     result = experiment.main([*args, "--resume"])
 
     assert result.step == read_json(uninterrupted / "result.json")["step"]
@@ -231,6 +235,13 @@ def test_resume_reaches_the_uninterrupted_params(name, smoke_runs, tmp_path):
         steps = [r["step"] for r in records if r["split"] == "train"]
         assert steps == sorted(set(steps)) and steps[-1] == step
         assert [r["split"] for r in records].count("test") == 1
+
+    # Resuming the finished run trains nothing and writes no record.
+    written = {folder: (folder / "metrics.jsonl").read_bytes() for folder in folders}
+    again = experiment.main([*args, "--resume"])
+    assert (again.step, again.jaxseq) == (result.step, result.jaxseq)
+    for folder in folders:
+        assert (folder / "metrics.jsonl").read_bytes() == written[folder], folder
 
 
 # ----------------------------------------------------------------------------- starting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -176,6 +177,7 @@ def test_bucketing_compiles_once_per_bucket():
 
 
 def run_fit(out_dir, *, max_steps, resume=False, num_epochs=4, lr=3e-2, config=None, loss_fn=None):
+    """``lr``: a float or a schedule, given to the optimizer and to ``fit``."""
     optimizer = steps.make_optimizer(learning_rate=lr)
     state = fresh_state(optimizer)
     dataset = toy_dataset()
@@ -199,6 +201,7 @@ def run_fit(out_dir, *, max_steps, resume=False, num_epochs=4, lr=3e-2, config=N
         out_dir=str(out_dir),
         resume=resume,
         tokens_in=lambda b: int(b.lengths.sum()),
+        learning_rate=lr,
     )
 
 
@@ -214,10 +217,166 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         straight.params,
         resumed.params,
     )
-    assert loop.read_metrics(tmp_path / "straight" / "metrics.jsonl") == loop.read_metrics(
+    assert (tmp_path / "straight" / "metrics.jsonl").read_bytes() == (
         tmp_path / "resumed" / "metrics.jsonl"
-    )
+    ).read_bytes()
     assert straight_eval == resumed_eval
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize("every", [4, None], ids=["every-4-steps", "every-epoch"])
+def test_resuming_a_finished_run_adds_nothing(tmp_path, every):
+    """A run that ended mid-epoch (max_steps 7, 5 batches an epoch), resumed: no step
+    is taken, no record written, and the last evaluation is returned again."""
+    config = loop.FitConfig(
+        num_epochs=4,
+        max_steps=7,
+        log_every=2,
+        eval_every=every,
+        checkpoint_every=every,
+        progress=False,
+    )
+    finished, finished_eval = run_fit(tmp_path, max_steps=7, config=config)
+    written = (tmp_path / "metrics.jsonl").read_bytes()
+    last = loop.read_metrics(tmp_path / "metrics.jsonl")[-1]
+    assert (last["split"], last["step"]) == ("dev", 7)
+    resumed, resumed_eval = run_fit(tmp_path, max_steps=7, config=config, resume=True)
+    assert int(resumed.step) == 7
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+        finished.params,
+        resumed.params,
+    )
+    assert (tmp_path / "metrics.jsonl").read_bytes() == written
+    assert resumed_eval == finished_eval and set(resumed_eval) == {"dev"}
+    mngr = checkpoint.manager(tmp_path / "checkpoints")
+    assert mngr.latest_step() == 7
+    mngr.close()
+
+
+@pytest.mark.reference
+def test_fit_records_carry_the_epoch_and_the_learning_rate(tmp_path):
+    """Every record: step, epoch, split, learning_rate, then the metrics with the loss
+    first; the rate is the schedule's for the update that produced the step, checked
+    against the warmup-cosine formula."""
+    peak, warmup, total = 3e-2, 3, 14
+    schedule = steps.make_schedule(learning_rate=peak, warmup_steps=warmup, total_steps=total)
+    run_fit(tmp_path, max_steps=total, lr=schedule)
+    per_epoch = {len(batches_of(toy_dataset())(epoch)) for epoch in range(3)}
+    assert per_epoch == {5}
+    records = loop.read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["split"], r["step"]) for r in records][:3] == [
+        ("train", 2),
+        ("train", 4),
+        ("dev", 4),
+    ]
+    assert {r["split"] for r in records} == {"train", "dev"} and records[-1]["step"] == total
+    for r in records:
+        assert tuple(r)[:5] == ("step", "epoch", "split", "learning_rate", "loss"), r
+        assert r["epoch"] == r["step"] / 5, r
+        count = r["step"] - 1  # the updates applied before the one that produced `step`
+        with jax.numpy_dtype_promotion("standard"):
+            assert r["learning_rate"] == float(schedule(count)), r
+        if count < warmup:
+            want = peak * count / warmup
+        else:
+            want = peak * 0.5 * (1 + math.cos(math.pi * (count - warmup) / (total - warmup)))
+        # optax computes in float32: an error of a float32 ulp of the peak near zero.
+        assert r["learning_rate"] == pytest.approx(want, rel=1e-6, abs=peak * 2**-23), r
+    assert records[0]["learning_rate"] == pytest.approx(peak / warmup, rel=1e-6)
+
+
+def counting_fit(out_dir, lengths, **kwargs):
+    """fit() with a step that only counts (loss 1): epochs of ``lengths`` batches,
+    a train record every step, dev evaluated and checkpoints at every epoch's end."""
+    one = metrics.Ratio(jnp.ones((), jnp.float32), jnp.ones((), jnp.float32))
+
+    def train_step(state, batch, key):
+        return state.replace(step=state.step + 1), {"loss": one}
+
+    return loop.fit(
+        steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=()),
+        train_step=train_step,
+        eval_step=lambda params, batch: {"loss": one},
+        train_batches=lambda epoch: [None] * lengths[epoch],
+        eval_sets={"dev": lambda: [None]},
+        key=jax.random.key(0),
+        config=loop.FitConfig(num_epochs=len(lengths), log_every=1, progress=False),
+        out_dir=str(out_dir),
+        **kwargs,
+    )
+
+
+@pytest.mark.reference
+def test_fit_epoch_counts_completed_epochs_and_the_current_fraction(tmp_path):
+    """Epochs of 4, 0, 3 and 0 batches: the epoch of a record is the completed epochs
+    (the empty one too) plus the fraction of the current one's batches; every epoch
+    end is evaluated and checkpointed once, the trailing empty epoch adds nothing."""
+    _, last_eval = counting_fit(tmp_path, (4, 0, 3, 0), learning_rate=0.5)
+    records = loop.read_metrics(tmp_path / "metrics.jsonl")
+    got = [(r["split"], r["step"], r["epoch"], r["learning_rate"]) for r in records]
+    train = [
+        ("train", s, e, 0.5) for s, e in zip(range(1, 8), (0.25, 0.5, 0.75, 1.0, 7 / 3, 8 / 3, 3.0))
+    ]
+    assert got == [*train[:4], ("dev", 4, 1.0, 0.5), *train[4:], ("dev", 7, 3.0, 0.5)]
+    assert last_eval == {"dev": {"loss": 1.0}}
+    mngr = checkpoint.manager(tmp_path / "checkpoints")
+    assert list(mngr.all_steps()) == [4, 7]
+    mngr.close()
+
+
+@pytest.mark.reference
+def test_make_schedule_warmup_and_cosine_values():
+    """Against the formulas; without a warmup the first update has the peak rate,
+    and make_optimizer's updates follow the same schedule."""
+    peak = 0.1
+    cases = {
+        (0, None): lambda c: peak,
+        (4, None): lambda c: peak * min(c, 4) / 4,
+        (0, 10): lambda c: peak * 0.5 * (1 + math.cos(math.pi * min(c, 10) / 10)),
+        (4, 10): lambda c: (
+            peak * c / 4 if c < 4 else peak * 0.5 * (1 + math.cos(math.pi * min(c - 4, 6) / 6))
+        ),
+    }
+    for (warmup, total), want in cases.items():
+        schedule = steps.make_schedule(learning_rate=peak, warmup_steps=warmup, total_steps=total)
+        with jax.numpy_dtype_promotion("standard"):
+            got = [float(schedule(c)) for c in range(13)]
+        np.testing.assert_allclose(got, [want(c) for c in range(13)], rtol=1e-6, atol=1e-9)
+        # Adam's bias-corrected update of a constant gradient of 1 is the learning rate, up
+        # to float32 rounding in the bias correction (1 - 0.999**t cancels for small t).
+        optimizer = steps.make_optimizer(
+            learning_rate=peak, clip_norm=None, warmup_steps=warmup, total_steps=total
+        )
+        params, grads = jnp.zeros(()), jnp.ones(())
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state, used = optimizer.init(params), []
+            for _ in range(13):
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                used.append(-float(updates) * (1 + 1e-8))
+        np.testing.assert_allclose(used, got, rtol=1e-4, atol=1e-9)
+    first = steps.make_schedule(learning_rate=peak, total_steps=10)(0)
+    assert float(first) == pytest.approx(peak, rel=1e-7)
+
+
+@pytest.mark.bad_input
+def test_schedule_arguments_are_checked(tmp_path):
+    schedule = steps.make_schedule(learning_rate=1e-3, total_steps=5)
+    with pytest.raises(ValueError, match=r"`warmup_steps` and `total_steps`.*warmup_steps=2"):
+        steps.make_optimizer(learning_rate=schedule, warmup_steps=2)
+    with pytest.raises(ValueError, match=r"`warmup_steps` and `total_steps`.*total_steps=5"):
+        steps.make_optimizer(learning_rate=schedule, total_steps=5)
+    with pytest.raises(ValueError, match="learning_rate"):
+        steps.make_schedule(learning_rate=-1.0)
+    with pytest.raises(TypeError, match="learning_rate"):
+        steps.make_schedule(learning_rate="1e-3")
+    with pytest.raises(ValueError, match="total_steps"):
+        steps.make_schedule(learning_rate=1e-3, total_steps=0)
+    with pytest.raises(TypeError, match="warmup_steps"):
+        steps.make_schedule(learning_rate=1e-3, warmup_steps=1.5)
+    with pytest.raises(TypeError, match="learning_rate"):
+        counting_fit(tmp_path, (2,), learning_rate="fast")
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 @pytest.mark.training_smoke

@@ -4,11 +4,26 @@ Host-side orchestration only; the math lives in the jitted steps of
 :mod:`jaxseq.training.steps`. Metric sums stay on the device between logs (dispatch stays
 asynchronous) and are pulled to the host once per log window.
 
+Every line of ``metrics.jsonl`` is one JSON object (:func:`metrics_record`)::
+
+    {"step": 120, "epoch": 2.5, "split": "train", "learning_rate": 0.0028, "loss": 0.41,
+     "accuracy": 0.87, ...}
+
+``step`` counts the updates applied; ``epoch`` is the training progress in epochs
+(the completed ones plus the fraction of the current one's batches: ``step /
+steps_per_epoch`` when the epochs are equally long); ``split`` is ``train`` (the
+mean over the steps since the previous train record) or an eval set's name
+(evaluated at ``step``); ``learning_rate`` is the rate of the update that
+produced ``step`` (``schedule(step - 1)``; null when ``fit`` was not told the
+rate); then the metrics, ``loss`` first.
+
 Resuming (``resume=True``) restores the latest checkpoint and replays the data
 order deterministically (batches are a function of the epoch), so a run that
 is interrupted and resumed ends with the same parameters and the same metrics
-file as one that was not: a log window is always closed when a checkpoint is
-written, and metrics lines after the restored step are dropped.
+file, byte for byte, as one that was not: every record of a step is written
+before that step's checkpoint, records after the restored step are dropped, and
+the resumed run writes only records of later steps (none if the run was already
+finished).
 """
 
 from __future__ import annotations
@@ -20,15 +35,16 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import optax
 from tqdm.auto import tqdm
 
 from jaxseq import _checks, metrics
 from jaxseq.training import checkpoint
-from jaxseq.training.steps import TrainState
+from jaxseq.training.steps import TrainState, _optax_promotion
 
 # Checkpoints fit() keeps on disk (the latest ones).
 CHECKPOINTS_KEPT = 2
@@ -57,11 +73,50 @@ class FitConfig:
         _checks.check_flag(self.progress, "progress")
 
 
-class MetricsWriter:
-    """Appends one JSON object per line: ``{"step", "split", <metric>: value, ...}``.
+# The first keys of every metrics record, in this order.
+RECORD_KEYS = ("step", "epoch", "split", "learning_rate")
 
-    Also writes scalars to TensorBoard when ``tensorboardX`` is installed and
-    ``tensorboard=True``.
+
+def metrics_record(
+    step: int,
+    split: str,
+    values: Mapping[str, float],
+    *,
+    epoch: float,
+    learning_rate: float | optax.Schedule | None,
+) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: ``{"step", "epoch", "split", "learning_rate",
+    <metric>: value, ...}`` with ``loss`` the first metric when there is one (see the
+    module doc). ``learning_rate`` is the run's rate or schedule (``None``: unknown);
+    the record holds the rate of the update that produced ``step``.
+
+    >>> metrics_record(3, "dev", {"accuracy": 0.5, "loss": 1.25}, epoch=0.75,
+    ...                learning_rate=lambda count: 0.1 * count)
+    {'step': 3, 'epoch': 0.75, 'split': 'dev', 'learning_rate': 0.2, 'loss': 1.25, 'accuracy': 0.5}
+    """
+    clashes = set(values) & set(RECORD_KEYS)
+    if clashes:
+        raise ValueError(f"metric names {sorted(clashes)} are reserved for the record's fields")
+    if callable(learning_rate):
+        with _optax_promotion():  # optax's schedules mix Python floats and int counters
+            learning_rate = learning_rate(max(int(step) - 1, 0))
+    record = {
+        "step": int(step),
+        "epoch": float(epoch),
+        "split": split,
+        "learning_rate": None if learning_rate is None else float(learning_rate),
+    }
+    for name in sorted(values, key=lambda name: name != "loss"):  # stable: loss first
+        record[name] = float(values[name])
+    return record
+
+
+class MetricsWriter:
+    """Appends one :func:`metrics_record` per line.
+
+    ``keep_up_to_step``: keep the file's records up to that step (a resumed run)
+    instead of starting an empty file. Also writes scalars to TensorBoard when
+    ``tensorboardX`` is installed and ``tensorboard=True``.
     """
 
     def __init__(self, path: str, *, keep_up_to_step: int | None = None, tensorboard=False):
@@ -85,15 +140,24 @@ class MetricsWriter:
             else:
                 self._tb = SummaryWriter(os.path.join(os.path.dirname(path), "tensorboard"))
 
-    def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+    def write(
+        self,
+        step: int,
+        split: str,
+        values: Mapping[str, float],
+        *,
+        epoch: float,
+        learning_rate: float | optax.Schedule | None = None,
+    ) -> None:
         if not self._enabled:
             return
-        record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
+        record = metrics_record(step, split, values, epoch=epoch, learning_rate=learning_rate)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+            for name, value in record.items():
+                if name not in ("step", "epoch", "split") and value is not None:
+                    self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -158,6 +222,43 @@ def _check_finite(step: int, values: Mapping[str, float]) -> None:
         )
 
 
+def _updates(
+    train_batches: Callable[[int], Sequence[Any]], config: FitConfig, start_step: int
+) -> Iterator[tuple[int, int, int, Any, bool]]:
+    """The updates after ``start_step`` in order, as ``(epoch, index, length, batch,
+    last)``: the batch is ``train_batches(epoch)[index]`` of ``length``; ``last`` marks
+    the run's final update (``max_steps``, or the last batch of the last non-empty
+    epoch). The batches a resumed run already took are skipped unread."""
+    if config.max_steps is not None and start_step >= config.max_steps:
+        return
+
+    def nonempty_epochs():
+        for epoch in range(config.num_epochs):
+            batches = train_batches(epoch)
+            if len(batches):
+                yield epoch, batches
+
+    epochs = nonempty_epochs()
+    current, before = next(epochs, None), 0  # before: the updates of the earlier epochs
+    while current is not None:
+        epoch, batches = current
+        length, following = len(batches), None
+        first = max(start_step - before, 0)
+        if first >= length:  # replaying: the whole epoch was taken already
+            following = next(epochs, None)
+        for index in range(first, length):
+            if index == length - 1:  # look ahead: is another epoch coming?
+                following = next(epochs, None)
+            last = (config.max_steps is not None and before + index + 1 >= config.max_steps) or (
+                index == length - 1 and following is None
+            )
+            yield epoch, index, length, batches[index], last
+            if last:
+                return
+        before += length
+        current = following
+
+
 def fit(
     state: TrainState,
     *,
@@ -170,6 +271,7 @@ def fit(
     out_dir: str,
     resume: bool = False,
     tokens_in: Callable[[Any], int] | None = None,
+    learning_rate: float | optax.Schedule | None = None,
 ) -> tuple[TrainState, dict[str, dict[str, float]]]:
     """Train ``state`` and return it with the last evaluation of each eval set.
 
@@ -183,23 +285,29 @@ def fit(
       eval_sets: name -> a function returning that set's batches.
       key: the run's base PRNG key (per-step keys are ``fold_in(key, step)``).
       config: a :class:`FitConfig`.
-      out_dir: receives ``metrics.jsonl`` and ``checkpoints/`` (the last
-        ``CHECKPOINTS_KEPT``). Checked before the first step: it must be writable
-        with room for the checkpoints (:func:`checkpoint_bytes_needed`), or
+      out_dir: receives ``metrics.jsonl`` (see the module doc) and ``checkpoints/``
+        (the last ``CHECKPOINTS_KEPT``). Checked before the first step: it must be
+        writable with room for the checkpoints (:func:`checkpoint_bytes_needed`), or
         ``OSError`` (``ENOSPC`` for too little space) is raised.
       resume: continue from the latest committed checkpoint in ``out_dir`` if
         there is one (a save interrupted by a crash is never committed; a
         corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`).
+        A run that is already finished trains and writes nothing more.
       tokens_in: counts the tokens of a batch, for the throughput display.
+      learning_rate: the optimizer's learning rate or schedule (e.g.
+        :func:`jaxseq.training.steps.make_schedule`), for the records'
+        ``learning_rate`` only (None: written as null).
     """
     if not isinstance(config, FitConfig):
         raise TypeError(f"`config` must be a loop.FitConfig, got {type(config).__name__}")
     _checks.check_flag(resume, "resume")
+    if learning_rate is not None and not callable(learning_rate):
+        _checks.check_float(learning_rate, "learning_rate")
     check_writable(
         out_dir,
         required_bytes=checkpoint_bytes_needed(state, max_to_keep=CHECKPOINTS_KEPT),
     )
-    eval_sets = dict(eval_sets or {})
+    eval_sets = dict(eval_sets or {}) if eval_step is not None else {}
     mngr = checkpoint.manager(os.path.join(out_dir, "checkpoints"), max_to_keep=CHECKPOINTS_KEPT)
     start_step = 0
     if resume and mngr.latest_step() is not None:
@@ -208,9 +316,12 @@ def fit(
     writer = MetricsWriter(
         os.path.join(out_dir, "metrics.jsonl"), keep_up_to_step=start_step if resume else None
     )
-    step = start_step
+    step, epoch_progress = start_step, 0.0
     window, window_tokens, window_start = None, 0, time.perf_counter()
     last_eval: dict[str, dict[str, float]] = {}
+
+    def write(split, values):
+        writer.write(step, split, values, epoch=epoch_progress, learning_rate=learning_rate)
 
     def close_window():
         nonlocal window, window_tokens, window_start
@@ -218,24 +329,18 @@ def fit(
             return {}
         values = metrics.summarize(window)
         _check_finite(step, values)
-        elapsed = time.perf_counter() - window_start
+        write("train", values)  # no timing in the file: a resumed run writes the same bytes
         if tokens_in is not None:
+            elapsed = time.perf_counter() - window_start
             values["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
-        writer.write(step, "train", {k: v for k, v in values.items() if k != "tokens_per_s"})
         window, window_tokens, window_start = None, 0, time.perf_counter()
         return values
 
-    def run_evals():
+    def run_evals(*, record=True):
         for name, batches in eval_sets.items():
-            if eval_step is None:
-                continue
-            values = evaluate(eval_step, state.params, batches())
-            writer.write(step, name, values)
-            last_eval[name] = values
-
-    def save():
-        close_window()
-        checkpoint.save(mngr, step, state)
+            last_eval[name] = evaluate(eval_step, state.params, batches())
+            if record:
+                write(name, last_eval[name])
 
     bar = tqdm(
         total=config.max_steps,
@@ -245,48 +350,37 @@ def fit(
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    epoch_start_step = 0
-    done = False
-    for epoch in range(config.num_epochs):
-        batches = train_batches(epoch)
-        if epoch_start_step + len(batches) <= start_step:  # replaying: skip whole epochs
-            epoch_start_step += len(batches)
-            continue
-        for index, batch in enumerate(batches):
-            if epoch_start_step + index < start_step:
-                continue
-            state, sums = train_step(state, batch, key)
-            step += 1
-            window = sums if window is None else metrics.add(window, sums)
-            if tokens_in is not None:
-                window_tokens += tokens_in(batch)
-            bar.update(1)
-            if step % config.log_every == 0:
-                values = close_window()
+    # A step's records are all written before its checkpoint, so a resumed run never
+    # writes a record of the step it restored.
+    for epoch, index, length, batch, last in _updates(train_batches, config, start_step):
+        state, sums = train_step(state, batch, key)
+        step += 1
+        epoch_progress = (epoch * length + index + 1) / length  # = step / length if all equal
+        window = sums if window is None else metrics.add(window, sums)
+        if tokens_in is not None:
+            window_tokens += tokens_in(batch)
+        bar.update(1)
+        epoch_end = last or index == length - 1
+        if config.eval_every:
+            evaluate_now = last or step % config.eval_every == 0
+        else:
+            evaluate_now = epoch_end
+        if config.checkpoint_every:
+            save_now = last or step % config.checkpoint_every == 0
+        else:
+            save_now = epoch_end
+        if step % config.log_every == 0 or evaluate_now or save_now:
+            values = close_window()
+            if "loss" in values:
                 bar.set_postfix(
                     loss=f"{values['loss']:.4f}", tok_s=f"{values.get('tokens_per_s', 0):.0f}"
                 )
-            if config.eval_every and step % config.eval_every == 0:
-                close_window()
-                run_evals()
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save()
-            if config.max_steps is not None and step >= config.max_steps:
-                done = True
-                break
-        epoch_start_step += len(batches)
-        if not config.eval_every:
-            close_window()
+        if evaluate_now:
             run_evals()
-        if not config.checkpoint_every:
-            save()
-        if done:
-            break
-    close_window()
-    if config.eval_every and (not last_eval or step % config.eval_every):
-        run_evals()
-    if mngr.latest_step() != step:
-        save()
+        if save_now:
+            checkpoint.save(mngr, step, state)
+    if step == start_step:  # nothing left to train: the final evaluation is on file already
+        run_evals(record=False)
     mngr.close()
     bar.close()
     return state, last_eval

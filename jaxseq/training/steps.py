@@ -58,9 +58,44 @@ def _optax_promotion():
     return jax.numpy_dtype_promotion("standard")
 
 
+def make_schedule(
+    *, learning_rate: float, warmup_steps: int = 0, total_steps: int | None = None
+) -> optax.Schedule:
+    """The learning rate of each update: ``schedule(count)`` is the rate of update
+    ``count + 1`` (optax counts the updates already applied).
+
+    Args:
+      learning_rate: peak learning rate.
+      warmup_steps: linear warmup from 0 over this many updates.
+      total_steps: if given, cosine decay to 0 at ``total_steps`` (after the
+        warmup); without a warmup the first update uses the peak rate.
+
+    >>> schedule = make_schedule(learning_rate=1.0, total_steps=4)
+    >>> [round(float(schedule(count)), 4) for count in range(5)]
+    [1.0, 0.8536, 0.5, 0.1464, 0.0]
+    >>> schedule = make_schedule(learning_rate=1.0, warmup_steps=2)
+    >>> [float(schedule(count)) for count in range(4)]
+    [0.0, 0.5, 1.0, 1.0]
+    """
+    _checks.check_float(learning_rate, "learning_rate")
+    if learning_rate <= 0:
+        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}")
+    _checks.check_int(warmup_steps, "warmup_steps", 0)
+    _checks.check_int(total_steps, "total_steps", 1, optional=True)
+    if total_steps is not None and warmup_steps:
+        return optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1)
+        )
+    if total_steps is not None:
+        return optax.cosine_decay_schedule(learning_rate, total_steps)
+    if warmup_steps:
+        return optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.constant_schedule(learning_rate)
+
+
 def make_optimizer(
     *,
-    learning_rate: float,
+    learning_rate: float | optax.Schedule,
     clip_norm: float | None = 1.0,
     weight_decay: float = 0.0,
     warmup_steps: int = 0,
@@ -69,15 +104,31 @@ def make_optimizer(
     """AdamW with gradient clipping by global norm and an optional warmup-cosine schedule.
 
     Args:
-      learning_rate: peak learning rate.
+      learning_rate: peak learning rate, shaped by ``warmup_steps`` and
+        ``total_steps`` (:func:`make_schedule`); or an optax schedule (e.g. from
+        :func:`make_schedule`), used as it is.
       clip_norm: clip gradients to this global norm (None: no clipping).
       weight_decay: decoupled weight decay (AdamW).
-      warmup_steps: linear warmup length.
-      total_steps: if given, cosine decay to 0 at ``total_steps``.
+      warmup_steps: linear warmup length (a float ``learning_rate`` only).
+      total_steps: if given, cosine decay to 0 at ``total_steps`` (a float
+        ``learning_rate`` only).
     """
-    _checks.check_float(learning_rate, "learning_rate")
-    if learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}")
+    if callable(learning_rate):
+        _checks.check_int(warmup_steps, "warmup_steps", 0)
+        _checks.check_int(total_steps, "total_steps", 1, optional=True)
+        if warmup_steps or total_steps is not None:
+            raise ValueError(
+                f"`warmup_steps` and `total_steps` shape a float `learning_rate`; the schedule "
+                f"given as `learning_rate` already has its own, so leave them out (got "
+                f"warmup_steps={warmup_steps}, total_steps={total_steps})"
+            )
+        rate = learning_rate
+    else:
+        schedule = make_schedule(
+            learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=total_steps
+        )
+        # A constant rate stays a float: optax then keeps no update count for it.
+        rate = learning_rate if not warmup_steps and total_steps is None else schedule
     if clip_norm is not None:
         _checks.check_float(clip_norm, "clip_norm")
         if clip_norm <= 0:
@@ -85,20 +136,10 @@ def make_optimizer(
     _checks.check_float(weight_decay, "weight_decay")
     if weight_decay < 0:
         raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-    _checks.check_int(warmup_steps, "warmup_steps", 0)
-    _checks.check_int(total_steps, "total_steps", 1, optional=True)
-    if total_steps is not None:
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
-        )
-    elif warmup_steps:
-        schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-    else:
-        schedule = learning_rate
     parts = []
     if clip_norm is not None:
         parts.append(optax.clip_by_global_norm(clip_norm))
-    parts.append(optax.adamw(schedule, weight_decay=weight_decay))
+    parts.append(optax.adamw(rate, weight_decay=weight_decay))
     return optax.chain(*parts)
 
 
