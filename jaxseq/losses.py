@@ -133,7 +133,11 @@ def cross_entropy(
 
     ``L = w[y] * (logsumexp(z) - sum_c t_c z_c + z_loss * logsumexp(z)**2)`` with
     target ``t = (1 - label_smoothing) * one_hot(y) + label_smoothing / C``
-    (PyTorch: ``CrossEntropyLoss(weight=w, label_smoothing=..., reduction="none")``).
+    (PyTorch: ``CrossEntropyLoss(weight=w, reduction="none")`` and
+    ``CrossEntropyLoss(label_smoothing=..., reduction="none")``). With both options
+    at once the numbers differ from PyTorch's, which weights the smoothing term of
+    each class by that class's weight, ``(1 - a) w[y] L_y + (a / C) sum_c w[c] L_c``,
+    where jaxseq scales the whole smoothed loss by ``w[y]``.
 
     Args:
       logits: float ``[..., C]`` (float32, bfloat16 or float16).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxseq import _checks
+from jaxseq import _checks, validation
 
 
 def length_mask(lengths: jax.Array, max_len: int) -> jax.Array:
@@ -87,7 +87,8 @@ def last_valid(hs: jax.Array, lengths: jax.Array) -> jax.Array:
 def reverse_index(length: jax.Array, max_len: int) -> jax.Array:
     """Gather indices ``[T]`` that reverse the first ``length`` steps and keep the rest."""
     steps_T = jnp.arange(max_len, dtype=jnp.int32)
-    length = jnp.asarray(length, jnp.int32)
+    # A length outside [0, T] (possible only under jit) acts as its clipped value.
+    length = jnp.clip(jnp.asarray(length, jnp.int32), 0, max_len)
     return jnp.where(steps_T < length, length - 1 - steps_T, steps_T)
 
 
@@ -96,7 +97,8 @@ def reverse_within_length(xs: jax.Array, lengths: jax.Array) -> jax.Array:
 
     Args:
       xs: ``[B, T, ...]``.
-      lengths: integer ``[B]``.
+      lengths: integer ``[B]`` in ``[0, T]`` (checked when concrete; under
+        ``jit`` a length above T acts as T and a negative one as 0).
 
     Returns:
       ``[B, T, ...]`` with ``out[b, t] = xs[b, lengths[b] - 1 - t]`` for
@@ -113,6 +115,8 @@ def reverse_within_length(xs: jax.Array, lengths: jax.Array) -> jax.Array:
     _checks.check_min_rank(xs, 2, "xs", "[B, T, ...]")
     _checks.check_integer(lengths, "lengths")
     _checks.check_shape(lengths, (xs.shape[0],), "lengths", "[B] (B from `xs`)")
+    if _checks.is_concrete(lengths):
+        validation.validate_lengths(lengths, xs.shape[1])
     index_BT = jax.vmap(lambda n: reverse_index(n, xs.shape[1]))(lengths)
     index = index_BT.reshape(index_BT.shape + (1,) * (xs.ndim - 2))
     return jnp.take_along_axis(xs, index, axis=1)

@@ -24,8 +24,9 @@ Lengths are checked against ``[0, T]``
 with :func:`jaxseq.validation.validate_lengths` when they are concrete; under
 ``jit`` a length above T acts as T and a negative one as 0.
 
-Cells and methods are Python objects (static): close over them or mark them
-static when you ``jit`` (``jax.jit(jaxseq.rnn, static_argnums=0)``).
+Cells, methods and flags are Python values (static): close over them, or mark
+them static when you ``jit`` the front-end itself
+(``jax.jit(jaxseq.rnn, static_argnums=0, static_argnames=("method", "reverse"))``).
 
 How it runs is one keyword, ``method=`` (:mod:`jaxseq.methods`):
 ``Scan(unroll, remat, hoist_projection)``, ``Fused()`` or ``Parallel(remat)``;

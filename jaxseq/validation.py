@@ -147,8 +147,11 @@ def checked(loss_fn):
     compilation per distinct setting). It works with any function taking
     ``labels`` and either ``logits`` ``[..., C]`` (e.g.
     :func:`jaxseq.sequence_labeling_loss`) or ``weight`` ``[H, C]``
-    (:func:`jaxseq.linear_cross_entropy`), and optionally ``where``: only the
-    labels at positions where ``where`` is True are checked.
+    (:func:`jaxseq.linear_cross_entropy`), and optionally ``where`` shaped like
+    ``labels``: only the labels at positions where ``where`` is True are checked.
+    Not for :func:`jaxseq.ctc_loss`, whose labels are valid within
+    ``label_lengths`` and whose ``where`` is per row: check its inputs with
+    :func:`jaxseq.validate_ctc_inputs` on the host.
 
     >>> import jax.numpy as jnp, jaxseq as js
     >>> safe_loss = js.checked(js.sequence_classification_loss)
@@ -162,6 +165,11 @@ def checked(loss_fn):
     """
     signature = inspect.signature(loss_fn)
     parameters = signature.parameters
+    if "label_lengths" in parameters:
+        raise TypeError(
+            "`checked` does not wrap losses with `label_lengths` (CTC): their labels are "
+            "valid within the label lengths; check them with jaxseq.validate_ctc_inputs"
+        )
     if "labels" not in parameters or not ({"logits", "weight"} & set(parameters)):
         raise TypeError(
             "`loss_fn` must take a `labels` argument and a `logits` (or `weight`) argument"

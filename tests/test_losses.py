@@ -880,3 +880,9 @@ def test_numpy_class_weights_under_jit():
         z, labels, where=where, reduction="mean_over_tokens", class_weights=weights
     )
     np.testing.assert_allclose(float(jax.jit(f)(logits)), float(f(logits)), rtol=1e-6)
+
+
+@pytest.mark.bad_input
+def test_checked_refuses_ctc_and_names_its_validator():
+    with pytest.raises(TypeError, match="validate_ctc_inputs"):
+        js.checked(js.ctc_loss)
