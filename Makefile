@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 # Data-only packages, installed without their (heavy, unused) dependencies.
 DATA_PKGS := aeon==1.6.0 turkish-treebanks==1.0.0
 PYTEST_ARGS ?=
+# Test processes: the suite compiles thousands of XLA programs; two workers use both
+# cores of the CI machine and halve what one process holds in memory.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install test test-slow lint run experiments bench clean reliability-table
 
@@ -21,7 +24,7 @@ install: $(STAMP)
 ## The test suite (what CI runs). Slow tests run with `make test-slow`.
 test: $(STAMP)
 	@mkdir -p reports
-	$(PY) -m pytest -m "not slow" --junitxml=reports/junit.xml $(PYTEST_ARGS); \
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --junitxml=reports/junit.xml $(PYTEST_ARGS); \
 	status=$$?; \
 	$(PY) -m tools.reliability_report reports/junit.xml --out reports/reliability.md; \
 	exit $$status

@@ -56,3 +56,15 @@ def pytest_collection_modifyitems(config, items):
         item.user_properties.append(("category", category))
         if category == "gpu" and jax.default_backend() != "gpu":
             item.add_marker(pytest.mark.skip(reason="needs a GPU"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module.
+
+    One process runs thousands of distinct jitted computations; XLA:CPU maps the code
+    of each into memory, and without this the suite hits the kernel's limit on memory
+    maps (``vm.max_map_count``, 65530 by default) and the compiler segfaults.
+    """
+    yield
+    jax.clear_caches()

@@ -2,7 +2,7 @@
 
 The train step of :mod:`benchmarks.rnn_train_step` (small shape by default) for:
 
-* ``fused``: :mod:`jaxseq.fused` as shipped (batch-major stacks, one step per
+* ``fused``: the fused engine (:mod:`jaxseq._fused`) as shipped (batch-major stacks, one step per
   iteration, in-place buffers, hand-written backward);
 * ``fused time-major``: the same with ``[T, B, ...]`` stacks and transposes around them;
 * ``fused unroll=2``: the loops unrolled twice (breaks the in-place updates);

@@ -9,7 +9,7 @@ Both models are the same encoder with a different head::
     classifier: pool(hs over valid steps) [B, H'] @ V + c -> logits [B, C]
     labeler:    hs @ V + c                               -> logits [B, T, C]
 
-with ``y_hat = softmax(V s + c)`` in the notation of ``design.md``. The input
+with ``y_hat = softmax(V s + c)`` in the notation of ``docs/semantics.md``. The input
 layer is an embedding table for token ids, and for dense features either an
 affine layer ``x W + b`` or nothing.
 

@@ -112,7 +112,7 @@ def test_equals_materialised_loss_and_gradients(mode, reduction, option):
     )
     np.testing.assert_allclose(float(value), float(want_value), rtol=RTOL, atol=ATOL)
     assert_grads_close(grads, want_grads)
-    # The value itself against the float64 plain-Python loops of design.md.
+    # The value itself against the float64 plain-Python loops of docs/semantics.md.
     logits64 = hidden.astype(np.float64) @ weight.astype(np.float64) + bias.astype(np.float64)
     ref_options = {
         k: (np.asarray(v, np.float64) if k == "class_weights" else v) for k, v in options.items()

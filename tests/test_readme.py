@@ -18,9 +18,10 @@ def _blocks():
 
 @pytest.mark.training_smoke
 @pytest.mark.parametrize("path, block", list(_blocks()))
-def test_code_block_runs_on_its_own(path, block):
+def test_code_block_runs_on_its_own(path, block, tmp_path, monkeypatch):
     # Each block is user code in a fresh namespace, under JAX's default (standard) dtype
-    # promotion: it must import what it uses.
+    # promotion: it must import what it uses. Files it writes land in a temporary folder.
+    monkeypatch.chdir(tmp_path)
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         exec(compile(block, str(path), "exec"), {"__name__": "__doc_block__"})  # noqa: S102
 
