@@ -155,8 +155,13 @@ def interleaved(
     warmup: int = 1,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
-    """Time each function ``repeats`` times in the order A B C A B C ... after ``warmup``
-    untimed rounds; returns name -> :class:`Stats` (seconds per call).
+    """Time each function ``repeats`` times, interleaved, after ``warmup`` untimed rounds;
+    returns name -> :class:`Stats` (seconds per call).
+
+    Round r runs the functions in the order rotated by r (A B C, B C A, C A B, ...), so
+    no function always runs right after the same other one: PyTorch's OpenMP threads
+    keep spinning for a while after a call, and measured 5-7% slower steps for
+    whatever ran next when the order was fixed.
 
     ``clock=time.process_time`` measures the CPU time of the whole process instead of
     wall time: on a machine shared with other jobs, with one thread, it is far less
@@ -166,9 +171,11 @@ def interleaved(
         for fn in fns.values():
             fn()
     samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            samples[name].append(timed(fn, clock))
+    names = list(fns)
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(timed(fns[name], clock))
     return {name: Stats.of(values) for name, values in samples.items()}
 
 

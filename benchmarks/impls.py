@@ -65,7 +65,9 @@ def _jax_impl(name: str, logits_fn, params, batch: Batch, *, mesh=None) -> Impl:
     def loss_fn(params, ids, labels, lengths):
         logits = logits_fn(params, ids, lengths)
         mask = jaxseq.length_mask(lengths, ids.shape[1])
-        return jaxseq.sequence_labeling_loss(logits, labels, mask, reduction="mean_over_tokens")
+        return jaxseq.sequence_labeling_loss(
+            logits, labels, where=mask, reduction="mean_over_tokens"
+        )
 
     def train_step(params, opt_state, ids, labels, lengths):
         loss, grads = jax.value_and_grad(loss_fn)(params, ids, labels, lengths)

@@ -24,8 +24,9 @@ Method:
    its first two train steps (before and after one Adam update) must match
    jaxseq-scan's within a tolerance, or the run stops: a benchmark of different
    math is worthless.
-2. The implementations of one (shape, cell) are timed interleaved, A B C A B C
-   ..., ``--repeats`` rounds after a warm-up round; median, min and max per step.
+2. The implementations of one (shape, cell) are timed interleaved, the order rotated
+   every round (A B C, B C A, C A B, ...), ``--repeats`` rounds after a warm-up round;
+   median, min and max per step.
 3. tokens/s counts the B*T padded positions per step; GFLOP/s counts the matmul
    FLOPs of those positions (``benchmarks.common.flops_per_position``) and is
    reported as a fraction of a float32 matmul peak measured in the same run (numpy
