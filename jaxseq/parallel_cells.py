@@ -192,11 +192,6 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, *, reverse: bool = False
 # ---------------------------------------------------------------------------- shared pieces
 
 
-def _check_flag(value, name: str) -> bool:
-    _checks.check_flag(value, name)
-    return value
-
-
 def _check_width(xp, width: int, cell_name: str) -> None:
     if xp.ndim < 1 or xp.shape[-1] != width:
         raise _checks.shape_error(
@@ -251,7 +246,7 @@ def _minimal_cell(
 ) -> Cell:
     """minGRU / minLSTM: ``blocks`` gate blocks of ``x W + b``, a linear step in ``h``."""
     hidden_size = _check_hidden_size(hidden_size)
-    log_space = _check_flag(log_space, "log_space")
+    _checks.check_flag(log_space, "log_space")
     step = LinearStep(
         width=blocks * hidden_size,
         coefficients=_bind(coefficients, hidden_size=hidden_size, log_space=log_space),

@@ -211,8 +211,9 @@ def _check_params(cell, params, xs_BTD) -> None:
     """The cell's own checks of ``params`` (keys, widths) on abstract values: nothing runs.
 
     The fused engine reads the weights directly, so without this a wrong params dict
-    would fail there with a KeyError or a matmul shape error instead of the cell's
-    ValueError naming `params`, `x` or `xp_t` (what the Scan method raises).
+    would fail there with a KeyError or a matmul shape error instead of the cell's own
+    errors naming `params` (ValueError), `x` or `xp_t` (shape AssertionError), which is
+    what the Scan method raises. It runs at trace time only.
     """
     dtype = cells.compute_dtype(xs_BTD.dtype, *cells.param_dtypes(params))
 
