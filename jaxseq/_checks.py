@@ -77,6 +77,77 @@ def check_integer(x, name: str) -> None:
     )
 
 
+_INT32 = np.iinfo(np.int32)
+
+
+def index_array(x, name: str, *, low: int | None = None, high: int | None = None, what: str = ""):
+    """An integer array argument (labels, lengths, class or token ids) as int32, exactly.
+
+    Every public function that takes integer arrays converts them here, so each
+    integer dtype (int8 ... int64, uint8 ... uint64) gives exactly the int32
+    result or an error, never a wrapped or clipped value:
+
+    * non-integer dtypes (bool, float) are a chex ``AssertionError`` naming ``name``;
+    * host data (NumPy arrays, Python lists, concrete JAX arrays) is checked on the
+      host: a value that does not fit int32 is a ``ValueError`` naming ``name``,
+      the value and its index; so is a value outside ``[low, high]`` when the
+      bounds are given (e.g. lengths in ``[0, T]``);
+    * under ``jit`` (a tracer) a value that does not fit int32 (possible for uint32,
+      or for int64/uint64 with ``jax_enable_x64``) becomes -1, which every caller
+      treats as out of range (NaN in the result). Without x64, JAX itself converts
+      an int64 argument of a jitted function to int32 before jaxseq sees it: that
+      is JAX's conversion, outside jaxseq's reach; validate such data on the host.
+
+    ``what`` names the bounds in the message, e.g. ``" (T)"``.
+    """
+    if x is None:
+        raise TypeError(f"`{name}` must be an array, got None")
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"`{name}` must be an array, got {type(x).__name__}") from e
+        if x.dtype == object:
+            raise TypeError(f"`{name}` must be an integer array, got {x.dtype}")
+    check_integer(x, name)
+    if is_concrete(x):
+        host = np.asarray(x)
+        if host.size:
+            _check_host_range(host, name, low, high, what)
+        return jnp.asarray(host.astype(np.int32)) if host.dtype != np.int32 else jnp.asarray(host)
+    if x.dtype == jnp.int32:
+        return x
+    if jnp.iinfo(x.dtype).max > _INT32.max or jnp.iinfo(x.dtype).min < _INT32.min:
+        fits = (
+            x <= jnp.asarray(_INT32.max, x.dtype)
+            if jnp.iinfo(x.dtype).min == 0
+            else ((x >= jnp.asarray(_INT32.min, x.dtype)) & (x <= jnp.asarray(_INT32.max, x.dtype)))
+        )
+        return jnp.where(fits, x.astype(jnp.int32), jnp.int32(-1))
+    return x.astype(jnp.int32)
+
+
+def _check_host_range(host: np.ndarray, name: str, low, high, what: str) -> None:
+    lo = int(low) if low is not None else int(_INT32.min)
+    hi = int(high) if high is not None else int(_INT32.max)
+    # Compare as Python ints: exact for every dtype, uint64 included.
+    bad = (host < lo) if lo > np.iinfo(host.dtype).min else np.zeros(host.shape, bool)
+    if hi < np.iinfo(host.dtype).max:
+        bad = bad | (host > hi)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = int(host[index])
+        if value < _INT32.min or value > _INT32.max:
+            raise ValueError(
+                f"`{name}` holds {value} at index {index}, which does not fit int32 "
+                f"(dtype {host.dtype}); jaxseq computes {name} in int32"
+            )
+        raise ValueError(
+            f"`{name}` must be in [{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}]{what}, got {value} at index {index}"
+        )
+
+
 def check_floating(x, name: str) -> None:
     chex.assert_type(
         x, jnp.floating, custom_message=f"`{name}` must have a floating dtype, got {x.dtype}"
