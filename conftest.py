@@ -11,8 +11,28 @@ batching tests. The category is recorded in the JUnit XML report so
 ``tools/reliability_report.py`` can count results per category.
 """
 
+import os
+import sys
+
 import jax
 import pytest
+
+
+class _BlockedImports:
+    """A meta-path finder that makes ``import`` of the named top-level packages fail,
+    as on a machine without them (``JAXSEQ_TESTS_WITHOUT=torch,tensorboardX``)."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked for this test run)")
+        return None
+
+
+if os.environ.get("JAXSEQ_TESTS_WITHOUT"):
+    sys.meta_path.insert(0, _BlockedImports(os.environ["JAXSEQ_TESTS_WITHOUT"].split(",")))
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")

@@ -49,8 +49,20 @@ def _torch_cell(name: str, hidden_size: int) -> cells.Cell:
     return cells.lstm(hidden_size, forget_bias=0.0)
 
 
+def _import_torch():
+    """PyTorch, imported when a conversion is called (``import jaxseq`` never needs it)."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "jaxseq.interop converts PyTorch modules and needs PyTorch installed "
+            "(e.g. `pip install torch`); the rest of jaxseq works without it"
+        ) from error
+    return torch
+
+
 def _numpy(tensor) -> np.ndarray:
-    import torch
+    torch = _import_torch()
 
     return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
 
@@ -82,7 +94,7 @@ def from_torch(module, *, dtype=jnp.float32):
       ValueError: a ReLU ``nn.RNN`` or an ``nn.LSTM`` with ``proj_size > 0``
         (no jaxseq equivalent).
     """
-    import torch
+    torch = _import_torch()
 
     if not isinstance(module, torch.nn.RNNBase):
         raise TypeError(
@@ -173,7 +185,7 @@ def to_torch_state_dict(cell: cells.Cell, layer_params, bidirectional: bool):
     Returns:
       ``collections.OrderedDict`` of float32 CPU ``torch.Tensor``.
     """
-    import torch
+    torch = _import_torch()
 
     name = getattr(cell, "name", None)
     if name not in _GATES:

@@ -117,84 +117,149 @@ def check_labels_in_range(labels: jax.Array, num_classes: int, *, where=None) ->
     )
 
 
-def _is_static(x) -> bool:
-    """Python values (scalars, strings, None, NumPy scalars) are passed as they are;
-    arrays and anything unhashable (e.g. a list of class weights) are traced."""
-    if isinstance(x, (jax.Array, np.ndarray)):
-        return False
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
-
-
 def _num_classes(arguments) -> int:
     if "logits" in arguments:
         return jnp.shape(arguments["logits"])[-1]
     return jnp.shape(arguments["weight"])[-1]
 
 
+def ctc_malformed_rows(logit_lengths, labels, label_lengths, *, max_t, num_classes, blank):
+    """bool ``[B]``: the rows whose CTC inputs are out of range (traced or not).
+
+    A row is malformed when ``logit_lengths`` is outside ``[0, T]``,
+    ``label_lengths`` outside ``[0, S]``, or a label within its length is
+    outside ``[0, K)`` or equal to ``blank``. Labels beyond the label length
+    are not read.
+    """
+    max_s = labels.shape[1]
+    bad_lengths = (
+        (logit_lengths < 0)
+        | (logit_lengths > max_t)
+        | (label_lengths < 0)
+        | (label_lengths > max_s)
+    )
+    label_valid = jnp.arange(max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
+    bad_labels = label_valid & ((labels < 0) | (labels >= num_classes) | (labels == blank))
+    return bad_lengths | jnp.any(bad_labels, axis=1)
+
+
+def _ctc_check(arguments):
+    """(ok, message, format arguments) of the value check of a CTC loss call."""
+    logits = arguments["logits"]
+    labels = _checks.index_array(arguments["labels"], "labels")
+    bad_B = ctc_malformed_rows(
+        _checks.index_array(arguments["logit_lengths"], "logit_lengths"),
+        labels,
+        _checks.index_array(arguments["label_lengths"], "label_lengths"),
+        max_t=jnp.shape(logits)[1],
+        num_classes=jnp.shape(logits)[2],
+        blank=arguments.get("blank", 0),
+    )
+    if arguments.get("where") is not None:
+        bad_B = bad_B & arguments["where"]
+    message = (
+        "CTC inputs out of range in sequence {i}: `logit_lengths` must be in [0, T], "
+        "`label_lengths` in [0, S], and labels within the label length in [0, K) and "
+        "not `blank`"
+    )
+    return ~jnp.any(bad_B), message, {"i": jnp.argmax(bad_B)}
+
+
+def _label_check(arguments):
+    """(ok, message, format arguments) of the label-range check of a loss call."""
+    num_classes = _num_classes(arguments)
+    labels = _checks.index_array(arguments["labels"], "labels")
+    bad = (labels < 0) | (labels >= num_classes)
+    if arguments.get("where") is not None:
+        bad = bad & arguments["where"]
+    message = "`labels` out of range [0, {num_classes}) at a valid position (flat index {i})"
+    return ~jnp.any(bad), message, {"num_classes": num_classes, "i": jnp.argmax(bad.reshape(-1))}
+
+
+def _raise_if(bad, message: str, **fmt) -> None:
+    """Host side of the check: ``bad`` and ``fmt`` may carry a vmap batch axis."""
+    bad = np.asarray(bad).reshape(-1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        values = {
+            k: int(np.asarray(v).reshape(-1)[first % np.asarray(v).size]) for k, v in fmt.items()
+        }
+        raise ValueError(message.format(**values))
+
+
+def _check(ok, message: str, **fmt) -> None:
+    """Raise ``ValueError`` where ``ok`` is False: at once for host data, else from a
+    host callback when the (jitted, differentiated, vmapped...) computation runs."""
+    if all(_checks.is_concrete(x) for x in (ok, *fmt.values())):
+        _raise_if(~np.asarray(ok), message, **fmt)
+    else:
+        jax.debug.callback(functools.partial(_raise_if, message=message), ~ok, **fmt)
+
+
 def checked(loss_fn):
-    """Wrap a jaxseq loss so that out-of-range labels at valid positions raise.
+    """Wrap a jaxseq loss so that out-of-range label values raise instead of giving NaN.
 
-    The wrapped function has the same signature and passes every argument
-    through: it runs ``loss_fn`` jitted under ``checkify`` and raises
-    ``checkify.JaxRuntimeError`` naming the first bad position. Array
-    arguments are traced; every other argument (``reduction``,
-    ``label_smoothing``, ``z_loss``, chunk sizes, flags, None) is passed as a
-    static Python value, so the function sees it exactly as given (one
-    compilation per distinct setting). It works with any function taking
-    ``labels`` and either ``logits`` ``[..., C]`` (e.g.
-    :func:`jaxseq.sequence_labeling_loss`) or ``weight`` ``[H, C]``
-    (:func:`jaxseq.linear_cross_entropy`), and optionally ``where`` shaped like
-    ``labels``: only the labels at positions where ``where`` is True are checked.
-    Not for :func:`jaxseq.ctc_loss`, whose labels are valid within
-    ``label_lengths`` and whose ``where`` is per row: check its inputs with
-    :func:`jaxseq.validate_ctc_inputs` on the host.
+    The wrapped function has the same signature, takes every argument and
+    option of ``loss_fn`` as it is, and returns what ``loss_fn`` returns. After
+    computing the loss it checks the values the loss would otherwise turn into
+    NaN:
 
-    >>> import jax.numpy as jnp, jaxseq as js
+    * for losses taking ``labels`` and ``logits`` ``[..., C]`` (e.g.
+      :func:`jaxseq.sequence_labeling_loss`) or ``weight`` ``[H, C]``
+      (:func:`jaxseq.linear_cross_entropy`): labels in ``[0, C)`` where
+      ``where`` is True (every position without ``where``);
+    * for :func:`jaxseq.ctc_loss`: ``logit_lengths`` in ``[0, T]``,
+      ``label_lengths`` in ``[0, S]`` and, within each label length, labels in
+      ``[0, K)`` that are not ``blank``, in the rows where ``where`` is True.
+      (An impossible alignment is not an error: it is the loss ``inf``.)
+
+    It raises ``ValueError`` with a message naming the first bad position:
+
+    * at the call, for host (concrete) arrays;
+    * inside ``jax.jit``, ``jax.grad``, ``vmap``, ``lax.scan`` and jitted train
+      steps, when the compiled computation runs: a host callback raises, and
+      JAX reports it as a ``jax.errors.JaxRuntimeError`` carrying the message.
+      No ``checkify`` wrapping is needed. The check costs one small
+      device-to-host transfer per call; for a check that is functionalized
+      into your step's outputs instead, call :func:`check_labels_in_range`
+      inside a function you wrap with ``jax.experimental.checkify.checkify``.
+
+    >>> import jax, jax.numpy as jnp, jaxseq as js
     >>> safe_loss = js.checked(js.sequence_classification_loss)
     >>> safe_loss(jnp.zeros((2, 3)), jnp.array([0, 3]))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    jax._src.checkify.JaxRuntimeError: `labels` out of range [0, 3) at a valid position ...
+    ValueError: `labels` out of range [0, 3) at a valid position (flat index 1)
     >>> loss = safe_loss(jnp.zeros((2, 3)), jnp.array([0, 3]), where=jnp.array([True, False]))
     >>> round(float(loss), 4)  # the bad label is at a masked position: log 3
     1.0986
+    >>> jax.jit(jax.grad(safe_loss))(jnp.zeros((2, 3)), jnp.array([0, 3]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    jax.errors.JaxRuntimeError: ...`labels` out of range [0, 3) at a valid position ...
     """
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable, got {loss_fn!r}")
     signature = inspect.signature(loss_fn)
-    parameters = signature.parameters
-    if "label_lengths" in parameters:
+    parameters = set(signature.parameters)
+    if {"logits", "labels", "logit_lengths", "label_lengths"} <= parameters:
+        value_check = _ctc_check
+    elif "labels" in parameters and {"logits", "weight"} & parameters:
+        value_check = _label_check
+    else:
         raise TypeError(
-            "`checked` does not wrap losses with `label_lengths` (CTC): their labels are "
-            "valid within the label lengths; check them with jaxseq.validate_ctc_inputs"
+            "`loss_fn` must take `labels` and `logits` (or `weight`) arguments, like the "
+            "jaxseq losses, or be jaxseq.ctc_loss"
         )
-    if "labels" not in parameters or not ({"logits", "weight"} & set(parameters)):
-        raise TypeError(
-            "`loss_fn` must take a `labels` argument and a `logits` (or `weight`) argument"
-        )
-
-    def with_check(static, dynamic):
-        arguments = {**dict(static), **dynamic}
-        ordered = {n: arguments[n] for n in parameters if n in arguments}
-        bound = inspect.BoundArguments(signature, ordered)
-        # The loss first: its own checks name a wrong shape before the range check runs.
-        out = loss_fn(*bound.args, **bound.kwargs)
-        check_labels_in_range(
-            arguments["labels"], _num_classes(arguments), where=arguments.get("where")
-        )
-        return out
-
-    checked_fn = jax.jit(checkify.checkify(with_check), static_argnums=0)
 
     @functools.wraps(loss_fn)
     def wrapper(*args, **kwargs):
-        arguments = signature.bind(*args, **kwargs).arguments
-        static = tuple((n, v) for n, v in arguments.items() if _is_static(v))
-        dynamic = {n: v for n, v in arguments.items() if not _is_static(v)}
-        error, out = checked_fn(static, dynamic)
-        error.throw()
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        # The loss first: its own checks name a wrong shape or option before this one.
+        out = loss_fn(*args, **kwargs)
+        ok, message, fmt = value_check(bound.arguments)
+        _check(ok, message, **fmt)
         return out
 
     return wrapper

@@ -6,23 +6,28 @@ recurrence.stack on the padded batch. Tolerance: float32, atol = rtol = 1e-5
 (the measured deviation is ~1e-7).
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import jaxseq as js
+from jaxseq import cells, interop, recurrence
+from tests.test_recurrence import NONLINEAR_METHODS
 
-import jaxseq as js  # noqa: E402
-from jaxseq import cells, interop, recurrence  # noqa: E402
-from tests.test_recurrence import NONLINEAR_METHODS  # noqa: E402
-
-torch.set_num_threads(1)
+try:  # The reference; the tests that do not need it run without it.
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs PyTorch (the reference)")
+if torch is not None:
+    torch.set_num_threads(1)
 
 ATOL = RTOL = 1e-5
 B, T, D, H = 4, 5, 3, 4
 LENGTHS = np.array([5, 1, 3, 2])  # mixed, incl. length 1 and the full length T
-TORCH_MODULES = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +39,8 @@ def _float32_matmuls():
 
 def make_module(kind, num_layers, bidirectional, batch_first, bias=True, seed=0):
     torch.manual_seed(seed)
-    return TORCH_MODULES[kind](
+    module = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
+    return module(
         D, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias
     )
 
@@ -96,6 +102,7 @@ def max_deviation(module, xs, lengths, method=None):
     return max(devs)
 
 
+@needs_torch
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
@@ -129,6 +136,7 @@ def test_parity_with_torch(kind, num_layers, bidirectional, batch_first):
         np.testing.assert_allclose(g, s, atol=ATOL, rtol=RTOL)
 
 
+@needs_torch
 @pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.reference
@@ -141,6 +149,7 @@ def test_parity_with_torch_with_every_method(kind, method_id):
     assert max_deviation(module, make_inputs(LENGTHS, seed=8), LENGTHS, method) < ATOL
 
 
+@needs_torch
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.reference
 def test_parity_without_bias(kind):
@@ -152,6 +161,7 @@ def test_parity_without_bias(kind):
     assert max_deviation(module, make_inputs(LENGTHS), LENGTHS) < ATOL
 
 
+@needs_torch
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.padding_invariance
 def test_length_zero_on_the_jax_side(kind):
@@ -174,6 +184,7 @@ def test_length_zero_on_the_jax_side(kind):
         assert np.all(g[:, ~keep] == 0.0)
 
 
+@needs_torch
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.roundtrip
@@ -195,6 +206,7 @@ def test_state_dict_roundtrip(kind, bidirectional):
     jax.tree.map(np.testing.assert_array_equal, again, layer_params)
 
 
+@needs_torch
 @pytest.mark.roundtrip
 def test_state_dict_from_jax_init():
     cell = cells.gru(H)
@@ -207,6 +219,7 @@ def test_state_dict_from_jax_init():
     np.testing.assert_allclose(np.asarray(hs), out, atol=ATOL, rtol=RTOL)
 
 
+@needs_torch
 @pytest.mark.bad_input
 def test_to_torch_state_dict_rejects_mismatches():
     cell = cells.lstm(H)
@@ -221,6 +234,7 @@ def test_to_torch_state_dict_rejects_mismatches():
         interop.to_torch_state_dict(cell, [], False)
 
 
+@needs_torch
 @pytest.mark.bad_input
 def test_rejects_unsupported_modules():
     with pytest.raises(ValueError, match="relu"):
@@ -233,9 +247,21 @@ def test_rejects_unsupported_modules():
         interop.from_torch(torch.nn.GRUCell(D, H))
 
 
+@needs_torch
 @pytest.mark.dtype
 def test_dtype_option():
     _, layer_params = interop.from_torch(make_module("lstm", 1, False, True).double())
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(layer_params))
     _, layer_params = interop.from_torch(make_module("gru", 1, False, True), dtype=jnp.bfloat16)
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(layer_params))
+
+
+@pytest.mark.bad_input
+def test_conversions_without_torch_raise_an_import_error_naming_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without it
+    for convert in (
+        lambda: interop.from_torch(object()),
+        lambda: interop.to_torch_state_dict(cells.gru(H), [{}], False),
+    ):
+        with pytest.raises(ImportError, match="needs PyTorch installed"):
+            convert()
