@@ -1,27 +1,25 @@
 """Subprocess side of tests/test_faults.py: runs that the tests kill, resume or repeat.
 
-    python -m tests.fault_worker train OUT [--resume] [--step-delay S]
-    python -m tests.fault_worker die_in_commit OUT
-    python -m tests.fault_worker save_forever OUT
+    python -m tests.fault_worker train OUT [--resume]
+    python -m tests.fault_worker die_in_save OUT
 
 * ``train``: ``loop.fit`` of a small GRU labeler with dropout (so every step
   draws PRNG keys) for ``MAX_STEPS`` steps, checkpointing every
   ``CHECKPOINT_EVERY``; writes ``OUT/final.npz`` (every leaf of the train state)
-  and then ``OUT/done``. ``--step-delay`` sleeps on the host before each step so
-  that a test can kill the run between two checkpoints; it changes no number.
-* ``die_in_commit``: saves :func:`state_of` (1) as step 1, then starts saving
-  step 2 and SIGKILLs itself at the moment orbax would commit it: every byte is
-  written, the step is not committed.
-* ``save_forever``: saves ``state_of(k)`` as step k for k = latest + 1, ... until
-  killed (the test kills it at a random moment, usually inside a save).
+  and then ``OUT/done``.
+* ``die_in_save``: saves :func:`state_of` (1) as step 1, then :func:`state_of` (2)
+  as step 2, which the test makes the process die inside of with the
+  fault-injection hook (``JAXSEQ_FAULT_IN_SAVE=<phase>@2``, see
+  :mod:`jaxseq.training.checkpoint`); exits 0 only if the hook never fired.
+
+Either job dies inside a save when the test sets ``JAXSEQ_FAULT_IN_SAVE``: the
+process then ends with ``checkpoint.FAULT_EXIT_CODE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import time
 
 import jax
 import numpy as np
@@ -59,17 +57,11 @@ def flat_leaves(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
-def train_job(out: str, *, resume: bool, step_delay: float) -> None:
+def train_job(out: str, *, resume: bool) -> None:
     optimizer = steps.make_optimizer(learning_rate=1e-2, clip_norm=1.0)
     state = steps.create_train_state(models.labeler_init(jax.random.key(0), CONFIG), optimizer)
     loss_fn = labeling_loss_fn("mean_over_tokens", CONFIG)
-    step = steps.make_train_step(loss_fn, optimizer)
-
-    def train_step(state, batch, key):
-        if step_delay:
-            time.sleep(step_delay)
-        return step(state, batch, key)
-
+    train_step = steps.make_train_step(loss_fn, optimizer)
     dev = toy_dataset(16, 1)
     state, _ = loop.fit(
         state,
@@ -96,43 +88,24 @@ def state_of(step: int) -> dict[str, np.ndarray]:
     }
 
 
-def die_in_commit_job(out: str) -> None:
-    from orbax.checkpoint._src.path import atomicity
-
+def die_in_save_job(out: str) -> None:
     mngr = checkpoint.manager(out)
     checkpoint.save(mngr, 1, state_of(1))
-
-    async def killed_before_commit(self):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    atomicity.AtomicRenameTemporaryPath.finalize = killed_before_commit
-    checkpoint.save(mngr, 2, state_of(2))
-    raise AssertionError("the save of step 2 was committed; it should have been killed")
-
-
-def save_forever_job(out: str) -> None:
-    mngr = checkpoint.manager(out)
-    step = (mngr.latest_step() or 0) + 1
-    while True:
-        checkpoint.save(mngr, step, state_of(step))
-        print(f"committed {step}", flush=True)
-        step += 1
+    checkpoint.save(mngr, 2, state_of(2))  # the hook ends the process in here
+    raise AssertionError("the save of step 2 returned; the fault-injection hook never fired")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("job", choices=("train", "die_in_commit", "save_forever"))
+    parser.add_argument("job", choices=("train", "die_in_save"))
     parser.add_argument("out")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--step-delay", type=float, default=0.0)
     args = parser.parse_args()
     _strict()
     if args.job == "train":
-        train_job(args.out, resume=args.resume, step_delay=args.step_delay)
-    elif args.job == "die_in_commit":
-        die_in_commit_job(args.out)
+        train_job(args.out, resume=args.resume)
     else:
-        save_forever_job(args.out)
+        die_in_save_job(args.out)
 
 
 if __name__ == "__main__":

@@ -244,3 +244,95 @@ def test_batching_invariants(lengths, batch_size, num_buckets, seed, epoch):
     for b in batches:
         np.testing.assert_array_equal(b.lengths, np.where(b.indices >= 0, ds.lengths[b.indices], 0))
         np.testing.assert_array_equal(b.label_mask, b.lengths > 0)
+
+
+# integer dtypes -----------------------------------------------------------------------
+
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+DTYPE_IDS = [np.dtype(d).name for d in INT_DTYPES]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=DTYPE_IDS)
+def test_every_integer_dtype_gives_int32_ids_and_lengths(dtype):
+    """Token ids, labels, lengths and indices of any integer dtype become exactly
+    the int32 values, in data sets, padding and batches."""
+    seqs = [np.array([1, 2, 3], dtype), np.array([4], dtype), np.array([5, 6], dtype)]
+    padded = pad_sequences(seqs, pad_value=0)
+    assert padded.dtype == np.int32
+    np.testing.assert_array_equal(padded, [[1, 2, 3], [4, 0, 0], [5, 6, 0]])
+    lengths = np.array([3, 1, 2, 9], dtype)
+    assert bucket_boundaries(lengths, 2) == bucket_boundaries(lengths.astype(np.int32), 2)
+
+    labels = tuple(np.array([0, 2, 1][: len(s)], dtype) for s in seqs)
+    extras = {"chars": tuple(np.ones((len(s), 2), dtype) for s in seqs)}
+    ds = SequenceDataset(tuple(seqs), labels, ("a", "b", "c"), extras=extras, name="ints")
+    assert {s.dtype for s in ds.sequences} == {np.dtype(np.int32)}
+    assert {v.dtype for v in ds.labels} == {np.dtype(np.int32)}
+    assert ds.extras["chars"][0].dtype == np.int32
+    (batch,) = iterate_batches(ds, 3)
+    for array in (batch.inputs, batch.labels, batch.lengths, batch.indices, batch.extras["chars"]):
+        assert array.dtype == np.int32
+    np.testing.assert_array_equal(batch.inputs, padded)
+    np.testing.assert_array_equal(batch.labels, [[0, 2, 1], [0, 0, 0], [0, 2, 0]])
+
+    classification = SequenceDataset(tuple(seqs), np.array([2, 0, 1], dtype), ("a", "b", "c"))
+    assert classification.labels.dtype == np.int32
+    sub = classification.select(np.array([2, 0], dtype))
+    assert sub.labels.tolist() == [1, 2] and sub.sequences[0].tolist() == [5, 6]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "dtype, big", [(np.int64, 2**31), (np.uint32, 2**31), (np.uint64, 2**64 - 1)], ids=str
+)
+def test_integer_values_beyond_int32_raise_instead_of_wrapping(dtype, big):
+    seqs = (np.array([1, 2], dtype), np.array([big, 1], dtype))
+    with pytest.raises(ValueError, match=rf"sequence 1 holds {big}, which does not fit .*int32"):
+        pad_sequences(seqs)
+    with pytest.raises(ValueError, match=rf"`lengths` holds {big} at index \(1,\).*int32"):
+        bucket_boundaries(np.array([3, big], dtype), 2)
+    with pytest.raises(ValueError, match=rf"^toy: `sequences\[1\]` holds {big} at index \(0,\)"):
+        SequenceDataset(seqs, np.array([0, 0], np.int32), ("a",), name="toy")
+    labels = (np.array([0, 0], dtype), np.array([0, big], dtype))
+    with pytest.raises(ValueError, match=rf"^toy: `labels\[1\]` holds {big} at index \(1,\)"):
+        SequenceDataset(seqs[:1] * 2, labels, ("a",), name="toy")
+    with pytest.raises(ValueError, match=rf"`indices` holds {big}"):
+        SequenceDataset(seqs[:1], np.array([0], np.int32), ("a",)).select(np.array([big], dtype))
+
+
+@pytest.mark.bad_input
+def test_ids_labels_lengths_and_indices_outside_their_range_raise():
+    seqs = (np.array([1, 2], np.uint8), np.array([3], np.uint8))
+    vocab = ("<pad>", "<unk>", "a")  # ids 0..2: id 3 has no embedding row
+    with pytest.raises(ValueError, match=r"^toy: `sequences\[1\]` must be in \[0, 2\], got 3"):
+        SequenceDataset(seqs, np.array([0, 1], np.int8), ("a", "b"), vocab=vocab, name="toy")
+    with pytest.raises(ValueError, match=r"^toy: `labels` must be in \[0, 1\], got 2 at index"):
+        SequenceDataset(seqs, np.array([0, 2], np.int16), ("a", "b"), name="toy")
+    with pytest.raises(ValueError, match=r"`labels\[0\]` must be in \[0, 1\], got -1"):
+        SequenceDataset(seqs, (np.array([0, -1], np.int64), np.array([1])), ("a", "b"))
+    with pytest.raises(ValueError, match=r"labels must be integer arrays .* labels\[0\] of dtype"):
+        SequenceDataset(seqs, (np.array([0.0, 1.0]), np.array([1])), ("a", "b"))
+    with pytest.raises(ValueError, match=r"`lengths` must be in \[0, inf\], got -1"):
+        bucket_boundaries(np.array([3, -1], np.int8), 2)
+    with pytest.raises(AssertionError, match=r"`lengths` must have an integer dtype"):
+        bucket_boundaries([3.0, 5.0], 2)
+    ds = SequenceDataset(seqs, np.array([0, 1], np.uint64), ("a", "b"))
+    with pytest.raises(ValueError, match=r"`indices` must be in \[0, 1\], got -1"):
+        ds.select([0, -1])  # not Python's "from the end"
+    with pytest.raises(ValueError, match=r"`indices` must be in \[0, 1\], got 2"):
+        ds.select(np.array([2], np.uint8))
+
+
+@pytest.mark.bad_input
+def test_pad_value_and_output_dtype_must_hold_the_values():
+    with pytest.raises(ValueError, match=r"sequence 0 holds 300, which does not fit .*int8"):
+        pad_sequences([np.array([300, 1], np.int64)], dtype=np.int8)
+    with pytest.raises(ValueError, match=r"`pad_value` 1099511627776 is not a value of .*int32"):
+        pad_sequences([np.array([1], np.int64)], pad_value=2**40)
+    with pytest.raises(ValueError, match=r"`pad_value` 0.5 is not a value of .*int32"):
+        pad_sequences([np.array([1], np.int64)], pad_value=0.5)
+    out = pad_sequences([np.array([1, 2], np.uint8)], max_len=3, pad_value=-1)
+    assert out.dtype == np.int32 and out.tolist() == [[1, 2, -1]]
+    floats = pad_sequences([np.array([0.5], np.float32)], max_len=2, pad_value=-1)
+    assert floats.dtype == np.float32 and floats.tolist() == [[0.5, -1.0]]

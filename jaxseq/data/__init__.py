@@ -6,10 +6,12 @@ Containers: :class:`SequenceDataset`, :class:`Splits`.
 Data sets, each a module with ``load(...)`` and ``SHA256``: :mod:`.japanese_vowels`,
 :mod:`.cmudict`, :mod:`.turkish_upos`. Readers for your own files:
 :func:`read_conllu`, :func:`read_tagged`, :func:`read_ts`, then :func:`tagging_splits`.
+A malformed line raises :class:`ParseError` (a ``ValueError``): ``"<source>:<line>:
+<field>: <problem>"``.
 """
 
 from jaxseq.data import cmudict, japanese_vowels, turkish_upos
-from jaxseq.data._files import DataFileError, sha256_file
+from jaxseq.data._files import DataFileError, ParseError, sha256_file
 from jaxseq.data.batching import (
     Batch,
     bucket_boundaries,
@@ -36,6 +38,7 @@ __all__ = [
     "UNK_ID",
     "Batch",
     "DataFileError",
+    "ParseError",
     "SequenceDataset",
     "Sentence",
     "Splits",

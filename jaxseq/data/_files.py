@@ -119,3 +119,53 @@ def distribution_file(distribution: str, relative: str, *, requirement: str) -> 
         f"distribution {distribution!r} does not list {relative!r}; the loader expects "
         f"{requirement!r}: run `pip install --no-deps --force-reinstall '{requirement}'`."
     )
+
+
+# ---------------------------------------------------------------------------- parse errors
+
+
+class ParseError(ValueError):
+    """A line of a data file (or string) that a reader cannot parse.
+
+    The message is ``"<source>:<line>: <field>: <problem>"``; the parts are also
+    attributes (``line`` and ``field`` are None where the problem is the whole
+    source or the whole line).
+    """
+
+    def __init__(self, source: str, line: int | None, field: str | None, problem: str):
+        self.source, self.line, self.field, self.problem = source, line, field, problem
+        where = source if line is None else f"{source}:{line}"
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+
+def decode_utf8(data: bytes, *, source: str) -> str:
+    """``data`` decoded as UTF-8; invalid bytes raise :class:`ParseError` naming the
+    line and the byte offset within it (not a bare ``UnicodeDecodeError``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ParseError(
+            source,
+            line,
+            "encoding",
+            f"invalid UTF-8 bytes {data[e.start : e.end]!r} at byte {column} of the line "
+            f"({e.reason}); the file must be UTF-8",
+        ) from None
+
+
+def as_text(text: str | bytes, *, source: str) -> str:
+    """The text a parser reads: ``str`` as it is, ``bytes`` decoded as UTF-8."""
+    if isinstance(text, (bytes, bytearray)):
+        return decode_utf8(bytes(text), source=source)
+    if not isinstance(text, str):
+        raise TypeError(f"{source}: expected the text as str or bytes, got {type(text).__name__}")
+    return text
+
+
+def read_text(path: PathLike) -> str:
+    """A UTF-8 text file's contents (``FileNotFoundError`` if missing, and
+    :class:`ParseError` naming the line of an invalid byte)."""
+    with open(path, "rb") as f:
+        return decode_utf8(f.read(), source=str(path))

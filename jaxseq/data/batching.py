@@ -60,7 +60,10 @@ def pad_sequences(
       max_len: the padded length ``T``; default ``max_i T_i``. A sequence longer
         than ``max_len`` raises (nothing is truncated silently).
       pad_value: the value of padded steps.
-      dtype: the output dtype; default the sequences' common dtype.
+      dtype: the output dtype; default int32 for integer sequences (of any
+        integer dtype), else the sequences' common dtype. Integer values (and
+        ``pad_value``) that do not fit the output dtype raise ``ValueError``;
+        nothing wraps around.
 
     Returns:
       ``[B, T, ...]``: ``out[b, :T_b] = seqs[b]`` and ``pad_value`` after.
@@ -83,8 +86,30 @@ def pad_sequences(
         max_len = max(lengths)
     if max(lengths) > max_len:
         raise ValueError(f"a sequence of length {max(lengths)} does not fit max_len={max_len}")
+    integer_input = all(np.issubdtype(a.dtype, np.integer) for a in arrays)
     if dtype is None:
-        dtype = np.result_type(*arrays)
+        # Integer sequences (token ids) of any dtype pad to int32, the dtype jaxseq
+        # computes ids in; other dtypes keep their common dtype.
+        dtype = np.int32 if integer_input else np.result_type(*arrays)
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if integer_input:
+            # Values that do not fit the output dtype raise instead of wrapping around.
+            for i, a in enumerate(arrays):
+                if np.can_cast(a.dtype, dtype) or not a.size:
+                    continue  # every value of a.dtype fits
+                if int(a.min()) < info.min or int(a.max()) > info.max:
+                    bad = int(a.min()) if int(a.min()) < info.min else int(a.max())
+                    raise ValueError(
+                        f"sequence {i} holds {bad}, which does not fit the output dtype {dtype} "
+                        f"(range [{info.min}, {info.max}])"
+                    )
+        if not float(pad_value).is_integer() or not info.min <= int(pad_value) <= info.max:
+            raise ValueError(
+                f"`pad_value` {pad_value!r} is not a value of the output dtype {dtype} "
+                f"(integers in [{info.min}, {info.max}])"
+            )
     out = np.full((len(arrays), max_len, *trailing), pad_value, dtype=dtype)
     for b, a in enumerate(arrays):
         out[b, : len(a)] = a
@@ -97,7 +122,8 @@ def bucket_boundaries(
     """Bucket lengths holding about equally many sequences each.
 
     Args:
-      lengths: ``[N]`` sequence lengths (e.g. ``dataset.lengths`` of train).
+      lengths: ``[N]`` sequence lengths (e.g. ``dataset.lengths`` of train), any
+        integer dtype; non-negative and within int32.
       num_buckets: how many buckets at most (duplicates are merged).
       multiple_of: round every bucket length up to a multiple of this (e.g. 8
         for friendlier matmul shapes).
@@ -116,6 +142,7 @@ def bucket_boundaries(
     _checks.check_rank(lengths_N, 1, "lengths", "[N]")
     if lengths_N.size == 0:
         raise ValueError("`lengths` must hold at least one length, got none")
+    lengths_N = np.asarray(_checks.index_array(lengths_N, "lengths", low=0))  # exact int32
     qs = np.arange(1, num_buckets + 1) / num_buckets
     edges = np.quantile(lengths_N, qs, method="inverted_cdf")
     edges = {max(1, math.ceil(int(e) / multiple_of) * multiple_of) for e in edges}

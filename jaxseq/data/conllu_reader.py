@@ -20,14 +20,18 @@ fractions).
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 from jaxseq import _checks
-from jaxseq.data._files import PathLike
+from jaxseq.data._files import ParseError, PathLike, as_text, read_text
 
 _COLUMNS = {"form": 1, "lemma": 2, "upos": 3, "xpos": 4, "deprel": 7}
+_FIELD_NAMES = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DEPS", "MISC")
+_RANGE_ID = re.compile(r"^[1-9][0-9]*-[1-9][0-9]*$")
+_EMPTY_NODE_ID = re.compile(r"^[0-9]+\.[1-9][0-9]*$")
 
 
 class Sentence(NamedTuple):
@@ -64,7 +68,7 @@ def _blocks(text: str):
 
 
 def parse_conllu(
-    text: str,
+    text: str | bytes,
     *,
     tag_column: Literal["upos", "xpos", "deprel", "lemma"] = "upos",
     source: str = "<string>",
@@ -72,12 +76,19 @@ def parse_conllu(
     """Parse CoNLL-U text into sentences of (form, tag) words.
 
     Args:
-      text: the file's contents.
+      text: the file's contents (``str``, or UTF-8 ``bytes``).
       tag_column: which column is the tag (default UPOS, the 4th).
-      source: a name for error messages.
+      source: a name for error messages (the file path, or ``"<string>"``).
 
     Returns:
       the sentences in file order.
+
+    Raises:
+      ParseError: (a ``ValueError``) a token line without 10 fields, an ID that
+        is not an integer, a range or an empty node, or out of sequence, a HEAD
+        that is not ``_`` or a word ID of the sentence (0 for the root), an empty
+        FORM or tag field, a comment after the tokens, a sentence without words,
+        invalid UTF-8; the message is ``"<source>:<line>: <field>: <problem>"``.
 
     >>> doc = '''# sent_id = s1
     ... 1-2\\tdella\\t_\\t_\\t_\\t_\\t_\\t_\\t_\\t_
@@ -91,59 +102,105 @@ def parse_conllu(
     (('di', 'la', 'casa'), ('ADP', 'DET', 'NOUN'), 's1')
     """
     _checks.check_choice(tag_column, tuple(_COLUMNS), "tag_column")
+    text = as_text(text, source=source)
     col = _COLUMNS[tag_column]
     sentences = []
     for start, lines in _blocks(text):
         metadata: dict[str, str] = {}
         words: list[str] = []
         tags: list[str] = []
+        heads: list[tuple[int, str]] = []  # (line number, HEAD) of each word
         for offset, line in enumerate(lines):
-            where = f"{source}:{start + offset}"
+            lineno = start + offset
             if line.startswith("#"):
                 if words:
-                    raise ValueError(f"{where}: comment after the first token line")
+                    raise ParseError(
+                        source, lineno, "comment", "a comment after the first token line"
+                    )
                 key, eq, value = line[1:].partition("=")
                 if eq:
                     metadata[key.strip()] = value.strip()
                 continue
             fields = line.split("\t")
             if len(fields) != 10:
-                raise ValueError(f"{where}: expected 10 tab-separated fields, got {len(fields)}")
+                raise ParseError(
+                    source,
+                    lineno,
+                    "columns",
+                    f"expected 10 tab-separated fields ({' '.join(_FIELD_NAMES)}), "
+                    f"got {len(fields)}",
+                )
             token_id = fields[0]
-            if "-" in token_id or "." in token_id:
+            if _RANGE_ID.match(token_id) or _EMPTY_NODE_ID.match(token_id):
                 continue  # multiword-token range or empty node
-            if not token_id.isdigit() or int(token_id) != len(words) + 1:
-                raise ValueError(f"{where}: token ID {token_id!r}, expected {len(words) + 1}")
+            if not token_id.isdigit():
+                raise ParseError(
+                    source,
+                    lineno,
+                    "ID",
+                    f"{token_id!r} is not a word ID (an integer), a range (3-4) or an "
+                    f"empty node (5.1)",
+                )
+            if int(token_id) != len(words) + 1:
+                raise ParseError(
+                    source,
+                    lineno,
+                    "ID",
+                    f"token ID {token_id!r}, expected {len(words) + 1} (IDs run 1, 2, 3... "
+                    f"within a sentence)",
+                )
+            for k in sorted({1, col}):
+                if not fields[k]:
+                    raise ParseError(source, lineno, _FIELD_NAMES[k], "empty (use '_')")
+            heads.append((lineno, fields[6]))
             words.append(fields[1])
             tags.append(fields[col])
         if not words:
-            raise ValueError(f"{source}:{start}: sentence without token lines")
+            raise ParseError(source, start, None, "sentence without token lines")
+        for lineno, head in heads:
+            if head != "_" and (not head.isdigit() or int(head) > len(words)):
+                raise ParseError(
+                    source,
+                    lineno,
+                    "HEAD",
+                    f"{head!r} is not '_', 0 (the root) or a word ID of the sentence "
+                    f"(1..{len(words)})",
+                )
         sentences.append(Sentence(tuple(words), tuple(tags), metadata.get("sent_id"), metadata))
     return tuple(sentences)
 
 
 def read_conllu(path: PathLike, **kwargs) -> tuple[Sentence, ...]:
     """Read a CoNLL-U file (UTF-8); see :func:`parse_conllu`."""
-    with open(path, encoding="utf-8") as f:
-        return parse_conllu(f.read(), source=str(path), **kwargs)
+    return parse_conllu(read_text(path), source=str(path), **kwargs)
 
 
-def parse_tagged(text: str, *, source: str = "<string>") -> tuple[Sentence, ...]:
+def parse_tagged(text: str | bytes, *, source: str = "<string>") -> tuple[Sentence, ...]:
     """Parse two-column ``word<TAB>TAG`` text, blank lines between sentences.
+
+    A line without exactly two non-empty columns raises :class:`ParseError` (a
+    ``ValueError``): ``"<source>:<line>: <field>: <problem>"``.
 
     >>> [s.words for s in parse_tagged("The\\tDET\\ncat\\tNOUN\\n\\nRun\\tVERB\\n")]
     [('The', 'cat'), ('Run',)]
     """
+    text = as_text(text, source=source)
     sentences = []
     for start, lines in _blocks(text):
         words, tags = [], []
         for offset, line in enumerate(lines):
             fields = line.split("\t") if "\t" in line else line.split()
             fields = [f.strip() for f in fields]
-            if len(fields) != 2 or not all(fields):
-                raise ValueError(
-                    f"{source}:{start + offset}: expected 'word<TAB>TAG', got {line!r}"
+            if len(fields) != 2:
+                raise ParseError(
+                    source,
+                    start + offset,
+                    "TAG" if len(fields) == 1 else "columns",
+                    f"expected 'word<TAB>TAG' (2 columns), got {len(fields)} in {line!r}",
                 )
+            for name, value in zip(("word", "TAG"), fields, strict=True):
+                if not value:
+                    raise ParseError(source, start + offset, name, f"empty in {line!r}")
             words.append(fields[0])
             tags.append(fields[1])
         sentences.append(Sentence(tuple(words), tuple(tags)))
@@ -152,5 +209,4 @@ def parse_tagged(text: str, *, source: str = "<string>") -> tuple[Sentence, ...]
 
 def read_tagged(path: PathLike) -> tuple[Sentence, ...]:
     """Read a two-column tagged file (UTF-8); see :func:`parse_tagged`."""
-    with open(path, encoding="utf-8") as f:
-        return parse_tagged(f.read(), source=str(path))
+    return parse_tagged(read_text(path), source=str(path))

@@ -22,6 +22,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from jaxseq import _checks
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SequenceDataset:
@@ -41,6 +43,12 @@ class SequenceDataset:
         padded like the inputs.
       ids: N example identifiers (word, sentence id, file position) for analysis.
       name: e.g. ``"cmudict_stress/train"``.
+
+    Integer arrays of any dtype (int8 ... uint64) are stored as int32, exactly:
+    labels must lie in ``[0, C)``, integer sequences (token ids) in ``[0, V)``
+    (``V = len(vocab)``, or any non-negative int32 without a vocabulary), integer
+    extras must fit int32; a value outside raises ``ValueError`` naming the
+    array and the position.
     """
 
     sequences: tuple[np.ndarray, ...]
@@ -54,6 +62,7 @@ class SequenceDataset:
 
     def __post_init__(self) -> None:
         n = len(self.sequences)
+        classes = len(self.class_names)
         if isinstance(self.labels, np.ndarray):
             if self.labels.shape != (n,) or not np.issubdtype(self.labels.dtype, np.integer):
                 raise ValueError(
@@ -62,12 +71,37 @@ class SequenceDataset:
                 )
             if self.label_masks is not None:
                 raise ValueError(f"{self.name}: label_masks are for labeling data sets only")
+            (labels,) = _int32_arrays(
+                (self.labels,), "labels", self.name, 0, classes - 1, indexed=False
+            )
+            object.__setattr__(self, "labels", labels)
         else:
             _check_aligned(self.labels, self.sequences, "labels", self.name)
+            labels = _arrays(self.labels)
+            for i, v in enumerate(labels):
+                if v.dtype.kind not in "iu":
+                    raise ValueError(
+                        f"{self.name}: labeling labels must be integer arrays [T_i], got "
+                        f"labels[{i}] of dtype {v.dtype}"
+                    )
+            labels = _int32_arrays(labels, "labels", self.name, 0, classes - 1)
+            object.__setattr__(self, "labels", labels)
+        sequences = _arrays(self.sequences)
+        if sequences and all(s.dtype.kind in "iu" for s in sequences):
+            # Token ids: int32, each a row of the embedding table (< len(vocab)).
+            high = None if self.vocab is None else len(self.vocab) - 1
+            sequences = _int32_arrays(sequences, "sequences", self.name, 0, high)
+        object.__setattr__(self, "sequences", sequences)
         if self.label_masks is not None:
             _check_aligned(self.label_masks, self.sequences, "label_masks", self.name)
+        extras = {}
         for key, values in self.extras.items():
             _check_aligned(values, self.sequences, f"extras[{key!r}]", self.name)
+            values = _arrays(values)
+            if values and all(v.dtype.kind in "iu" for v in values):
+                values = _int32_arrays(values, f"extras[{key!r}]", self.name, None, None)
+            extras[key] = values
+        object.__setattr__(self, "extras", extras)
         if self.ids is not None and len(self.ids) != n:
             raise ValueError(f"{self.name}: {len(self.ids)} ids for {n} sequences")
 
@@ -85,8 +119,14 @@ class SequenceDataset:
         return np.array([len(s) for s in self.sequences], dtype=np.int32)
 
     def select(self, indices: Sequence[int] | np.ndarray, name: str | None = None):
-        """A new data set with the examples at ``indices``, in that order."""
-        idx = [int(i) for i in indices]
+        """A new data set with the examples at ``indices`` (ints in ``[0, N)``, any
+        integer dtype), in that order."""
+        idx: list[int] = []
+        if isinstance(indices, np.ndarray) or len(indices):
+            indices = np.asarray(indices)
+            _checks.check_rank(indices, 1, "indices", "[K]")
+            host = _checks.index_array(indices, "indices", low=0, high=len(self) - 1)
+            idx = np.asarray(host).tolist()
 
         def pick(values):
             return tuple(values[i] for i in idx)
@@ -105,6 +145,46 @@ class SequenceDataset:
             ids=None if self.ids is None else pick(self.ids),
             name=self.name if name is None else name,
         )
+
+
+def _arrays(values) -> tuple[np.ndarray, ...]:
+    return tuple(v if isinstance(v, np.ndarray) else np.asarray(v) for v in values)
+
+
+def _int32_arrays(
+    arrays: tuple[np.ndarray, ...],
+    what: str,
+    name: str,
+    low: int | None,
+    high: int | None,
+    *,
+    indexed: bool = True,
+) -> tuple[np.ndarray, ...]:
+    """Integer arrays (any of int8 ... uint64) as int32, exactly: every value is
+    checked (on the host, with :func:`jaxseq._checks.index_array`) to fit int32
+    and lie in ``[low, high]``, else a ``ValueError`` names the array and the
+    position. int32 arrays are returned as they are."""
+    dtypes = {a.dtype for a in arrays}
+    for dtype in dtypes:
+        group = (
+            range(len(arrays))
+            if len(dtypes) == 1
+            else [i for i, a in enumerate(arrays) if a.dtype == dtype]
+        )
+        flat = np.concatenate([arrays[i].ravel() for i in group])
+        try:
+            _checks.index_array(flat, what, low=low, high=high)  # one check for all of them
+        except ValueError:
+            for i in group:  # find the first offender and name it
+                try:
+                    label = f"{what}[{i}]" if indexed else what
+                    _checks.index_array(arrays[i], label, low=low, high=high)
+                except ValueError as e:
+                    raise ValueError(f"{name or 'SequenceDataset'}: {e}") from None
+            raise
+    if dtypes == {np.dtype(np.int32)}:
+        return arrays
+    return tuple(a if a.dtype == np.int32 else a.astype(np.int32) for a in arrays)
 
 
 def _check_aligned(values, sequences, what: str, name: str) -> None:

@@ -66,9 +66,20 @@ def _read_cached(path: str, sha256: str) -> TsData:
     return data
 
 
-def _to_dataset(data: TsData, split: str, class_names: tuple[str, ...]) -> SequenceDataset:
+def _to_dataset(
+    data: TsData, split: str, class_names: tuple[str, ...], source: str
+) -> SequenceDataset:
     if data.class_labels != class_names:
-        raise ValueError(f"{split}: classes {data.class_labels}, expected {class_names}")
+        raise ValueError(
+            f"{source}: @classLabel: classes {data.class_labels}, expected {class_names} "
+            f"(the {split} file of JapaneseVowels)"
+        )
+    if len(data.labels) != len(data.series):
+        raise ValueError(
+            f"{source}: class label: {len(data.series)} series but {len(data.labels)} labels"
+        )
+    if any(s.shape[1] != NUM_FEATURES for s in data.series):
+        raise ValueError(f"{source}: dimensions: expected {NUM_FEATURES} per series")
     index = {c: k for k, c in enumerate(class_names)}
     labels = np.array([index[label] for label in data.labels], dtype=np.int32)
     return SequenceDataset(
@@ -116,7 +127,7 @@ def load(
         digest = _files.checked_digest(
             file, SHA256[filename], requirement=REQUIREMENT, verify=verify
         )
-        splits[split] = _to_dataset(_read_cached(str(file), digest), split, class_names)
+        splits[split] = _to_dataset(_read_cached(str(file), digest), split, class_names, str(file))
     train, test = splits["train"], splits["test"]
     dev = None
     if dev_per_class > 0:

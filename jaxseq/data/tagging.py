@@ -102,7 +102,15 @@ def tagging_splits(
         for i, s in enumerate(sents):
             unknown = [t for t in s.tags if t not in tag_index]
             if unknown:
-                raise ValueError(f"{split} sentence {i}: tags {unknown} not in {tag_names}")
+                which = f" (sent_id {s.sent_id})" if s.sent_id is not None else ""
+                raise ValueError(
+                    f"{name}/{split} sentence {i}{which}: tag: {sorted(set(unknown))} not in "
+                    f"the tag set {tag_names}; pass tag_names=None to take every tag seen"
+                )
+            if len(s.tags) != len(s.words):
+                raise ValueError(
+                    f"{name}/{split} sentence {i}: {len(s.words)} words but {len(s.tags)} tags"
+                )
             seqs.append(vocab.encode((norm(w) for w in s.words), word_index))
             labels.append(np.array([tag_index[t] for t in s.tags], dtype=np.int32))
             c_TW, n_T = _encode_chars(s.words, char_index, max_word_len)

@@ -43,17 +43,29 @@ def token_index(vocab: Sequence[str]) -> dict[str, int]:
     return {t: i for i, t in enumerate(vocab)}
 
 
+class UnknownTokenError(ValueError, KeyError):
+    """A token is not in a vocabulary that has no ``UNK`` (a ``ValueError``; also a
+    ``KeyError``, which :func:`encode` raised before)."""
+
+    __str__ = ValueError.__str__  # not KeyError's repr of the message
+
+
 def encode(tokens: Iterable[str], index: Mapping[str, int]) -> np.ndarray:
     """int32 ``[T]`` ids of ``tokens``; unknown tokens map to ``UNK_ID`` if the vocab has UNK.
 
     Raises:
-      KeyError: a token is unknown and the vocabulary has no ``UNK``.
+      UnknownTokenError: (a ``ValueError`` and a ``KeyError``) a token is unknown
+        and the vocabulary has no ``UNK``; the message names the token and its
+        position.
     """
     unk_id = index.get(UNK)
     out = []
-    for t in tokens:
+    for position, t in enumerate(tokens):
         i = index.get(t, unk_id)
         if i is None:
-            raise KeyError(f"token {t!r} is not in the vocabulary (which has no {UNK})")
+            raise UnknownTokenError(
+                f"token {t!r} at position {position} is not in the vocabulary (which has no "
+                f"{UNK}: build it with unk=True to map unseen tokens to {UNK})"
+            )
         out.append(i)
     return np.array(out, dtype=np.int32)

@@ -291,7 +291,9 @@ def fit(
         ``OSError`` (``ENOSPC`` for too little space) is raised.
       resume: continue from the latest committed checkpoint in ``out_dir`` if
         there is one (a save interrupted by a crash is never committed; a
-        corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`).
+        corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`;
+        one of another model, checked against ``state`` before any array is read,
+        :class:`jaxseq.training.checkpoint.CheckpointMismatchError` naming the leaves).
         A run that is already finished trains and writes nothing more.
       tokens_in: counts the tokens of a batch, for the throughput display.
       learning_rate: the optimizer's learning rate or schedule (e.g.
