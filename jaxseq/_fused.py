@@ -479,7 +479,7 @@ def rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan = 
     lengths_B = jnp.clip(lengths_B.astype(jnp.int32), 0, steps)
     if steps == 0:
         return carry, jnp.zeros((batch, 0, cell.hidden_size), dtype)
-    mask_BT = masks.length_mask(lengths_B, steps)
+    mask_BT = masks._mask(lengths_B, steps)
     # Sanitise before any math: padding values never reach a value or a gradient.
     xs_BTD = jnp.where(mask_BT[..., None], xs_BTD.astype(dtype), jnp.zeros((), dtype))
     if reverse:

@@ -46,6 +46,7 @@ Gate blocks keep PyTorch's order: GRU ``(r, z, n)``, LSTM ``(i, f, g, o)``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -125,6 +126,16 @@ def _check_input_size(input_size) -> int:
     return input_size
 
 
+def _check_param_dtype(param_dtype) -> jnp.dtype:
+    try:
+        dtype = jnp.dtype(param_dtype)
+    except TypeError as e:
+        raise TypeError(f"`param_dtype` must be a dtype, got {param_dtype!r}") from e
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"`param_dtype` must be a floating dtype, got {dtype}")
+    return dtype
+
+
 def _check_params(params, names: tuple[str, ...], cell_name: str) -> None:
     if not isinstance(params, dict) or set(params) != set(names):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
@@ -139,15 +150,28 @@ def _linear(x, weight, bias, dtype):
     return out + bias.astype(dtype).reshape((1,) * (out.ndim - 1) + bias.shape)
 
 
+class InputWidthError(AssertionError):
+    """The shape error of ``project`` when ``x``'s last axis is not the cell's input width.
+
+    An ``AssertionError`` (the type of every shape error) that also carries what the
+    front-end needs to name its own argument (``xs``): ``expected`` (D), ``weight``
+    (the params entry it comes from) and ``cell_name``.
+    """
+
+    def __init__(self, x_shape, expected: int, weight: str, cell_name: str):
+        super().__init__(
+            f"`x` must have shape [..., D] with D = {expected} (from `params['{weight}']` "
+            f"of the {cell_name} cell), got {tuple(x_shape)}"
+        )
+        self.expected, self.weight, self.cell_name = expected, weight, cell_name
+
+
 def _project(params, x, *, weight: str, bias: str, cell_name: str):
     x = _checks.as_array(x, "x")
     _checks.check_floating(x, "x")
     w = params[weight]
     if x.ndim < 1 or x.shape[-1] != w.shape[0]:
-        raise _checks.shape_error(
-            f"`x` must have shape [..., D] with D = {w.shape[0]} (from `params['{weight}']` "
-            f"of the {cell_name} cell), got {tuple(x.shape)}"
-        )
+        raise InputWidthError(x.shape, w.shape[0], weight, cell_name)
     return _linear(x, w, params[bias], compute_dtype(x.dtype, w.dtype))
 
 
@@ -247,7 +271,9 @@ def elman(hidden_size: int, *, param_dtype=jnp.float32) -> Cell:
     return Cell(
         name="elman",
         hidden_size=hidden_size,
-        init=_bind(_elman_init, hidden_size=hidden_size, param_dtype=jnp.dtype(param_dtype)),
+        init=_bind(
+            _elman_init, hidden_size=hidden_size, param_dtype=_check_param_dtype(param_dtype)
+        ),
         initial_carry=_bind(_zeros_carry, hidden_size=hidden_size),
         project=_bind(_elman_project, hidden_size=hidden_size),
         step=_bind(_elman_step, hidden_size=hidden_size),
@@ -315,7 +341,7 @@ def gru(hidden_size: int, *, param_dtype=jnp.float32) -> Cell:
     return Cell(
         name="gru",
         hidden_size=hidden_size,
-        init=_bind(_gru_init, hidden_size=hidden_size, param_dtype=jnp.dtype(param_dtype)),
+        init=_bind(_gru_init, hidden_size=hidden_size, param_dtype=_check_param_dtype(param_dtype)),
         initial_carry=_bind(_zeros_carry, hidden_size=hidden_size),
         project=_bind(_gru_project, hidden_size=hidden_size),
         step=_bind(_gru_step, hidden_size=hidden_size),
@@ -393,13 +419,15 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, param_dtype=jnp.float32)
     hidden_size = _check_hidden_size(hidden_size)
     if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
         raise TypeError(f"`forget_bias` must be a Python float, got {forget_bias!r}")
+    if not math.isfinite(forget_bias):
+        raise ValueError(f"`forget_bias` must be finite, got {forget_bias}")
     return Cell(
         name="lstm",
         hidden_size=hidden_size,
         init=_bind(
             _lstm_init,
             hidden_size=hidden_size,
-            param_dtype=jnp.dtype(param_dtype),
+            param_dtype=_check_param_dtype(param_dtype),
             forget_bias=float(forget_bias),
         ),
         initial_carry=_bind(_lstm_initial_carry, hidden_size=hidden_size),

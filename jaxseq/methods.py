@@ -89,7 +89,8 @@ class Fused:
     step, the input projection hoisted into one ``[B*T, D] @ [D, G]`` matmul),
     and a hand-written whole-sequence backward pass (``jax.custom_vjp``) that
     reuses its buffers in place. Reverse-mode only: ``jax.jvp``/``jax.jacfwd``
-    raise and name ``method=jaxseq.Scan()``. There is no ``remat`` option: the
+    raise and name ``method=jaxseq.Scan()``; ``jax.linearize`` returns, but its
+    linear function raises JAX's own forward-mode ``TypeError``. There is no ``remat`` option: the
     engine stores only the states and gate activations.
     """
 

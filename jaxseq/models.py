@@ -25,10 +25,19 @@ directly.
 
 Padding: whatever the inputs hold at padded steps (any token id, NaN features)
 changes neither the outputs at valid steps nor any gradient: padded ids are
-replaced by 0 and padded features by zeros before the input layer. A *valid*
-token id outside ``[0, vocab_size)`` gives NaN embeddings, so NaN logits, never
-a plausible number (check ids on the host with
-``jaxseq.validate_labels(ids, vocab_size, where=mask)`` if they may be out of range).
+replaced by 0 and padded features by zeros before the input layer.
+
+Integer arguments (token ids ``inputs``, ``lengths``) may have any integer dtype
+(int8 ... int64, uint8 ... uint64) and are converted to int32 exactly. Bad values
+are never a plausible number:
+
+* concrete (host) arguments are checked: ``lengths`` outside ``[0, T]``, or a token
+  id at a valid step outside ``[0, vocab_size)``, is a ``ValueError`` naming the
+  argument (ids at padded steps are not looked at);
+* under ``jit`` (traced arguments) a valid token id outside the vocabulary gives a
+  NaN embedding, so NaN logits from that step on (the labeler) or for the whole
+  sequence (the classifier), and a length outside ``[0, T]`` makes every logit of
+  its sequence NaN; the other sequences are unaffected.
 """
 
 from __future__ import annotations
@@ -37,9 +46,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxseq import _checks, cells, methods, parallel_cells, pooling, recurrence
-from jaxseq.masks import length_mask
+from jaxseq import _checks, cells, masks, methods, parallel_cells, pooling, recurrence
 
 CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
 POOLINGS = ("last", "mean", "max")
@@ -247,6 +256,8 @@ def _affine(x, w, b):
 
 
 def _check_inputs(config: SequenceModelConfig, inputs, lengths):
+    """``(inputs, lengths, bad)``: ids and lengths as int32 (host values checked), and
+    ``bad [B]`` marking traced lengths outside ``[0, T]`` (None for concrete lengths)."""
     inputs = _checks.as_array(inputs, "inputs")
     lengths = _checks.as_array(lengths, "lengths")
     if config.tokens:
@@ -263,16 +274,34 @@ def _check_inputs(config: SequenceModelConfig, inputs, lengths):
         )
     _checks.check_integer(lengths, "lengths")
     _checks.check_shape(lengths, (inputs.shape[0],), "lengths", "[B] (B from `inputs`)")
-    return inputs, lengths
+    steps = inputs.shape[1]
+    lengths = masks.lengths_array(lengths, steps)
+    bad_B = masks.out_of_range(lengths, steps)
+    if config.tokens:
+        if bad_B is None and _checks.is_concrete(inputs):
+            # Host ids: only the valid steps are looked at (padding may hold anything).
+            ids = np.asarray(inputs)
+            valid = np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
+            inputs = _checks.index_array(
+                np.where(valid, ids, np.zeros((), ids.dtype)),
+                "inputs",
+                low=0,
+                high=config.vocab_size - 1,
+                what=" (vocab_size - 1) at valid steps",
+            )
+        else:
+            # Traced: an id that does not fit int32 becomes -1, out of range (NaN).
+            inputs = _checks.index_array(inputs, "inputs")
+    return inputs, lengths, bad_B
 
 
 def _input_layer(params, config: SequenceModelConfig, inputs, mask_BT):
     """``inputs`` -> float ``[B, T, E or D]``; padded steps are sanitised first."""
     if config.tokens:
         table_VE = params["embed"]["E"]
-        ids_BT = inputs
+        ids_BT = inputs  # int32
         in_range_BT = (ids_BT >= 0) & (ids_BT < config.vocab_size)
-        safe_BT = jnp.where(mask_BT & in_range_BT, ids_BT, 0).astype(jnp.int32)
+        safe_BT = jnp.where(mask_BT & in_range_BT, ids_BT, jnp.zeros((), jnp.int32))
         x_BTE = jnp.take(table_VE, safe_BT, axis=0)
         # A valid id outside the vocabulary is loud (NaN), never another token's vector.
         loud_BT = mask_BT & ~in_range_BT
@@ -300,7 +329,7 @@ def encode(
       params: from :func:`classifier_init` / :func:`labeler_init`.
       config: the architecture (static).
       inputs: integer ``[B, T]`` token ids, or float ``[B, T, D]`` features.
-      lengths: integer ``[B]``, ``0 <= lengths <= T``.
+      lengths: integer ``[B]``, ``0 <= lengths <= T`` (see the module doc for bad values).
       key: PRNG key for dropout; required when ``train`` and a rate is > 0.
       train: apply dropout.
 
@@ -309,20 +338,28 @@ def encode(
       :func:`jaxseq.recurrence.stack` (leaves ``[B, ...]``) and ``hs`` float
       ``[B, T, H']``, zero at padded steps.
     """
+    finals, hs, _, bad_B = _encode(params, config, inputs, lengths, key=key, train=train)
+    return masks.poison((finals, hs), bad_B)
+
+
+def _encode(params, config, inputs, lengths, *, key, train):
+    """:func:`encode`, also returning the int32 lengths and the rows to poison."""
     if not isinstance(config, SequenceModelConfig):
         raise TypeError(f"`config` must be a SequenceModelConfig, got {type(config).__name__}")
     _checks.check_flag(train, "train")
-    inputs, lengths = _check_inputs(config, inputs, lengths)
+    inputs, lengths, bad_B = _check_inputs(config, inputs, lengths)
+    if bad_B is not None:
+        lengths = jnp.clip(lengths, 0, inputs.shape[1])
     uses_dropout = train and (config.dropout_rate > 0 or config.embed_dropout_rate > 0)
     if uses_dropout and key is None:
         raise ValueError("`key` is required when train=True and a dropout rate is > 0")
     key_embed, key_stack = jax.random.split(key) if uses_dropout else (None, None)
 
-    mask_BT = length_mask(lengths, inputs.shape[1])
+    mask_BT = masks._mask(lengths, inputs.shape[1])
     x_BTE = _input_layer(params, config, inputs, mask_BT)
     if train and config.embed_dropout_rate > 0:
         x_BTE = recurrence.variational_dropout(x_BTE, rate=config.embed_dropout_rate, key=key_embed)
-    return recurrence.stack(
+    finals, hs = recurrence.stack(
         make_cell(config),
         params["rnn"],
         x_BTE,
@@ -333,6 +370,7 @@ def encode(
         train=train and config.dropout_rate > 0,
         method=config.method,
     )
+    return finals, hs, lengths, bad_B
 
 
 def _final_state(config: SequenceModelConfig, carry) -> jax.Array:
@@ -363,7 +401,7 @@ def classifier_apply(
       config: the architecture (static under ``jit``).
       inputs: integer ``[B, T]`` token ids (any id at padded steps), or float
         ``[B, T, D]`` features.
-      lengths: integer ``[B]``.
+      lengths: integer ``[B]`` in ``[0, T]`` (see the module doc for bad values).
       key: PRNG key for dropout (keyword-only); needed only when ``train``.
       train: apply dropout.
 
@@ -377,15 +415,18 @@ def classifier_apply(
     >>> jm.classifier_apply(params, cfg, ids, lengths).shape
     (2, 3)
     """
-    final_carries, hs_BTH = encode(params, config, inputs, lengths, key=key, train=train)
+    final_carries, hs_BTH, lengths, bad_B = _encode(
+        params, config, inputs, lengths, key=key, train=train
+    )
     kind = config.pooling or "last"
     if kind == "last":
         pooled_BH = _final_state(config, final_carries[-1])
     else:
-        where_BT = length_mask(lengths, hs_BTH.shape[1])
+        where_BT = masks._mask(lengths, hs_BTH.shape[1])
         pool = pooling.masked_mean if kind == "mean" else pooling.masked_max
         pooled_BH = pool(hs_BTH, where=where_BT)
-    return _affine(pooled_BH, params["output"]["V"], params["output"]["c"])
+    logits_BC = _affine(pooled_BH, params["output"]["V"], params["output"]["c"])
+    return masks.poison(logits_BC, bad_B)
 
 
 def labeler_apply(
@@ -406,7 +447,7 @@ def labeler_apply(
       params: from :func:`labeler_init`.
       config: the architecture (static under ``jit``); ``pooling`` must be unset.
       inputs: integer ``[B, T]`` token ids, or float ``[B, T, D]`` features.
-      lengths: integer ``[B]``.
+      lengths: integer ``[B]`` in ``[0, T]`` (see the module doc for bad values).
       key: PRNG key for dropout (keyword-only); needed only when ``train``.
       train: apply dropout.
 
@@ -426,5 +467,6 @@ def labeler_apply(
     True
     """
     _check_labeler_config(config)
-    _, hs_BTH = encode(params, config, inputs, lengths, key=key, train=train)
-    return _affine(hs_BTH, params["output"]["V"], params["output"]["c"])
+    _, hs_BTH, _, bad_B = _encode(params, config, inputs, lengths, key=key, train=train)
+    logits_BTC = _affine(hs_BTH, params["output"]["V"], params["output"]["c"])
+    return masks.poison(logits_BTC, bad_B)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxseq import cells, methods, models, recurrence
+from jaxseq import _checks, cells, methods, models, recurrence
 
 __all__ = ["RNN", "SequenceClassifier", "SequenceLabeler"]
 
@@ -107,6 +107,10 @@ class RNN(nnx.Module):
     ):
         if not isinstance(cell, cells.Cell):
             raise TypeError(f"`cell` must be a jaxseq.cells.Cell, got {type(cell).__name__}")
+        _checks.check_flag(bidirectional, "bidirectional")
+        _checks.check_flag(deterministic, "deterministic")
+        _checks.check_rate(dropout_rate, "dropout_rate")
+        _checks.check_int(num_layers, "num_layers", 1)
         if layer_params is None:
             if input_size is None or not isinstance(rngs, nnx.Rngs):
                 raise ValueError(
@@ -198,6 +202,7 @@ class _SequenceModel(nnx.Module):
             )
         # At construction, also with from_params (which does not run `_init`).
         type(self)._check_config(config)
+        _checks.check_flag(deterministic, "deterministic")
         if params is None:
             if not isinstance(rngs, nnx.Rngs):
                 raise ValueError(

@@ -66,9 +66,11 @@ import jax.numpy as jnp
 from jaxseq import _checks
 from jaxseq.cells import (
     Cell,
+    InputWidthError,
     _bind,
     _check_hidden_size,
     _check_input_size,
+    _check_param_dtype,
     _check_params,
     _glorot_blocks,
     _identity,
@@ -261,7 +263,7 @@ def _minimal_cell(
             _minimal_init,
             hidden_size=hidden_size,
             blocks=blocks,
-            param_dtype=jnp.dtype(param_dtype),
+            param_dtype=_check_param_dtype(param_dtype),
         ),
         initial_carry=_bind(_zeros_carry, hidden_size=hidden_size),
         project=_bind(_minimal_project, cell_name=name),
@@ -424,10 +426,7 @@ def _lru_project(params, x, *, hidden_size, state_size):
     _checks.check_floating(x, "x")
     weight = jnp.concatenate([params["B_re"], params["B_im"], params["D"]], axis=1)
     if x.ndim < 1 or x.shape[-1] != weight.shape[0]:
-        raise _checks.shape_error(
-            f"`x` must have shape [..., D] with D = {weight.shape[0]} (from `params['B_re']` "
-            f"of the lru cell), got {tuple(x.shape)}"
-        )
+        raise InputWidthError(x.shape, weight.shape[0], "B_re", "lru")
     dtype = compute_dtype(x.dtype, weight.dtype)
     return jnp.tensordot(x.astype(dtype), weight.astype(dtype), axes=1)
 
@@ -495,10 +494,12 @@ def _check_ring(r_min, r_max, max_phase) -> tuple[float, float, float]:
     for value, name in ((r_min, "r_min"), (r_max, "r_max"), (max_phase, "max_phase")):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"`{name}` must be a Python float, got {value!r}")
-    if not 0.0 <= r_min < r_max < 1.0:
-        raise ValueError(
-            f"the ring must satisfy 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}"
-        )
+        if not math.isfinite(value):
+            raise ValueError(f"`{name}` must be finite, got {value}")
+    if not 0.0 <= r_min < 1.0:
+        raise ValueError(f"`r_min` must be in [0, 1), got {r_min}")
+    if not r_min < r_max < 1.0:
+        raise ValueError(f"`r_max` must be in (r_min, 1) = ({r_min}, 1), got {r_max}")
     if not 0.0 < max_phase <= 2 * math.pi:
         raise ValueError(f"`max_phase` must be in (0, 2*pi], got {max_phase}")
     return float(r_min), float(r_max), float(max_phase)
@@ -567,7 +568,7 @@ def lru(
             r_min=r_min,
             r_max=r_max,
             max_phase=max_phase,
-            param_dtype=jnp.dtype(param_dtype),
+            param_dtype=_check_param_dtype(param_dtype),
         ),
         initial_carry=_bind(_lru_initial_carry, **sizes),
         project=_bind(_lru_project, **sizes),

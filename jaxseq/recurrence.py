@@ -20,9 +20,12 @@ Semantics (every function here):
   are float64). bfloat16/float16 inputs and params are upcast, so the state
   is always accumulated in float32.
 
-Lengths are checked against ``[0, T]``
-with :func:`jaxseq.validation.validate_lengths` when they are concrete; under
-``jit`` a length above T acts as T and a negative one as 0.
+Lengths (``lengths``, ``length``) may have any integer dtype (int8 ... int64,
+uint8 ... uint64); they are converted to int32 exactly. Concrete (host) lengths
+outside ``[0, T]`` are a ``ValueError`` naming the argument. Under ``jit`` the
+values are not visible: a row whose length is outside ``[0, T]`` (or does not
+fit int32) comes back as NaN, in ``hs`` and in every leaf of its final carry,
+with every method; the other rows are unaffected.
 
 Cells, methods and flags are Python values (static): close over them, or mark
 them static when you ``jit`` the front-end itself
@@ -43,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import _checks, _fused, cells, masks, parallel_cells, validation
+from jaxseq import _checks, _fused, cells, masks, parallel_cells
 from jaxseq.methods import Fused, Method, Parallel, Scan, _check_cell, resolve_method
 
 Params = Any
@@ -59,13 +62,42 @@ def _check_xs(xs, rank: int, doc: str):
     return xs
 
 
-def _check_lengths(lengths, batch: int, max_len: int):
-    lengths = _checks.as_array(lengths, "lengths")
-    _checks.check_integer(lengths, "lengths")
-    _checks.check_shape(lengths, (batch,), "lengths", "[B] (B from `xs`)")
-    if _checks.is_concrete(lengths):
-        validation.validate_lengths(lengths, max_len)
-    return lengths
+def _check_lengths(lengths, batch: int, max_len: int, name: str = "lengths", doc=None):
+    """``(lengths as int32 clipped to [0, T], bad)``: ``bad`` marks the traced lengths
+    outside ``[0, T]`` (their rows become NaN, :func:`jaxseq.masks.poison`), None for
+    concrete lengths, which are checked on the host (ValueError naming ``name``)."""
+    lengths = _checks.as_array(lengths, name)
+    _checks.check_integer(lengths, name)
+    shape = (batch,) if doc is None else ()
+    _checks.check_shape(lengths, shape, name, doc or "[B] (B from `xs`)")
+    lengths = masks.lengths_array(lengths, max_len, name)
+    bad = masks.out_of_range(lengths, max_len)
+    if bad is not None:
+        lengths = jnp.clip(lengths, 0, max_len)
+    return lengths, bad
+
+
+def _check_input_width(cell, params, x, name: str, doc: str, layer: int | None = None) -> None:
+    """The cell's input width against ``x``'s last axis, at trace time (nothing runs).
+
+    The cells name their own argument ``x``; the front-end's is ``xs`` (or, in a stack,
+    the outputs of the layer below), so their width error is re-raised naming it.
+    """
+    try:
+        jax.eval_shape(cell.project, params, jax.ShapeDtypeStruct(x.shape[-1:], x.dtype))
+    except cells.InputWidthError as e:
+        if layer is None or layer == 0:
+            message = (
+                f"`{name}` must have shape {doc} with D = {e.expected} (from "
+                f"`params['{e.weight}']` of the {e.cell_name} cell), got {tuple(x.shape)}"
+            )
+        else:
+            message = (
+                f"`layer_params[{layer}]` expects inputs of width {e.expected} (its "
+                f"`{e.weight}` of the {e.cell_name} cell), but layer {layer - 1} outputs "
+                f"{x.shape[-1]} features; build the stack with jaxseq.init_stack"
+            )
+        raise _checks.shape_error(message) from None
 
 
 def _check_carry(cell, params, carry, batch: int | None, name: str = "carry"):
@@ -212,8 +244,9 @@ def _check_params(cell, params, xs_BTD) -> None:
 
     The fused engine reads the weights directly, so without this a wrong params dict
     would fail there with a KeyError or a matmul shape error instead of the cell's own
-    errors naming `params` (ValueError), `x` or `xp_t` (shape AssertionError), which is
-    what the Scan method raises. It runs at trace time only.
+    errors naming `params` (ValueError) or `xp_t` (shape AssertionError), which is what
+    the Scan method raises (an input width that does not fit is caught before, by
+    :func:`_check_input_width`, naming `xs`). It runs at trace time only.
     """
     dtype = cells.compute_dtype(xs_BTD.dtype, *cells.param_dtypes(params))
 
@@ -228,7 +261,7 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Metho
     if isinstance(method, Fused):
         _check_params(cell, params, xs_BTD)
         return _fused.rnn(cell, params, xs_BTD, lengths_B, carry, reverse=reverse)
-    mask_BT = masks.length_mask(lengths_B, xs_BTD.shape[1])
+    mask_BT = masks._mask(lengths_B, xs_BTD.shape[1])
     if parallel_cells.is_linear(cell):
         return _linear_rnn(cell, params, xs_BTD, mask_BT, carry, reverse=reverse, method=method)
 
@@ -258,8 +291,9 @@ def scan_rnn(
       params: the cell's params.
       xs: float ``[T, D]``; padded steps (``t >= length``) may hold anything
         (NaN, inf, 1e30).
-      length: integer scalar in ``[0, T]``, the number of valid steps (checked
-        when concrete; under ``jit`` a length above T acts as T, a negative one as 0).
+      length: integer scalar in ``[0, T]`` (any integer dtype), the number of valid
+        steps (checked when concrete; under ``jit`` a length outside ``[0, T]`` makes
+        every float output NaN).
       carry: the initial carry for ONE example (default: ``cell.initial_carry``,
         zeros); cast to the compute dtype.
       reverse: run backwards within the sequence's own length (see the module doc);
@@ -283,21 +317,19 @@ def scan_rnn(
     _checks.check_flag(reverse, "reverse")
     xs = _check_xs(xs, 2, "[T, D]")
     method = resolve_method(cell, method)
-    length = _checks.as_array(length, "length")
-    _checks.check_integer(length, "length")
-    _checks.check_shape(length, (), "length", "(a scalar)")
-    if _checks.is_concrete(length) and not 0 <= int(length) <= xs.shape[0]:
-        raise ValueError(f"`length` must be in [0, {xs.shape[0]}] (T), got {int(length)}")
+    length, bad = _check_lengths(length, 1, xs.shape[0], "length", "(a scalar)")
+    _check_input_width(cell, params, xs, "xs", "[T, D]")
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
     if isinstance(method, Scan) and not parallel_cells.is_linear(cell):
-        mask_T = jnp.arange(xs.shape[0]) < length
-        return _scan(cell, params, xs, mask_T, carry, reverse=reverse, method=method)
+        mask_T = masks._mask(length, xs.shape[0])
+        out = _scan(cell, params, xs, mask_T, carry, reverse=reverse, method=method)
+        return masks.poison(out, bad)
     carry_1 = None if carry is None else jax.tree.map(lambda c: jnp.asarray(c)[None], carry)
     final, hs = _rnn(
         cell, params, xs[None], length.reshape(1), carry_1, reverse=reverse, method=method
     )
-    return jax.tree.map(lambda c: c[0], final), hs[0]
+    return masks.poison((jax.tree.map(lambda c: c[0], final), hs[0]), bad)
 
 
 def rnn(
@@ -316,7 +348,8 @@ def rnn(
       cell: a :class:`jaxseq.cells.Cell` (static).
       params: the cell's params.
       xs: float ``[B, T, D]``; padded steps may hold anything (NaN, inf, 1e30).
-      lengths: integer ``[B]`` in ``[0, T]`` (checked when concrete).
+      lengths: integer ``[B]`` in ``[0, T]``, any integer dtype (checked when
+        concrete; under ``jit`` a row whose length is outside ``[0, T]`` is NaN).
       carry: optional initial carry with a leading B on every leaf.
       reverse: run each sequence backwards within its own length; ``hs`` stays in
         the original time order.
@@ -343,10 +376,12 @@ def rnn(
     _checks.check_flag(reverse, "reverse")
     xs = _check_xs(xs, 3, "[B, T, D]")
     method = resolve_method(cell, method)
-    lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    lengths, bad = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    _check_input_width(cell, params, xs, "xs", "[B, T, D]")
     if carry is not None:
         carry = _check_carry(cell, params, carry, xs.shape[0])
-    return _rnn(cell, params, xs, lengths, carry, reverse=reverse, method=method)
+    out = _rnn(cell, params, xs, lengths, carry, reverse=reverse, method=method)
+    return masks.poison(out, bad)
 
 
 def _check_bidirectional_params(params, name: str = "params") -> None:
@@ -384,7 +419,8 @@ def bidirectional(
       cell: the cell of both directions.
       params: ``{"forward": params_f, "backward": params_b}``.
       xs: float ``[B, T, D]``.
-      lengths: integer ``[B]``.
+      lengths: integer ``[B]`` in ``[0, T]``, as in :func:`rnn` (under ``jit`` a row
+        whose length is outside ``[0, T]`` is NaN in every output and final carry).
       carry: optional ``(carry_f, carry_b)``, leaves with a leading B.
       method: as in :func:`rnn`.
 
@@ -398,7 +434,9 @@ def bidirectional(
     _check_bidirectional_params(params)
     xs = _check_xs(xs, 3, "[B, T, D]")
     method = resolve_method(cell, method)
-    lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    lengths, bad = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    _check_input_width(cell, params["forward"], xs, "xs", "[B, T, D]")
+    _check_input_width(cell, params["backward"], xs, "xs", "[B, T, D]")
     if carry is not None:
         if not isinstance(carry, tuple) or len(carry) != 2:
             raise ValueError("`carry` of a bidirectional layer must be a tuple (carry_f, carry_b)")
@@ -406,7 +444,7 @@ def bidirectional(
             _check_carry(cell, params["forward"], carry[0], xs.shape[0], "carry[0]"),
             _check_carry(cell, params["backward"], carry[1], xs.shape[0], "carry[1]"),
         )
-    return _bidirectional(cell, params, xs, lengths, carry, method=method)
+    return masks.poison(_bidirectional(cell, params, xs, lengths, carry, method=method), bad)
 
 
 # ---------------------------------------------------------------------------- stacks
@@ -489,7 +527,8 @@ def stack(
       cell: the cell of every layer.
       layer_params: a list of per-layer params, e.g. from :func:`init_stack`.
       xs: float ``[B, T, D]``.
-      lengths: integer ``[B]``.
+      lengths: integer ``[B]`` in ``[0, T]``, as in :func:`rnn` (under ``jit`` a row
+        whose length is outside ``[0, T]`` is NaN in every output and final carry).
       bidirectional: every layer is a :func:`bidirectional` layer.
       dropout_rate: the drop probability ``p`` in ``[0, 1)``.
       key: PRNG key for dropout; required when ``train`` and ``dropout_rate > 0``.
@@ -517,13 +556,15 @@ def stack(
         )
     xs = _check_xs(xs, 3, "[B, T, D]")
     method = resolve_method(cell, method)
-    lengths = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    lengths, bad = _check_lengths(lengths, xs.shape[0], xs.shape[1])
     if bidirectional:
         for layer, params in enumerate(layer_params):
             _check_bidirectional_params(params, f"layer_params[{layer}]")
     finals = []
     hs = xs
     for layer, params in enumerate(layer_params):
+        for one in (params["forward"], params["backward"]) if bidirectional else (params,):
+            _check_input_width(cell, one, hs, "xs", "[B, T, D]", layer)
         if layer > 0 and use_dropout:
             hs = variational_dropout(hs, rate=dropout_rate, key=jax.random.fold_in(key, layer))
         if bidirectional:
@@ -531,4 +572,4 @@ def stack(
         else:
             final, hs = _rnn(cell, params, hs, lengths, None, reverse=False, method=method)
         finals.append(final)
-    return finals, hs
+    return masks.poison((finals, hs), bad)

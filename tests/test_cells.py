@@ -200,3 +200,21 @@ def test_bad_arguments():
         cell.step(params, cell.initial_carry(params), jnp.ones((H,)))
     with pytest.raises(ValueError, match="`params`"):
         CELLS["gru"].project(params, jnp.ones((D,)))
+
+
+@pytest.mark.bad_input
+def test_bad_hyper_parameters_raise_naming_them():
+    cases = [
+        (lambda: cells.elman(-1), ValueError, "`hidden_size`"),
+        (lambda: cells.lstm(0), ValueError, "`hidden_size`"),
+        (lambda: cells.gru(2.0), ValueError, "`hidden_size`"),
+        (lambda: cells.lstm(H, forget_bias=float("nan")), ValueError, "`forget_bias`"),
+        (lambda: cells.lstm(H, forget_bias=float("inf")), ValueError, "`forget_bias`"),
+        (lambda: cells.lstm(H, forget_bias=-float("inf")), ValueError, "`forget_bias`"),
+        (lambda: cells.gru(H, param_dtype=jnp.int32), ValueError, "`param_dtype`"),
+        (lambda: cells.elman(H, param_dtype="not a dtype"), TypeError, "`param_dtype`"),
+        (lambda: CELLS["gru"].init(jax.random.key(0), -2), ValueError, "`input_size`"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()

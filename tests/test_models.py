@@ -262,12 +262,92 @@ def test_embedding_dropout_alone():
 
 @pytest.mark.numerics
 def test_out_of_range_valid_id_is_loud():
+    # Host ids: a ValueError naming `inputs`; traced ids: NaN logits, never a plausible one.
     config = token_config()
     params = models.labeler_init(jax.random.key(10), config)
-    ids = token_ids().at[0, 1].set(V)  # a valid step holds an id outside the vocabulary
-    logits = models.labeler_apply(params, config, ids, LENGTHS)
-    assert bool(jnp.all(jnp.isnan(logits[0, 1:])))  # from that step on
-    assert bool(jnp.all(jnp.isfinite(logits[1:])))  # other sequences are untouched
+    for bad_id in (V, -1):
+        ids = token_ids().at[0, 1].set(bad_id)  # a valid step holds an id outside the vocabulary
+        assert bool(MASK[0, 1])  # the precondition: that step is valid
+        with pytest.raises(ValueError, match=r"`inputs` must be in \[0, 10\]"):
+            models.labeler_apply(params, config, ids, LENGTHS)
+        logits = labeler_jit(params, config, ids, LENGTHS)
+        assert bool(jnp.all(jnp.isnan(logits[0, 1:])))  # from that step on
+        assert bool(jnp.all(jnp.isfinite(logits[1:])))  # other sequences are untouched
+    # Garbage at padded steps is not looked at, on the host either.
+    models.labeler_apply(params, config, garbage_padding_ids(token_ids()), LENGTHS)
+
+
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+@pytest.mark.dtype
+def test_every_integer_dtype_of_ids_and_lengths_gives_the_int32_result():
+    # The classifier jitted and the labeler eager (host data; both convert in the same
+    # _check_inputs), every dtype against int32; int64/uint64 under x64.
+    config = token_config(cell="elman", pooling="mean")
+    params = models.classifier_init(jax.random.key(14), config)
+    labeler = dataclasses.replace(config, pooling=None)
+    ids, lengths = np.asarray(token_ids()), np.asarray(LENGTHS)
+    jitted = jax.jit(functools.partial(models.classifier_apply, params, config))
+    want = jitted(ids.astype(np.int32), lengths.astype(np.int32))
+    want_labels = labeler_jit(params, labeler, ids.astype(np.int32), lengths.astype(np.int32))
+    for group in (INT_DTYPES[:3] + INT_DTYPES[4:7], INT_DTYPES[3::4]):
+        with jax.enable_x64(group[0] == "int64"):
+            for dtype in group:
+                typed = ids.astype(dtype), lengths.astype(dtype)
+                assert jnp.asarray(typed[0]).dtype == np.dtype(dtype)  # really that dtype
+                chex.assert_trees_all_equal(jitted(*map(jnp.asarray, typed)), want)
+                got = models.labeler_apply(params, labeler, *typed)
+                chex.assert_trees_all_close(got, want_labels, **TOL)
+    # An id that does not fit int32 at a valid step: a host error, NaN under jit.
+    big = ids.astype(np.uint32)
+    big[1, 0] = 2**32 - 1
+    assert bool(MASK[1, 0])  # the precondition: that step is valid
+    with pytest.raises(ValueError, match="`inputs` holds 4294967295"):
+        models.labeler_apply(params, labeler, big, lengths)
+    logits = jitted(jnp.asarray(big), jnp.asarray(lengths))
+    assert np.isnan(np.asarray(logits[1])).all()
+    assert np.isfinite(np.asarray(logits)[[0, 2]]).all()
+
+
+@pytest.mark.numerics
+def test_lengths_outside_0_t():
+    # Host: ValueError naming `lengths`; under jit: NaN logits for that sequence only
+    # (every pooling, and the labeler).
+    ids = token_ids()
+    wild = jnp.array([T + 2, -1, 2])
+    for bad in (np.array([T + 1, 2, 0]), np.array([-1, 2, 0])):
+        config = token_config()
+        params = models.classifier_init(jax.random.key(15), config)
+        with pytest.raises(ValueError, match=r"`lengths` must be in \[0, 5\]"):
+            models.classifier_apply(params, config, ids, bad)
+    for pooling_name in (None, "mean", "max"):
+        config = token_config(cell="elman", pooling=pooling_name)
+        params = models.classifier_init(jax.random.key(15), config)
+        logits = classifier_jit(params, config, ids, wild)
+        assert np.isnan(np.asarray(logits[:2])).all(), pooling_name
+        assert np.isfinite(np.asarray(logits[2])).all()
+    config = token_config(cell="elman")
+    logits = labeler_jit(models.labeler_init(jax.random.key(15), config), config, ids, wild)
+    assert np.isnan(np.asarray(logits[:2])).all() and np.isfinite(np.asarray(logits[2])).all()
+
+
+@pytest.mark.numerics
+def test_empty_batch_and_time_axes():
+    # B = 0: empty logits; T = 0: every sequence has length 0 (the classifier's logits
+    # are then c; the labeler's are [B, 0, C]).
+    config = token_config(cell="gru")
+    params = models.classifier_init(jax.random.key(16), config)
+    assert models.classifier_apply(
+        params, config, np.zeros((0, T), np.int32), np.zeros((0,), np.int32)
+    ).shape == (0, C)
+    assert models.labeler_apply(
+        params, config, np.zeros((0, T), np.int32), np.zeros((0,), np.int32)
+    ).shape == (0, T, C)
+    empty_t = np.zeros((2, 0), np.int32), np.zeros((2,), np.int32)
+    logits = models.classifier_apply(params, config, *empty_t)
+    np.testing.assert_array_equal(logits, np.broadcast_to(params["output"]["c"], (2, C)))
+    assert models.labeler_apply(params, config, *empty_t).shape == (2, 0, C)
 
 
 @pytest.mark.training_smoke

@@ -250,3 +250,51 @@ def test_rnn_module_rejects_a_method_that_does_not_apply():
             jnnx.RNN(cells.gru(H), D, method=not_a_method, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="unexpected keyword"):
         jnnx.RNN(cells.gru(H), D, unroll=2, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.bad_input
+def test_rnn_module_rejects_bad_hyper_parameters():
+    cell = cells.gru(H)
+    cases = [
+        (dict(dropout_rate=float("nan")), ValueError, "`dropout_rate`"),
+        (dict(dropout_rate=-0.1), ValueError, "`dropout_rate`"),
+        (dict(dropout_rate=1.0), ValueError, "`dropout_rate`"),
+        (dict(num_layers=0), ValueError, "`num_layers`"),
+        (dict(bidirectional=1), TypeError, "`bidirectional`"),
+        (dict(deterministic="yes"), TypeError, "`deterministic`"),
+    ]
+    for kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            jnnx.RNN(cell, D, rngs=nnx.Rngs(0), **kwargs)
+    with pytest.raises(ValueError, match="`input_size`"):
+        jnnx.RNN(cell, 0, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="`deterministic`"):
+        jnnx.SequenceClassifier(CONFIGS[0], deterministic=None, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.numerics
+def test_modules_lengths_dtypes_and_range():
+    # Any integer dtype gives the int32 result; lengths outside [0, T] are a host error,
+    # and NaN rows under jit.
+    rnn = jnnx.RNN(cells.elman(H), D, method=js.Scan(), deterministic=True, rngs=nnx.Rngs(1))
+    model = jnnx.SequenceLabeler(
+        dataclasses.replace(CONFIGS[0], cell="elman", dropout_rate=0.0, embed_dropout_rate=0.0),
+        deterministic=True,
+        rngs=nnx.Rngs(2),
+    )
+    want = rnn(XS, LENGTHS), model(IDS, LENGTHS)
+    typed = np.asarray(LENGTHS).astype(np.uint8)
+    chex.assert_trees_all_equal((rnn(XS, typed), model(IDS.astype(jnp.uint16), typed)), want)
+    for module, inputs in ((rnn, XS), (model, IDS)):
+        with pytest.raises(ValueError, match=r"`lengths` must be in \[0, 4\]"):
+            module(inputs, np.array([5, 1, 0]))
+
+    @nnx.jit
+    def run(rnn, model, lengths):
+        return rnn(XS, lengths), model(IDS, lengths)
+
+    (finals, hs), logits = run(rnn, model, jnp.array([5, 1, -1]))
+    for tree in (finals, hs, logits):
+        for leaf in jax.tree.leaves(tree):
+            assert np.isnan(np.asarray(leaf)[[0, 2]]).all()
+            assert np.isfinite(np.asarray(leaf)[1]).all()

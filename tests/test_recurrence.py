@@ -290,6 +290,11 @@ def test_forward_mode_through_the_default_names_scan(name):
         jax.jacfwd(f)(xs)
     with pytest.raises(TypeError, match=match):
         jax.jit(jax.jacfwd(lambda p: _hs_sum(cell, None, p, xs, lengths)))(params)
+    # Documented limit: jax.linearize itself returns (it is also how reverse mode starts);
+    # its linear function raises JAX's own forward-mode TypeError, which jaxseq cannot reword.
+    _, linear = jax.linearize(f, xs)
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        linear(jnp.ones_like(xs))
 
 
 @pytest.mark.gradcheck
@@ -384,22 +389,129 @@ def test_scan_rnn_is_rnn_of_one_example(name, method, reverse):
     chex.assert_trees_all_close(batched(xs, lengths), (final, hs), **tol)
 
 
+def assert_nan_rows(tree, bad_rows, row_axis=0):
+    """Every float leaf of ``tree`` is NaN throughout the rows ``bad_rows``."""
+    for leaf in jax.tree.leaves(tree):
+        rows = np.take(np.asarray(leaf), bad_rows, axis=row_axis)
+        assert np.isnan(rows).all(), rows
+
+
 @pytest.mark.parametrize("name, method", cell_methods())
 @pytest.mark.numerics
-def test_lengths_out_of_range_under_jit_act_as_clipped(name, method):
-    # Documented: unchecked under jit, where a length above T acts as T and a negative one
-    # as 0 (rnn and scan_rnn).
+def test_lengths_out_of_range_under_jit_are_nan(name, method):
+    # Documented: under jit a row whose length is outside [0, T] is NaN in hs and in every
+    # leaf of its final carry (rnn, scan_rnn); the other rows are those of a valid call.
     cell, params = CELLS[name], PARAMS[name]["forward"]
     xs, _, _ = make_batch("full")
-    wild, clipped = jnp.array([T + 3, -2, 2, T]), jnp.array([T, 0, 2, T])
+    wild, fine = jnp.array([T + 3, -2, 2, T]), jnp.array([T, 0, 2, T])
+    bad = [0, 1]
+    assert [int(n) < 0 or int(n) > T for n in wild] == [True, True, False, False]
     for reverse in (False, True):
         got = RNN(cell, params, xs, wild, reverse=reverse, method=method)
-        want = RNN(cell, params, xs, clipped, reverse=reverse, method=method)
-        chex.assert_trees_all_equal(got, want)
-        for b in (0, 1):
-            got = SCAN(cell, params, xs[b], wild[b], reverse=reverse, method=method)
-            want = SCAN(cell, params, xs[b], clipped[b], reverse=reverse, method=method)
-            chex.assert_trees_all_equal(got, want)
+        want = RNN(cell, params, xs, fine, reverse=reverse, method=method)
+        assert_nan_rows(got, bad)
+        chex.assert_trees_all_equal(*(jax.tree.map(lambda a: a[2:], t) for t in (got, want)))
+        for b in bad:
+            assert_nan_rows(SCAN(cell, params, xs[b], wild[b], reverse=reverse, method=method), [0])
+
+
+@pytest.mark.numerics
+def test_lengths_out_of_range_under_jit_are_nan_in_bidirectional_and_stack():
+    # The NaN rows come from the front-end, after whichever method ran: each method once.
+    xs, _, _ = make_batch("full")
+    wild = jnp.array([T + 1, 3, -1, T], jnp.int32)
+    cases = [("elman", js.Fused()), ("gru", js.Scan()), ("mingru", js.Parallel())]
+    for name, method in cases:
+        cell = CELLS.get(name) or js.mingru(H)
+        params = {
+            "forward": random_params(cell, jax.random.key(20), D),
+            "backward": random_params(cell, jax.random.key(21), D),
+        }
+        layers = [params, {k: random_params(cell, jax.random.key(22), 2 * H) for k in params}]
+        (final_f, final_b), hs = BIDI(cell, params, xs, wild, method=method)
+        assert_nan_rows(((final_f, final_b), hs), [0, 2])
+        assert np.isfinite(np.asarray(hs)[[1, 3]]).all()
+        finals, hs = STACK(cell, layers, xs, wild, bidirectional=True, method=method)
+        assert_nan_rows((finals, hs), [0, 2])
+        assert np.isfinite(np.asarray(hs)[[1, 3]]).all()
+
+
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+@pytest.mark.dtype
+def test_every_integer_dtype_of_lengths_gives_the_int32_result():
+    # rnn and scan_rnn, jitted and eager (host data), every dtype against int32;
+    # bidirectional and stack (which share rnn's conversion) jitted with uint8 and uint64.
+    # int64/uint64 under x64 (without it JAX narrows them before jaxseq sees them).
+    cell, params, method = CELLS["elman"], PARAMS["elman"], js.Scan()
+    xs, lengths, _ = make_batch("with_0")
+    xs, lengths = xs[:3, :5], np.minimum(np.asarray(lengths[:3]), 5)
+    assert 0 in lengths.tolist() and 5 in lengths.tolist()  # a length-0 and a full row
+
+    def one(lengths):
+        return (
+            recurrence.rnn(cell, params["forward"], xs, lengths, reverse=True, method=method),
+            recurrence.scan_rnn(cell, params["forward"], xs[0], lengths[0], method=method),
+        )
+
+    def everything(lengths):
+        return one(lengths) + (
+            recurrence.bidirectional(cell, params, xs, lengths, method=method),
+            recurrence.stack(cell, [params["forward"]], xs, lengths, method=method),
+        )
+
+    jitted = jax.jit(everything)
+    want = jitted(jnp.asarray(lengths, jnp.int32))
+    for group in (INT_DTYPES[:3] + INT_DTYPES[4:7], INT_DTYPES[3::4]):
+        with jax.enable_x64(group[0] == "int64"):
+            for dtype in group:
+                typed = lengths.astype(dtype)
+                assert jnp.asarray(typed).dtype == np.dtype(dtype)  # really that dtype
+                if dtype in ("uint8", "uint64"):
+                    chex.assert_trees_all_equal(jitted(jnp.asarray(typed)), want)
+                else:
+                    chex.assert_trees_all_equal(jax.jit(one)(jnp.asarray(typed)), want[:2])
+                chex.assert_trees_all_close(one(typed), want[:2], **SAME)
+    # Values that do not fit int32: a host error, or NaN under jit.
+    big = np.array([0, 2**32 - 1, 5], np.uint32)
+    with pytest.raises(ValueError, match="`lengths` holds 4294967295 .* does not fit int32"):
+        everything(big)
+    got = jitted(jnp.asarray(big))
+    for part in (got[0], got[2], got[3]):
+        assert_nan_rows(part, [1])
+        for leaf in jax.tree.leaves(part):
+            assert np.isfinite(np.asarray(leaf)[[0, 2]]).all()
+
+
+@pytest.mark.numerics
+def test_empty_batch_and_time_axes():
+    # B = 0 and T = 0 give empty outputs and the initial carry, with Scan, Fused, Parallel.
+    for cell, methods_here in (
+        (CELLS["lstm"], (js.Fused(), js.Scan(hoist_projection=True))),
+        (js.lru(H), (js.Scan(), js.Parallel())),
+    ):
+        p = random_params(cell, jax.random.key(0), D)
+        layers = [p, random_params(cell, jax.random.key(1), H)]
+        zeros = cell.initial_carry(p)
+        for method in methods_here:
+            for batch, steps in ((0, 3), (2, 0), (0, 0)):
+                xs, lengths = jnp.ones((batch, steps, D)), np.zeros((batch,), np.int32)
+                final, hs = recurrence.rnn(cell, p, xs, lengths, method=method)
+                assert hs.shape == (batch, steps, H)
+                for leaf, leaf0 in zip(jax.tree.leaves(final), jax.tree.leaves(zeros)):
+                    assert leaf.shape == (batch,) + leaf0.shape and not np.asarray(leaf).any()
+                if batch == 0 and steps == 0:
+                    continue  # bidirectional and stack share rnn's path for the other two
+                _, hs = recurrence.bidirectional(
+                    cell, {"forward": p, "backward": p}, xs, lengths, method=method
+                )
+                assert hs.shape == (batch, steps, 2 * H)
+                finals, hs = recurrence.stack(cell, layers, xs, lengths, method=method)
+                assert hs.shape == (batch, steps, H) and len(finals) == 2
+            final, hs = recurrence.scan_rnn(cell, p, jnp.ones((0, D)), 0, method=method)
+            assert hs.shape == (0, H)
+            assert not any(np.asarray(x).any() for x in jax.tree.leaves(final))
 
 
 @pytest.mark.retrace
@@ -846,7 +958,7 @@ def test_params_of_another_cell_raise_with_every_method(method_id):
     # A wrong set of keys is a ValueError; a width that does not fit is a shape error.
     cases = {
         "`params` of a gru cell": (ValueError, PARAMS["lstm"]["forward"]),
-        r"`x` must have shape \[\.\.\., D\] with D = 4": (
+        r"`xs` must have shape \[B, T, D\] with D = 4": (
             AssertionError,
             random_params(cell, jax.random.key(0), 4),
         ),
