@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseq import _checks
 
@@ -57,10 +58,53 @@ def all_valid(where, shape):
     return jnp.ones(shape, bool) if where is None else where
 
 
+def scalar_option(value, name: str) -> float:
+    """A finite scalar hyper-parameter as a Python float.
+
+    Python numbers, NumPy scalars and concrete 0-d NumPy/JAX arrays are accepted
+    (``TypeError`` otherwise, a traced value included: hyper-parameters are static);
+    NaN and +-inf are a ``ValueError`` naming ``name``.
+    """
+    if isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, np.generic):
+        if value.ndim != 0 or not (
+            jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+        ):
+            raise TypeError(
+                f"`{name}` must be a Python float (or a 0-d float array), got an array of "
+                f"shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
+        if not _checks.is_concrete(value):
+            raise TypeError(
+                f"`{name}` must be a concrete Python float, not a traced value: it is a static "
+                f"hyper-parameter (close over it or mark it static under jit)"
+            )
+        value = np.asarray(value).item()
+    _checks.check_float(value, name)
+    return float(value)
+
+
+def check_num_classes(num_classes: int, name: str, shape) -> None:
+    """C >= 1: zero classes is an error (a shape error, like chex's), not a silent 0."""
+    if num_classes < 1:
+        raise _checks.shape_error(
+            f"`{name}` must have at least one class (C >= 1 in its last axis), "
+            f"got shape {tuple(shape)}"
+        )
+
+
 def check_loss_options(label_smoothing, z_loss, class_weights, num_classes: int):
-    """Check the options shared by the cross-entropy losses; returns ``class_weights``."""
+    """Check the options shared by the cross-entropy losses.
+
+    Returns ``(label_smoothing, z_loss, class_weights)`` with the scalars as Python
+    floats. ``label_smoothing`` must be in ``[0, 1)`` and ``z_loss`` finite and
+    ``>= 0`` (``ValueError``; NumPy and concrete JAX scalars are accepted).
+    ``class_weights`` is a float ``[C]`` array (``AssertionError`` otherwise); when
+    it is host data, a negative, NaN or infinite weight is a ``ValueError``. Under
+    ``jit`` such weights make every weight NaN (see :func:`class_weight_vector`).
+    """
+    label_smoothing = scalar_option(label_smoothing, "label_smoothing")
     _checks.check_rate(label_smoothing, "label_smoothing")
-    _checks.check_float(z_loss, "z_loss")
+    z_loss = scalar_option(z_loss, "z_loss")
     if z_loss < 0:
         raise ValueError(f"`z_loss` must be >= 0, got {z_loss}")
     if class_weights is not None:
@@ -69,18 +113,36 @@ def check_loss_options(label_smoothing, z_loss, class_weights, num_classes: int)
         _checks.check_shape(
             class_weights, (num_classes,), "class_weights", "[C] (the number of classes)"
         )
-    return class_weights
+        if _checks.is_concrete(class_weights):
+            host = np.asarray(class_weights, np.float64)
+            bad = ~np.isfinite(host) | (host < 0)
+            if bad.any():
+                c = int(np.argwhere(bad)[0][0])
+                raise ValueError(
+                    f"`class_weights` must be finite and >= 0, got {host[c]} for class {c}"
+                )
+    return label_smoothing, z_loss, class_weights
 
 
-def class_weight_of(labels, where, class_weights, dtype):
-    """What each position counts for: ``class_weights[label]`` (1 without weights),
-    0 where ``where`` is False. ``labels`` must already be safe at masked positions."""
+def class_weight_vector(class_weights, dtype):
+    """``class_weights`` ``[C]`` in ``dtype``; all NaN if any weight is negative, NaN or
+    infinite (only a traced array can get here with one: host data raised already), so
+    the loss is NaN rather than a plausible number."""
+    weights = jnp.asarray(class_weights, dtype)
+    good = jnp.all(jnp.isfinite(weights) & (weights >= 0))
+    return jnp.where(good, weights, jnp.nan)
+
+
+def class_weight_of(labels, class_weights, dtype):
+    """What each position's target counts for: ``class_weights[label]`` (1 without
+    weights), NaN for a label outside ``[0, C)`` (so a bad label is never mistaken for
+    a zero-weight one). ``labels`` int32; ``class_weights`` from
+    :func:`class_weight_vector` or None."""
     if class_weights is None:
-        weight = jnp.ones(labels.shape, dtype)
-    else:
-        safe = jnp.clip(labels, 0, max(class_weights.shape[0] - 1, 0)).astype(jnp.int32)
-        weight = jnp.asarray(class_weights, dtype)[safe]
-    return weight if where is None else jnp.where(where, weight, 0.0)
+        return jnp.ones(labels.shape, dtype)
+    num_classes = class_weights.shape[0]
+    safe = jnp.clip(labels, 0, max(num_classes - 1, 0))
+    return jnp.where((labels >= 0) & (labels < num_classes), class_weights[safe], jnp.nan)
 
 
 def labeling_terms(loss_BT, weight_BT, reduction: str) -> LossTerms:
@@ -91,7 +153,8 @@ def labeling_terms(loss_BT, weight_BT, reduction: str) -> LossTerms:
     sum to more than 0.
     """
     weight_B = jnp.sum(weight_BT, axis=1)
-    num_sequences = jnp.sum((weight_B > 0).astype(weight_B.dtype))
+    # != 0, not > 0: a NaN weight (bad traced class weights) counts, so the loss is NaN.
+    num_sequences = jnp.sum((weight_B != 0).astype(weight_B.dtype))
     if reduction == "sum_over_time":
         return LossTerms(jnp.sum(loss_BT), num_sequences)
     if reduction == "mean_over_time":

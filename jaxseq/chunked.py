@@ -33,20 +33,27 @@ their own dtype):
   in tiles. Not available for ``reduction="none"`` (its cotangent is not a
   scalar).
 
-In the default mode, everything that is linear in the logits (label
-smoothing's mean logit) or a function of ``lse`` and the true logit per token
-(z-loss, class weights, the reductions) is plain JAX on ``[N]`` vectors outside
-the custom kernel, so its gradient comes from JAX's own autodiff. With
-``grad_in_forward`` the kernel applies z-loss itself, and the per-token
-coefficients enter it as an input whose gradient is the per-token loss, so
-``class_weights`` get their gradient in both modes.
+The per-token loss is PyTorch's ``cross_entropy(weight=w, label_smoothing=a)``
+plus the z-loss (see :func:`jaxseq.cross_entropy`):
+``(1 - a) w_y (lse - z_y) + (a / C) (sum_c w_c) lse - (a / C) sum_c w_c z_c
++ z_loss w_y lse^2``. In the default mode, everything that is linear in the
+logits (``sum_c w_c z_c = h . (W w) + b . w``, one ``[H]`` vector) or a
+function of ``lse`` and the true logit per token (z-loss, class weights, the
+reductions) is plain JAX on ``[N]`` vectors outside the custom kernel, so its
+gradient comes from JAX's own autodiff. With ``grad_in_forward`` the kernel
+takes three per-token coefficients (of ``lse``, ``z_y`` and ``lse^2``), whose
+gradients are those three quantities, so ``class_weights`` get their gradient
+in both modes.
 
 Masking is exact: masked tokens' hidden states and labels are replaced by 0
 before any arithmetic, and their loss and weight by 0 after it ("double
 where"), so NaN/inf hidden states or garbage labels at masked positions change
-neither the value nor any gradient. An out-of-range label at a valid position
-gives NaN (the fast path of :mod:`jaxseq.losses`; check with
-:func:`jaxseq.validate_labels`).
+neither the value nor any gradient. Without label smoothing a token whose
+class weight is 0 is masked the same way. An out-of-range label at a valid
+position gives NaN (the fast path of :mod:`jaxseq.losses`; check with
+:func:`jaxseq.validate_labels`); labels of any integer dtype are converted to
+int32 exactly. Zero classes (``weight`` ``[H, 0]``) is an error; zero tokens
+give the all-masked result (0, or an empty ``"none"``).
 """
 
 from __future__ import annotations
@@ -64,7 +71,9 @@ from jaxseq._reductions import (
     LossTerms,
     all_valid,
     check_loss_options,
+    check_num_classes,
     class_weight_of,
+    class_weight_vector,
     compute_dtype,
     labeling_terms,
     reduce_labeling,
@@ -87,8 +96,6 @@ class _Static(NamedTuple):
     num_classes: int  # C
     token_chunk: int  # tn <= N
     class_chunk: int  # tc <= C
-    smoothing: float  # the kernels use only (1 - smoothing) (fused kernel)
-    z_loss: float  # fused kernel only
     dtype: str  # compute dtype
     grad_dtypes: tuple[str, str, str | None] = ("float32", "float32", None)  # hidden, weight, bias
 
@@ -263,28 +270,24 @@ _lse_and_true_logit.defvjp(_lse_fwd, _lse_bwd)
 # ----------------------------------------------------------------------------- fused kernel
 
 
-def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool):
-    """``sum_n coef_n l_n`` with ``l = lse - (1 - a) z_y + z_loss lse^2`` and, if asked,
-    its gradients w.r.t. hidden, weight, bias, plus ``l`` ``[N]``."""
+def _fused_core(s: _Static, hidden, weight, bias, labels, coefs, with_grads: bool):
+    """``sum_n (c_n lse_n - d_n z_{n, y_n} + e_n lse_n^2)`` for ``coefs = (c, d, e)`` and,
+    if asked, its gradients w.r.t. hidden, weight, bias, plus ``lse`` and ``z_y`` ``[N]``."""
     dtype = jnp.dtype(s.dtype)
     tn, num_c = s.token_chunk, s.num_classes
-    keep = 1.0 - s.smoothing
     starts, fresh_from = s.class_starts()
     col = jnp.arange(s.class_chunk, dtype=jnp.int32)
 
     def body(carry, xs):
-        h_tH, y_t, c_t = xs
+        h_tH, y_t, c_t, d_t, e_t = xs
         z = _matmul(h_tH, weight, dtype)
         if bias is not None:
             z = z + bias.astype(dtype)[None, :]
         lse_t = jax.nn.logsumexp(z, axis=1)
         zy_t = _finish_true_logit(_true_logit(z, y_t, jnp.ones((tn,), bool)), y_t, s)
-        l_t = lse_t - keep * zy_t
-        if s.z_loss:
-            l_t = l_t + s.z_loss * jnp.square(lse_t)
         if not with_grads:
-            return carry, l_t
-        scale_t = c_t if not s.z_loss else c_t * (1.0 + 2.0 * s.z_loss * lse_t)
+            return carry, (lse_t, zy_t)
+        scale_t = c_t + 2.0 * e_t * lse_t
         w_T = weight.astype(dtype)
         h_T = h_tH.astype(dtype)
 
@@ -296,7 +299,7 @@ def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool
             z_tile = jax.lax.dynamic_slice_in_dim(z, start, s.class_chunk, axis=1)
             onehot = (start + col)[None, :] == y_t[:, None]
             dz = scale_t[:, None] * jnp.exp(z_tile - lse_t[:, None])
-            dz = dz - jnp.where(onehot, keep * c_t[:, None], 0.0)
+            dz = dz - jnp.where(onehot, d_t[:, None], 0.0)
             dz = jnp.where((col >= first)[None, :], dz, 0.0)
             w_Htc = jax.lax.dynamic_slice_in_dim(w_T, start, s.class_chunk, axis=1)
             dh_tH = dh_tH + jnp.matmul(dz, w_Htc.T)
@@ -316,45 +319,56 @@ def _fused_core(s: _Static, hidden, weight, bias, labels, coef, with_grads: bool
         (dh_tH, dw_HC, db_C), _ = jax.lax.scan(
             class_body, (dh_tH, dw_HC, db_C), (jnp.asarray(starts), jnp.asarray(fresh_from))
         )
-        return (dw_HC, db_C), (l_t, dh_tH)
+        return (dw_HC, db_C), (lse_t, zy_t, dh_tH)
 
-    xs = (_chunks(hidden, s), _chunks(labels, s), _chunks(coef.astype(dtype), s))
+    c_N, d_N, e_N = (x.astype(dtype) for x in coefs)
+    xs = (_chunks(hidden, s), _chunks(labels, s), *(_chunks(x, s) for x in (c_N, d_N, e_N)))
+
+    def total_of(lse_N, zy_N):
+        # A coefficient of 0 (a token that is not counted) adds exactly 0.
+        return jnp.sum(
+            jnp.where(c_N != 0, c_N * lse_N, 0.0)
+            - jnp.where(d_N != 0, d_N * zy_N, 0.0)
+            + jnp.where(e_N != 0, e_N * jnp.square(lse_N), 0.0)
+        )
+
     if not with_grads:
-        _, l_t = jax.lax.scan(body, None, xs)
-        l_N = l_t.reshape(-1)[: s.num_tokens]
-        return jnp.sum(coef.astype(dtype) * l_N), l_N
+        _, (lse_t, zy_t) = jax.lax.scan(body, None, xs)
+        lse_N, zy_N = (x.reshape(-1)[: s.num_tokens] for x in (lse_t, zy_t))
+        return total_of(lse_N, zy_N), (lse_N, zy_N)
     db0 = None if bias is None else jnp.zeros((num_c,), dtype)
-    (dw_HC, db_C), (l_t, dh) = jax.lax.scan(body, (jnp.zeros(weight.shape, dtype), db0), xs)
-    l_N = l_t.reshape(-1)[: s.num_tokens]
+    (dw_HC, db_C), (lse_t, zy_t, dh) = jax.lax.scan(body, (jnp.zeros(weight.shape, dtype), db0), xs)
+    lse_N, zy_N = (x.reshape(-1)[: s.num_tokens] for x in (lse_t, zy_t))
     dh = dh.reshape(s.padded_tokens, hidden.shape[1])[: s.num_tokens]
-    return jnp.sum(coef.astype(dtype) * l_N), l_N, (dh, dw_HC, db_C)
+    return total_of(lse_N, zy_N), (lse_N, zy_N), (dh, dw_HC, db_C)
 
 
-def _fused_total(s: _Static, hidden, weight, bias, labels, coef):
-    """``sum_n coef_n (lse_n - (1 - a) z_{n, y_n} + z_loss lse_n^2)``."""
-    total, _ = _fused_core(s, hidden, weight, bias, labels, coef, with_grads=False)
+def _fused_total(s: _Static, hidden, weight, bias, labels, coefs):
+    """``sum_n (c_n lse_n - d_n z_{n, y_n} + e_n lse_n^2)``, ``coefs = (c, d, e)``."""
+    total, _ = _fused_core(s, hidden, weight, bias, labels, coefs, with_grads=False)
     return total
 
 
 _fused_total = jax.custom_vjp(_fused_total, nondiff_argnums=(0,))
 
 
-def _fused_fwd(s, hidden, weight, bias, labels, coef):
-    total, l_N, grads = _fused_core(s, hidden, weight, bias, labels, coef, with_grads=True)
-    return total, (grads, l_N)
+def _fused_fwd(s, hidden, weight, bias, labels, coefs):
+    total, lse_zy, grads = _fused_core(s, hidden, weight, bias, labels, coefs, with_grads=True)
+    return total, (grads, lse_zy)
 
 
 def _fused_bwd(s, residuals, g):
-    (dh, dw_HC, db_C), l_N = residuals
+    (dh, dw_HC, db_C), (lse_N, zy_N) = residuals
     h_dtype, w_dtype, b_dtype = s.grad_dtypes
     g = g.astype(jnp.dtype(s.dtype))
     d_bias = None if db_C is None else (g * db_C).astype(b_dtype)
+    # The coefficients' gradients: what each one multiplies.
     return (
         (g * dh).astype(h_dtype),
         (g * dw_HC).astype(w_dtype),
         d_bias,
         None,
-        g * l_N,
+        (g * lse_N, -g * zy_N, g * jnp.square(lse_N)),
     )
 
 
@@ -367,13 +381,13 @@ _fused_total.defvjp(_fused_fwd, _fused_bwd)
 def _check_inputs(hidden, weight, labels, where, bias):
     hidden = _checks.as_array(hidden, "hidden")
     weight = _checks.as_array(weight, "weight")
-    labels = _checks.as_array(labels, "labels")
     _checks.check_floating(hidden, "hidden")
     _checks.check_floating(weight, "weight")
-    _checks.check_integer(labels, "labels")
     _checks.check_rank(hidden, (2, 3), "hidden", "[N, H] or [B, T, H]")
     _checks.check_rank(weight, 2, "weight", "[H, C]")
     _checks.check_shape(weight, (hidden.shape[-1], None), "weight", "[H, C] (H = hidden.shape[-1])")
+    check_num_classes(weight.shape[1], "weight", weight.shape)
+    labels = _checks.index_array(labels, "labels")
     doc = "[N]" if hidden.ndim == 2 else "[B, T]"
     _checks.check_shape(labels, hidden.shape[:-1], "labels", f"{doc} (= hidden.shape[:-1])")
     where = _checks.optional_mask(where, hidden.shape[:-1], "where", f"{doc} (= hidden.shape[:-1])")
@@ -384,9 +398,7 @@ def _check_inputs(hidden, weight, labels, where, bias):
     return hidden, weight, labels, where, bias
 
 
-def _static(
-    num_tokens, num_classes, dtype, token_chunk, class_chunk, smoothing, z_loss, fused, grad_dtypes
-):
+def _static(num_tokens, num_classes, dtype, token_chunk, class_chunk, fused, grad_dtypes):
     if fused:
         default_tn = max(8, FUSED_TILE_ELEMENTS // max(num_classes, 1) // 8 * 8)
     else:
@@ -398,8 +410,6 @@ def _static(
         num_classes=num_classes,
         token_chunk=max(1, min(tn, num_tokens)),
         class_chunk=max(1, min(tc, num_classes)),
-        smoothing=float(smoothing),
-        z_loss=float(z_loss),
         dtype=jnp.dtype(dtype).name,
         grad_dtypes=grad_dtypes,
     )
@@ -426,7 +436,9 @@ def _linear_ce(
     _checks.check_choice(reduction, reductions, "reduction")
     hidden, weight, labels, where, bias = _check_inputs(hidden, weight, labels, where, bias)
     num_classes = weight.shape[1]
-    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, num_classes)
+    label_smoothing, z_loss, class_weights = check_loss_options(
+        label_smoothing, z_loss, class_weights, num_classes
+    )
     _checks.check_int(token_chunk, "token_chunk", 1, optional=True)
     _checks.check_int(class_chunk, "class_chunk", 1, optional=True)
     _checks.check_flag(grad_in_forward, "grad_in_forward")
@@ -444,13 +456,19 @@ def _linear_ce(
         jnp.float64 if jnp.float64 in (hidden.dtype, weight.dtype) else jnp.float32
     )
     valid_N = all_valid(where, seq_shape).reshape(num_tokens)
+    labels_N = jnp.where(valid_N, labels.reshape(num_tokens), 0)
+    weights_C = None if class_weights is None else class_weight_vector(class_weights, dtype)
+    w_N = class_weight_of(labels_N, weights_C, dtype)
+    if weights_C is not None and not label_smoothing:
+        # A class weight of 0 is masking (without smoothing nothing else is left).
+        valid_N = valid_N & (w_N != 0)
+        labels_N = jnp.where(valid_N, labels_N, 0)
+    w_N = jnp.where(valid_N, w_N, 0.0)
+    weight_BT = w_N.reshape(shape_BT)
     # First where: nothing from a masked token (NaN hidden state, garbage label) enters the math.
     hidden_NH = jnp.where(valid_N[:, None], hidden.reshape(num_tokens, hidden.shape[-1]), 0)
-    labels_N = jnp.where(valid_N, labels.reshape(num_tokens), 0).astype(jnp.int32)
-    weight_N = class_weight_of(labels_N, valid_N, class_weights, dtype)
-    weight_BT = weight_N.reshape(shape_BT)
 
-    if num_tokens == 0 or num_classes == 0:
+    if num_tokens == 0:
         loss_BT = jnp.zeros(shape_BT, dtype)
         return _reduce(loss_BT, weight_BT, reduction, terms, seq_shape)
 
@@ -460,47 +478,71 @@ def _linear_ce(
         dtype,
         token_chunk,
         class_chunk,
-        label_smoothing,
-        z_loss,
         grad_in_forward,
         (hidden.dtype.name, weight.dtype.name, None if bias is None else bias.dtype.name),
     )
-    smoothing_N = None
+    # Label smoothing's term (a / C) sum_c w_c (lse - z_c) = smooth_lse * lse - smooth_N:
+    # its part linear in the logits is plain JAX, one matmul with a [H] vector.
+    smooth_lse = 0.0
+    smooth_N = None
     if label_smoothing:
-        # Target (1 - a) one_hot + a / C: the mean logit is linear, plain JAX does it.
-        mean_w_H = jnp.mean(weight.astype(dtype), axis=1)
-        smoothing_N = jnp.matmul(hidden_NH.astype(dtype), mean_w_H)
-        if bias is not None:
-            smoothing_N = smoothing_N + jnp.mean(bias.astype(dtype))
-        smoothing_N = label_smoothing * smoothing_N
+        scale = label_smoothing / num_classes
+        if weights_C is None:
+            smooth_lse = label_smoothing
+            w_H = jnp.sum(weight.astype(dtype), axis=1)
+            b_sum = None if bias is None else jnp.sum(bias.astype(dtype))
+        else:
+            smooth_lse = scale * jnp.sum(weights_C)
+            has_w = weights_C != 0
+            # where, not multiplication: a zero-weight class's column never enters the math.
+            w_H = jnp.sum(
+                jnp.where(has_w[None, :], weight.astype(dtype), 0.0) * weights_C[None, :], axis=1
+            )
+            b_sum = (
+                None
+                if bias is None
+                else jnp.sum(jnp.where(has_w, bias.astype(dtype), 0.0) * weights_C)
+            )
+        smooth_N = jnp.matmul(hidden_NH.astype(dtype), w_H)
+        if b_sum is not None:
+            smooth_N = smooth_N + b_sum
+        smooth_N = scale * smooth_N
+    keep = 1.0 - label_smoothing
+    has_w_N = w_N != 0
 
     if not grad_in_forward:
         lse_N, zy_N = _lse_and_true_logit(s, hidden_NH, weight, bias, labels_N)
-        l_N = lse_N - (1.0 - label_smoothing) * zy_N
-        if smoothing_N is not None:
-            l_N = l_N - smoothing_N
+        # where, not multiplication: a zero weight never meets an infinite loss.
+        l_N = jnp.where(has_w_N, (keep * w_N) * (lse_N - zy_N), 0.0)
+        if smooth_N is not None:
+            l_N = l_N + smooth_lse * lse_N - smooth_N
         if z_loss:
-            l_N = l_N + z_loss * jnp.square(lse_N)
+            l_N = l_N + z_loss * jnp.where(has_w_N, w_N * jnp.square(lse_N), 0.0)
         # Second where: masked tokens give exactly 0, in value and gradient.
-        loss_N = jnp.where(valid_N, weight_N * l_N, 0.0)
+        loss_N = jnp.where(valid_N, l_N, 0.0)
         return _reduce(loss_N.reshape(shape_BT), weight_BT, reduction, terms, seq_shape)
 
-    # grad_in_forward: total = sum_n coef_n l_n with coefficients from the reduction.
+    # grad_in_forward: total = sum_n r_n l_n, r_n the coefficient the reduction gives token n.
     weight_B = jnp.sum(weight_BT, axis=1)
     if reduction == "mean_over_time":
-        coef_BT = safe_divide(weight_BT, weight_B[:, None])
+        r_BT = jnp.broadcast_to(safe_divide(jnp.ones_like(weight_B), weight_B)[:, None], shape_BT)
+        r_N = jnp.where(valid_N, r_BT.reshape(num_tokens), 0.0)
     else:
-        coef_BT = weight_BT
-    coef_N = coef_BT.reshape(num_tokens)
-    total = _fused_total(s, hidden_NH, weight, bias, labels_N, coef_N)
-    if smoothing_N is not None:
-        total = total - jnp.sum(jnp.where(valid_N, coef_N * smoothing_N, 0.0))
+        r_N = valid_N.astype(dtype)
+    coefs = (
+        r_N * (keep * w_N + smooth_lse),
+        r_N * (keep * w_N),
+        r_N * (z_loss * w_N),
+    )
+    total = _fused_total(s, hidden_NH, weight, bias, labels_N, coefs)
+    if smooth_N is not None:
+        total = total - jnp.sum(jnp.where(valid_N, r_N * smooth_N, 0.0))
     if reduction == "sum":
         return total
     if reduction == "mean_over_tokens":
         count = jnp.sum(weight_B)
     else:
-        count = jnp.sum((weight_B > 0).astype(dtype))
+        count = jnp.sum((weight_B != 0).astype(dtype))  # a NaN weight counts (NaN loss)
     result = LossTerms(total, count)
     return result if terms else result.loss
 
@@ -548,7 +590,8 @@ def linear_cross_entropy(
       hidden: float ``[B, T, H]`` (or ``[N, H]``); any value (NaN included) at
         masked positions.
       weight: float ``[H, C]``, the output projection.
-      labels: integer ``[B, T]`` (``[N]``); any value at masked positions.
+      labels: integer ``[B, T]`` (``[N]``), any integer dtype; any int32 value at
+        masked positions.
       where: optional bool ``[B, T]`` (``[N]``), True where a token counts
         (default: every token).
       bias: optional float ``[C]``.
@@ -559,10 +602,11 @@ def linear_cross_entropy(
         language-model loss: ``CrossEntropyLoss(ignore_index=...)``'s mean),
         ``"sum"`` or ``"none"``.
       label_smoothing, class_weights, z_loss: as in :func:`jaxseq.cross_entropy`.
-      token_chunk: tokens per tile ``tn`` (default 2048; with
-        ``grad_in_forward``, ``2**24 // C`` rounded down to a multiple of 8).
-        Need not divide N.
-      class_chunk: classes per tile ``tc`` (default 4096). Need not divide C.
+      token_chunk: tokens per tile ``tn``, a Python int ``>= 1`` (default 2048;
+        with ``grad_in_forward``, ``2**24 // C`` rounded down to a multiple of
+        8). Need not divide N.
+      class_chunk: classes per tile ``tc``, a Python int ``>= 1`` (default
+        4096). Need not divide C.
         With ``grad_in_forward``, the logits are computed for all classes of a
         token chunk at once and the gradient is formed ``tc`` classes at a time.
       grad_in_forward: compute the gradients already in the forward pass of a

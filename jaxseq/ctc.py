@@ -3,8 +3,12 @@
 Notation: B batch, T input steps (frames), K classes including the blank, S the
 padded label length, U_i the label length of sequence i.
 
-:func:`ctc_loss` runs ``optax.ctc_loss`` (the forward algorithm in log space,
-vectorised over the batch) and adds what it lacks:
+:func:`ctc_loss` runs the forward algorithm in log space (vectorised over the
+batch, differentiated by JAX) with exact ``-inf`` for "no path": no
+``log_epsilon`` floor as in ``optax.ctc_loss`` (whose ``-1e5`` caps a loss near
+``1e5`` and lets impossible paths leak into possible ones), so a loss above
+``1e5`` is returned as it is, ``-inf`` logits (a class ruled out) are exact, and
+the log-sum-exp of unreachable states has gradient 0, never NaN. Around it:
 
 * lengths instead of padding indicators (``logit_lengths``, ``label_lengths``),
   and ``where`` [B] to mark rows of a batch that are padding, not sequences;
@@ -13,37 +17,42 @@ vectorised over the batch) and adds what it lacks:
   ``"sum_over_time"``, ``"sum"``, ``"none"``) plus CTC's own
   ``"mean_over_labels"`` (PyTorch's ``CTCLoss(reduction="mean")``); see
   :func:`ctc_loss` for each one's PyTorch equivalent;
-* ``+inf`` for an impossible alignment instead of optax's ``~1e5`` sentinel
-  (``log_epsilon``-sized), or 0 with ``zero_infinity=True``, and a gradient of
-  exactly 0 for such a sequence in both cases. Impossibility is decided
-  exactly, not by a threshold: a label sequence of length U with R adjacent
-  repeats needs ``U + R`` frames (a blank must separate equal neighbours), so
-  it is impossible iff ``U + R > logit_length``;
+* ``+inf`` for an impossible alignment (probability exactly 0: a label
+  sequence of length U with R adjacent repeats needs ``U + R`` frames, as a
+  blank must separate equal neighbours, or a needed class has a ``-inf``
+  logit), or 0 with ``zero_infinity=True``, and a gradient of exactly 0 for
+  such a sequence in both cases (PyTorch's ``zero_infinity`` semantics);
 * masking: logits beyond ``logit_length``, labels beyond ``label_length`` and
   every input of a row where ``where`` is False are replaced by constants
   before any arithmetic (NaN padding changes nothing);
-* checks: shapes and dtypes name the argument (``AssertionError``); ``blank``
-  must lie in ``[0, K)``; with concrete (host) lengths and labels, lengths out
-  of ``[0, T]`` / ``[0, S]`` and labels that are out of range or equal to
-  ``blank`` raise ``ValueError``. Under ``jit`` such a sequence's loss is NaN
-  (loud, never a plausible number). :func:`validate_ctc_inputs` also reports
-  impossible alignments as errors, for data pipelines that want them found
-  before training rather than zeroed.
+* checks: shapes and dtypes name the argument (``AssertionError``; K = 0
+  classes is one); ``blank`` must lie in ``[0, K)``; labels and lengths of any
+  integer dtype are converted to int32 exactly (a value that does not fit is a
+  ``ValueError`` on host data, out of range under ``jit``); with concrete
+  (host) lengths and labels, lengths out of ``[0, T]`` / ``[0, S]`` and labels
+  that are out of range or equal to ``blank`` raise ``ValueError``. Under
+  ``jit`` such a sequence's loss is NaN (loud, never a plausible number).
+  :func:`validate_ctc_inputs` also reports impossible alignments as errors,
+  for data pipelines that want them found before training rather than zeroed.
+* empty axes: B = 0 gives 0 (``[0]`` for ``"none"``); T = 0 or S = 0 rows are
+  sequences like any other (no frames and no labels: loss 0).
 
 Computed in float32 (float64 for float64 logits).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxseq import _checks
 from jaxseq._reductions import (
     SEQUENCE_REDUCTIONS,
     all_valid,
+    check_num_classes,
     compute_dtype,
     reduce_sequences,
     safe_divide,
@@ -54,8 +63,7 @@ CTC_REDUCTIONS = (*SEQUENCE_REDUCTIONS, "mean_over_labels")
 
 
 def _check_int_vector(x, name: str, batch: int):
-    x = _checks.as_array(x, name)
-    _checks.check_integer(x, name)
+    x = _checks.index_array(x, name)
     _checks.check_shape(x, (batch,), name, "[B] (B from `logits`)")
     return x
 
@@ -73,8 +81,8 @@ def _check_args(logits, logit_lengths, labels, label_lengths, where, blank, redu
     _checks.check_floating(logits, "logits")
     _checks.check_rank(logits, 3, "logits", "[B, T, K]")
     batch, _, num_classes = logits.shape
-    labels = _checks.as_array(labels, "labels")
-    _checks.check_integer(labels, "labels")
+    check_num_classes(num_classes, "logits", logits.shape)
+    labels = _checks.index_array(labels, "labels")
     _checks.check_rank(labels, 2, "labels", "[B, S]")
     _checks.check_shape(labels, (batch, None), "labels", "[B, S] (B from `logits`)")
     logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
@@ -219,8 +227,8 @@ def ctc_loss(
     dtype = compute_dtype(logits.dtype)
     where_B = all_valid(where, (batch,))
     # A row that is not valid is run as an empty sequence (no frames, no labels).
-    logit_lengths = jnp.where(where_B, logit_lengths, 0).astype(jnp.int32)
-    label_lengths = jnp.where(where_B, label_lengths, 0).astype(jnp.int32)
+    logit_lengths = jnp.where(where_B, logit_lengths, 0)
+    label_lengths = jnp.where(where_B, label_lengths, 0)
 
     # Values only a traced call can carry (concrete ones raised above): NaN, never a number.
     bad_lengths = (
@@ -232,24 +240,22 @@ def ctc_loss(
     label_valid = jnp.arange(max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
     bad_labels = label_valid & ((labels < 0) | (labels >= num_classes) | (labels == blank))
     malformed = bad_lengths | jnp.any(bad_labels, axis=1)
+    # A malformed row is run as an empty sequence (finite), then replaced by NaN.
+    logit_lengths = jnp.where(malformed, 0, logit_lengths)
+    label_lengths = jnp.where(malformed, 0, label_lengths)
+    label_valid = label_valid & ~malformed[:, None]
 
     # First where: padding (logits beyond the length, labels beyond theirs) becomes constants.
     logit_valid = jnp.arange(max_t, dtype=jnp.int32)[None, :] < logit_lengths[:, None]
     safe_logits = jnp.where(logit_valid[..., None], logits.astype(dtype), 0.0)
-    # Padded labels become `blank`, which no valid label equals, so optax's repeat test
-    # between the last label and the padding after it is always False.
-    safe_labels = jnp.where(label_valid, labels, blank).astype(jnp.int32)
-    impossible = required_lengths(safe_labels, label_lengths) > logit_lengths
-    # Impossible (or malformed) sequences are run with no labels: finite, then replaced.
-    skip = impossible | malformed
-    label_paddings = jnp.where(skip[:, None] | ~label_valid, 1.0, 0.0).astype(dtype)
-    logit_paddings = jnp.where(logit_valid, 0.0, 1.0).astype(dtype)
-    with jax.numpy_dtype_promotion("standard"):  # optax mixes float32 constants in
-        per_seq = optax.ctc_loss(
-            safe_logits, logit_paddings, safe_labels, label_paddings, blank_id=blank
-        ).astype(dtype)
-    # Second where: the replaced values carry exactly zero gradient to the logits.
-    per_seq = jnp.where(impossible, 0.0 if zero_infinity else jnp.inf, per_seq)
+    safe_labels = jnp.where(label_valid, labels, blank)
+    per_seq = _forward_nll(
+        jax.nn.log_softmax(safe_logits, axis=-1), logit_lengths, safe_labels, label_lengths, blank
+    )
+    # Second where: the replaced values carry exactly zero gradient to the logits
+    # (an impossible row's gradient is 0 already: no path reaches its end).
+    if zero_infinity:
+        per_seq = jnp.where(per_seq == jnp.inf, 0.0, per_seq)
     per_seq = jnp.where(malformed, jnp.nan, per_seq)
     per_seq = jnp.where(where_B, per_seq, 0.0)
 
@@ -258,6 +264,59 @@ def ctc_loss(
         per_label = per_seq / jnp.maximum(label_lengths, 1).astype(dtype)
         return safe_divide(jnp.sum(per_label), jnp.sum(count_B))
     return reduce_sequences(per_seq, count_B, reduction)
+
+
+def _logsumexp(*xs):
+    """``log sum_i exp(x_i)`` elementwise, ``-inf`` (with gradient 0, never NaN) where
+    every ``x_i`` is ``-inf``; NaN stays NaN. Unlike ``jnp.logaddexp``, whose gradient is
+    NaN when both arguments are ``-inf``, an unreachable state of the recursion gives
+    exactly 0 gradient."""
+    m = jax.lax.stop_gradient(functools.reduce(jnp.maximum, xs))
+    dead = m == -jnp.inf
+    m = jnp.where(dead, 0.0, m)
+    total = sum(jnp.exp(x - m) for x in xs)
+    return jnp.where(dead, -jnp.inf, m + jnp.log(jnp.where(dead, 1.0, total)))
+
+
+def _forward_nll(log_probs, logit_lengths, labels, label_lengths, blank):
+    """``-log p(labels | log_probs)`` ``[B]`` by the CTC forward algorithm in log space.
+
+    Exact: ``-log 0 = +inf`` stands for "no path", with no ``log_epsilon`` floor (optax's
+    ``-1e5`` caps a loss near ``1e5`` and mixes impossible paths into possible ones), so a
+    loss above ``1e5`` is returned as it is and an impossible alignment is ``+inf``.
+    ``log_probs`` ``[B, T, K]``; ``labels`` ``[B, S]`` int32 in ``[0, K)``;
+    lengths int32 ``[B]`` within range.
+    """
+    batch, max_t, _ = log_probs.shape
+    max_s = labels.shape[1]
+    num_states = 2 * max_s + 1
+    dtype = log_probs.dtype
+    # The extended label sequence: blank, l_1, blank, l_2, ..., l_S, blank.
+    ext_BL = jnp.full((batch, num_states), blank, jnp.int32).at[:, 1::2].set(labels)
+    # State s may be entered from s - 2 when it is a label that differs from the one before.
+    prev2 = jnp.concatenate([jnp.full((batch, 2), blank, jnp.int32), ext_BL], axis=1)
+    prev2 = prev2[:, :num_states]
+    skip_BL = (ext_BL != blank) & (ext_BL != prev2)
+    emit_TBL = jnp.take_along_axis(log_probs, ext_BL[:, None, :], axis=2).transpose(1, 0, 2)
+    neg_inf = jnp.asarray(-jnp.inf, dtype)
+    # Before the first frame: the virtual start, from which states 0 and 1 are entered.
+    alpha0 = jnp.full((batch, num_states), neg_inf).at[:, 0].set(0.0)
+
+    def step(alpha, xs):
+        emit_BL, t = xs
+        shifted = jnp.concatenate([jnp.full((batch, 2), neg_inf), alpha], axis=1)
+        from1 = shifted[:, 1 : num_states + 1]
+        from2 = jnp.where(skip_BL, shifted[:, :num_states], neg_inf)
+        new = _logsumexp(alpha, from1, from2) + emit_BL
+        # Frames beyond a row's length leave its alpha as it is.
+        return jnp.where((t < logit_lengths)[:, None], new, alpha), None
+
+    alpha, _ = jax.lax.scan(step, alpha0, (emit_TBL, jnp.arange(max_t, dtype=jnp.int32)))
+    last = 2 * label_lengths
+    end = jnp.take_along_axis(alpha, last[:, None], axis=1)[:, 0]
+    before = jnp.take_along_axis(alpha, jnp.maximum(last - 1, 0)[:, None], axis=1)[:, 0]
+    before = jnp.where(label_lengths > 0, before, neg_inf)
+    return 0.0 - _logsumexp(end, before)  # 0 - x: +0.0, not -0.0, for an empty row
 
 
 def validate_ctc_inputs(
@@ -287,8 +346,7 @@ def validate_ctc_inputs(
     """
     _checks.check_int(num_classes, "num_classes", 1)
     _check_blank(blank, num_classes)
-    labels = _checks.as_array(labels, "labels")
-    _checks.check_integer(labels, "labels")
+    labels = _checks.index_array(labels, "labels")
     _checks.check_rank(labels, 2, "labels", "[B, S]")
     batch = labels.shape[0]
     logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)

@@ -12,13 +12,24 @@ Semantics (specified in ``docs/semantics.md``):
 * Masked positions contribute exactly zero to the value AND the gradient, even
   when their logits are NaN/inf or their labels are out of range: they are
   replaced by safe values *before* any arithmetic ("double where").
-* ``class_weights`` scale each position's whole loss by ``w[label]``; the
-  normalisers of the mean reductions count ``w[label]`` instead of 1, so a
-  class weight of 0 is the same as masking that position (PyTorch's
-  ``CrossEntropyLoss(weight=...)`` semantics for ``mean_over_tokens``).
+* ``class_weights`` and ``label_smoothing`` follow PyTorch's
+  ``cross_entropy(weight=w, label_smoothing=a)``: a position's loss is
+  ``(1 - a) w[y] (-log p_y) + (a / C) sum_c w[c] (-log p_c)``, and the
+  normalisers of the mean reductions count ``w[y]`` instead of 1. Without
+  smoothing, a class weight of 0 is exactly the same as masking the position
+  (value and gradient, even with NaN/inf logits there); with smoothing such a
+  position keeps its smoothing term (see ``docs/semantics.md``).
 * N, the number of sequences averaged over, counts only sequences with a
   positive (weighted) number of valid steps: all-padding rows change nothing,
-  and a batch with nothing valid gives loss 0 and gradient 0, never NaN.
+  and a batch with nothing valid (B = 0 and T = 0 included) gives loss 0 and
+  gradient 0, never NaN. Zero classes (C = 0) is an error.
+* Integer labels of any dtype (int8 ... uint64) are converted to int32 exactly
+  first; a value that does not fit int32 is a ``ValueError`` on host data and
+  acts as an out-of-range label (NaN) under ``jit``.
+* Hyper-parameters are checked: ``label_smoothing`` in ``[0, 1)``, ``z_loss``
+  finite and ``>= 0`` (Python, NumPy or concrete JAX scalars), ``class_weights``
+  finite and ``>= 0`` (``ValueError`` on host data; under ``jit`` a bad weight
+  makes the loss NaN).
 * One vocabulary of reductions, the same names meaning the same thing in
   every loss: ``REDUCTIONS`` for the per-step losses
   (:func:`sequence_labeling_loss`, :func:`reduce_sequence_loss`,
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseq import _checks
 from jaxseq._reductions import (
@@ -46,7 +58,9 @@ from jaxseq._reductions import (
     LossTerms,
     all_valid,
     check_loss_options,
+    check_num_classes,
     class_weight_of,
+    class_weight_vector,
     compute_dtype,
     labeling_terms,
     reduce_labeling,
@@ -73,51 +87,70 @@ __all__ = [
 
 
 def _check_logits_labels(logits, labels, *, rank: int | None, logits_doc: str, labels_doc: str):
-    """``logits`` float ``[..., C]`` (of ``rank`` when given), ``labels`` integer ``[...]``."""
+    """``logits`` float ``[..., C]`` (of ``rank`` when given) with C >= 1, ``labels``
+    integer ``[...]``, converted to int32 exactly (``jaxseq._checks.index_array``)."""
     logits = _checks.as_array(logits, "logits")
-    labels = _checks.as_array(labels, "labels")
     _checks.check_floating(logits, "logits")
-    _checks.check_integer(labels, "labels")
     if rank is None:
         _checks.check_min_rank(logits, 1, "logits", logits_doc)
     else:
         _checks.check_rank(logits, rank, "logits", logits_doc)
+    check_num_classes(logits.shape[-1], "logits", logits.shape)
+    labels = _checks.index_array(labels, "labels")
     _checks.check_shape(labels, logits.shape[:-1], "labels", f"{labels_doc} (= logits.shape[:-1])")
     return logits, labels
 
 
 def _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss):
-    """Per-position weighted losses and weights, both float32 ``labels.shape``.
+    """Per-position losses and weights, both float32 (float64) ``labels.shape``.
 
-    ``where`` (bool, ``labels.shape``) or None. Positions where it is False get
-    exactly 0 in value and gradient.
+    ``labels`` int32; ``where`` (bool, ``labels.shape``) or None. With ``w = class_weights``
+    (1 without), ``a = label_smoothing`` and ``-log p_c = lse - z_c``, the loss of a
+    counted position is PyTorch's
+
+        (1 - a) w[y] (-log p_y) + (a / C) sum_c w[c] (-log p_c) + z_loss w[y] lse^2
+
+    and its weight (what it counts for in the normalisers) is ``w[y]``. Positions
+    where ``where`` is False, and without smoothing those whose ``w[y]`` is 0, are not
+    counted: exactly 0 in value and gradient, whatever their logits hold.
     """
     num_classes = logits.shape[-1]
     dtype = compute_dtype(logits.dtype)
-    logits = logits.astype(dtype)
-    if where is not None:
-        # First where: no NaN/inf from a masked position can enter the math.
-        logits = jnp.where(where[..., None], logits, 0.0)
-        labels = jnp.where(where, labels, 0)
+    where = all_valid(where, labels.shape)
+    weights_C = None if class_weights is None else class_weight_vector(class_weights, dtype)
+    labels = jnp.where(where, labels, 0)
+    weight = class_weight_of(labels, weights_C, dtype)
+    counted = where
+    if weights_C is not None and not label_smoothing:
+        # A class weight of 0 is masking (without smoothing nothing else is left).
+        counted = where & (weight != 0)
+    # First where: no NaN/inf from a position that is not counted can enter the math.
+    logits = jnp.where(counted[..., None], logits.astype(dtype), 0.0)
+    labels = jnp.where(counted, labels, 0)
     in_range = (labels >= 0) & (labels < num_classes)
-    safe_labels = jnp.clip(labels, 0, max(num_classes - 1, 0)).astype(jnp.int32)
+    safe_labels = jnp.clip(labels, 0, num_classes - 1)
     lse = jax.nn.logsumexp(logits, axis=-1)
     true_logit = jnp.take_along_axis(logits, safe_labels[..., None], axis=-1)[..., 0]
     # An out-of-range label at a valid position is loud, never a plausible number.
     true_logit = jnp.where(in_range, true_logit, jnp.nan)
+    has_weight = weight != 0
+    # where, not multiplication: a zero weight times an infinite -log p is 0, never NaN.
+    loss = jnp.where(has_weight, weight * (lse - true_logit), 0.0)
     if label_smoothing:
-        # Target (1 - a) * one_hot + a / C:  L = lse - (1 - a) z_y - (a / C) sum_c z_c.
-        mean_logit = jnp.mean(logits, axis=-1)
-        loss = lse - (1.0 - label_smoothing) * true_logit - label_smoothing * mean_logit
-    else:
-        loss = lse - true_logit
+        if weights_C is None:
+            smooth = lse - jnp.mean(logits, axis=-1)  # (1 / C) sum_c -log p_c
+        else:
+            weights_1C = weights_C.reshape((1,) * (logits.ndim - 1) + (num_classes,))
+            class_has_weight = weights_1C != 0
+            neg_log_p = jnp.where(
+                class_has_weight, lse[..., None] - jnp.where(class_has_weight, logits, 0.0), 0.0
+            )
+            smooth = jnp.sum(weights_1C * neg_log_p, axis=-1) / num_classes
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
-        loss = loss + z_loss * jnp.square(lse)
-    weight = class_weight_of(safe_labels, where, class_weights, dtype)
-    if where is not None:
-        # Second where: the value and gradient at masked positions are exactly 0.
-        return jnp.where(where, weight * loss, 0.0), weight
-    return weight * loss, weight
+        loss = loss + z_loss * jnp.where(has_weight, weight * jnp.square(lse), 0.0)
+    # Second where: the value and gradient of a position not counted are exactly 0.
+    return jnp.where(counted, loss, 0.0), jnp.where(counted, weight, 0.0)
 
 
 def cross_entropy(
@@ -131,24 +164,27 @@ def cross_entropy(
 ) -> jax.Array:
     """Per-position cross-entropy with integer labels, unreduced.
 
-    ``L = w[y] * (logsumexp(z) - sum_c t_c z_c + z_loss * logsumexp(z)**2)`` with
-    target ``t = (1 - label_smoothing) * one_hot(y) + label_smoothing / C``
-    (PyTorch: ``CrossEntropyLoss(weight=w, reduction="none")`` and
-    ``CrossEntropyLoss(label_smoothing=..., reduction="none")``). With both options
-    at once the numbers differ from PyTorch's, which weights the smoothing term of
-    each class by that class's weight, ``(1 - a) w[y] L_y + (a / C) sum_c w[c] L_c``,
-    where jaxseq scales the whole smoothed loss by ``w[y]``.
+    With ``-log p_c = logsumexp(z) - z_c``, ``a = label_smoothing`` and
+    ``w = class_weights`` (1 without)::
+
+        L = (1 - a) w[y] (-log p_y) + (a / C) sum_c w[c] (-log p_c) + z_loss w[y] logsumexp(z)**2
+
+    PyTorch: ``cross_entropy(logits, y, weight=w, label_smoothing=a,
+    reduction="none")`` (plus the z-loss term, which PyTorch does not have).
+    Without smoothing, a position whose ``w[y]`` is 0 gives exactly 0 (value and
+    gradient) whatever its logits hold, like a masked one; with smoothing it
+    keeps its smoothing term. A term whose weight is 0 is 0, never ``0 * inf``.
 
     Args:
       logits: float ``[..., C]`` (float32, bfloat16 or float16).
-      labels: integer ``[...]``, class ids in ``[0, C)``.
+      labels: integer ``[...]`` (any integer dtype, converted to int32 exactly),
+        class ids in ``[0, C)``.
       where: optional bool ``[...]``, True where a position counts (default: all);
         positions where it is False give exactly 0 (value and gradient),
         whatever their logits and labels hold.
       label_smoothing: in ``[0, 1)``.
-      class_weights: optional float ``[C]``; the loss at a position is scaled by
-        ``class_weights[label]``.
-      z_loss: coefficient of the ``logsumexp(z)**2`` auxiliary term (>= 0).
+      class_weights: optional float ``[C]``, finite and ``>= 0``.
+      z_loss: coefficient of the ``logsumexp(z)**2`` auxiliary term, finite, ``>= 0``.
 
     Returns:
       float32 ``[...]`` (``labels.shape``).
@@ -161,7 +197,9 @@ def cross_entropy(
     logits, labels = _check_logits_labels(
         logits, labels, rank=None, logits_doc="[..., C]", labels_doc="[...]"
     )
-    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, logits.shape[-1])
+    label_smoothing, z_loss, class_weights = check_loss_options(
+        label_smoothing, z_loss, class_weights, logits.shape[-1]
+    )
     where = _checks.optional_mask(where, labels.shape, "where", "[...] (= labels.shape)")
     loss, _ = _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
     return loss
@@ -197,6 +235,7 @@ def soft_cross_entropy(
     _checks.check_floating(logits, "logits")
     _checks.check_floating(targets, "targets")
     _checks.check_min_rank(logits, 1, "logits", "[..., C]")
+    check_num_classes(logits.shape[-1], "logits", logits.shape)
     _checks.check_shape(targets, logits.shape, "targets", "[..., C] (= logits.shape)")
     where = _checks.optional_mask(where, logits.shape[:-1], "where", "[...] (= logits.shape[:-1])")
     dtype = compute_dtype(logits.dtype)
@@ -220,7 +259,9 @@ def _classification_losses(logits, labels, where, label_smoothing, class_weights
     logits, labels = _check_logits_labels(
         logits, labels, rank=2, logits_doc="[B, C]", labels_doc="[B]"
     )
-    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, logits.shape[-1])
+    label_smoothing, z_loss, class_weights = check_loss_options(
+        label_smoothing, z_loss, class_weights, logits.shape[-1]
+    )
     where = _checks.optional_mask(where, labels.shape, "where", "[B] (B from `logits`)")
     return _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
 
@@ -259,14 +300,16 @@ def sequence_classification_loss(
 ) -> jax.Array:
     """Cross-entropy with one label per sequence, reduced over the batch.
 
-    With ``L_i`` the loss of sequence i (scaled by ``w_i = class_weights[y_i]``,
-    1 without weights) and only the rows where ``where`` is True counted:
+    With ``L_i`` the loss of sequence i as in :func:`cross_entropy` (weighted by
+    ``w_i = class_weights[y_i]``, 1 without weights) and only the rows where
+    ``where`` is True counted:
 
-    * ``"sum_over_time"`` (default): ``sum_i w_i L_i / sum_i w_i``, the mean over
+    * ``"sum_over_time"`` (default): ``sum_i L_i / sum_i w_i``, the mean over
       the valid sequences (the weighted mean with ``class_weights``). PyTorch:
-      ``CrossEntropyLoss(reduction="mean")``.
-    * ``"sum"``: ``sum_i w_i L_i``. PyTorch: ``reduction="sum"``.
-    * ``"none"``: ``w_i L_i``, float32 ``[B]``, 0 where ``where`` is False.
+      ``CrossEntropyLoss(reduction="mean")``, ``weight=`` and
+      ``label_smoothing=`` included (0 where PyTorch's total weight is 0 gives NaN).
+    * ``"sum"``: ``sum_i L_i``. PyTorch: ``reduction="sum"``.
+    * ``"none"``: ``L_i``, float32 ``[B]``, 0 where ``where`` is False.
       PyTorch: ``reduction="none"``.
 
     (``where`` False is PyTorch's ``ignore_index``.) The per-sequence names of
@@ -307,7 +350,9 @@ def _labeling_losses(logits, labels, where, label_smoothing, class_weights, z_lo
         logits, labels, rank=3, logits_doc="[B, T, C]", labels_doc="[B, T]"
     )
     where = _checks.optional_mask(where, labels.shape, "where", "[B, T] (= labels.shape)")
-    class_weights = check_loss_options(label_smoothing, z_loss, class_weights, logits.shape[-1])
+    label_smoothing, z_loss, class_weights = check_loss_options(
+        label_smoothing, z_loss, class_weights, logits.shape[-1]
+    )
     where = all_valid(where, labels.shape)
     return _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
 
@@ -326,6 +371,14 @@ def _check_token_losses(token_losses, where, weights):
         weights = _checks.as_array(weights, "weights")
         _checks.check_floating(weights, "weights")
         _checks.check_shape(weights, token_losses.shape, "weights", "[B, T] (= token_losses.shape)")
+        if _checks.is_concrete(weights):
+            host = np.asarray(weights, np.float64)
+            bad = ~np.isfinite(host) | (host < 0)
+            if bad.any():
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"`weights` must be finite and >= 0, got {host[index]} at index {index}"
+                )
         weight_BT = jnp.where(where, weights.astype(dtype), 0.0)
     loss_BT = jnp.where(where, token_losses.astype(dtype), 0.0)
     return loss_BT, weight_BT
@@ -444,13 +497,16 @@ def sequence_labeling_loss(
       ``reduction="none"`` (0 at the ignored positions).
 
     (``where`` False is PyTorch's ``ignore_index``.) With ``class_weights``,
-    ``L_ij`` is scaled by ``w[y_ij]`` and every ``T_i`` (and the sequence
-    count) counts ``w[y_ij]`` instead of 1: ``"mean_over_tokens"`` is then
-    PyTorch's weighted mean (``weight=``).
+    ``L_ij`` is PyTorch's weighted (and smoothed) per-token loss (see
+    :func:`cross_entropy`) and every ``T_i`` (and the sequence count) counts
+    ``w[y_ij]`` instead of 1: ``"mean_over_tokens"`` is then PyTorch's weighted
+    mean (``weight=``, ``label_smoothing=`` included). Where PyTorch divides by
+    a zero total weight (every valid target of weight 0) and returns NaN,
+    jaxseq returns 0 with gradient 0.
 
     Args:
       logits: float ``[B, T, C]``.
-      labels: integer ``[B, T]``; any value at masked steps.
+      labels: integer ``[B, T]`` (any integer dtype); any int32 value at masked steps.
       where: optional bool ``[B, T]``, True at valid steps (default: all valid;
         it need not be a prefix, e.g. to count only some steps' labels).
       reduction: one of the names above.

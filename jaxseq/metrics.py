@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
-from jaxseq._reductions import all_valid, safe_divide
+from jaxseq._reductions import all_valid, check_num_classes, safe_divide
 
 
 class Ratio(NamedTuple):
@@ -34,11 +34,13 @@ class Ratio(NamedTuple):
 
 
 def _check_logits_labels(logits, labels):
+    """``logits`` ``[..., C]`` with C >= 1; ``labels`` ``[...]`` converted to int32 exactly
+    (any integer dtype; a value that does not fit int32 is an error, or -1 under jit)."""
     logits = _checks.as_array(logits, "logits")
-    labels = _checks.as_array(labels, "labels")
-    _checks.check_integer(labels, "labels")
     _checks.check_min_rank(logits, 1, "logits", "[..., C]")
-    _checks.check_shape(logits, (*labels.shape, None), "logits", "[..., C] (... = labels.shape)")
+    check_num_classes(logits.shape[-1], "logits", logits.shape)
+    labels = _checks.index_array(labels, "labels")
+    _checks.check_shape(labels, logits.shape[:-1], "labels", "[...] (= logits.shape[:-1])")
     return logits, labels
 
 
@@ -47,18 +49,30 @@ def _where(where, shape):
     return all_valid(where, shape)
 
 
+def _any_bad(logits, labels, where):
+    """True if a valid position has a label outside ``[0, C)`` or a NaN logit: the metric
+    is then NaN (loud), never a count that silently leaves the position out."""
+    num_classes = logits.shape[-1]
+    bad = (labels < 0) | (labels >= num_classes)
+    if jnp.issubdtype(logits.dtype, jnp.floating):
+        bad = bad | jnp.any(jnp.isnan(logits), axis=-1)
+    return jnp.any(bad & where)
+
+
 def accuracy(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None) -> Ratio:
     """Correct argmax predictions over valid positions.
 
     Args:
-      logits: float ``[..., C]`` (``[B, C]`` for classification, ``[B, T, C]``
-        for token accuracy).
-      labels: integer ``[...]``.
+      logits: ``[..., C]`` (``[B, C]`` for classification, ``[B, T, C]`` for token
+        accuracy), C >= 1.
+      labels: integer ``[...]`` (any integer dtype, converted to int32 exactly).
       where: optional bool ``[...]``, True at the positions that count (default:
         all).
 
     Returns:
-      ``Ratio(number correct, number of valid positions)``.
+      ``Ratio(number correct, number of valid positions)``. ``total`` is NaN when a
+      valid position has a label outside ``[0, C)`` or a NaN logit (never a count
+      that treats it as a plain miss); masked positions may hold anything.
 
     >>> import jax.numpy as jnp, jaxseq as js
     >>> logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])   # predicts 0, 1, 0
@@ -69,8 +83,10 @@ def accuracy(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = 
     """
     logits, labels = _check_logits_labels(logits, labels)
     where = _where(where, labels.shape)
-    correct = (jnp.argmax(logits, axis=-1) == labels) & where
-    return Ratio(jnp.sum(correct, dtype=jnp.float32), jnp.sum(where, dtype=jnp.float32))
+    correct = (jnp.argmax(logits, axis=-1).astype(jnp.int32) == labels) & where
+    total = jnp.sum(correct, dtype=jnp.float32)
+    total = jnp.where(_any_bad(logits, labels, where), jnp.nan, total)
+    return Ratio(total, jnp.sum(where, dtype=jnp.float32))
 
 
 def confusion_matrix(
@@ -78,17 +94,23 @@ def confusion_matrix(
 ) -> jax.Array:
     """Counts ``[C, C]`` (float32): row = true class, column = predicted class.
 
-    Positions where ``where`` (optional bool ``[...]``, default all True) is
-    False, or whose label is outside ``[0, C)``, are not counted.
+    Positions where ``where`` (optional bool ``[...]``, default all True) is False
+    are not counted. Labels of any integer dtype are converted to int32 exactly and
+    the cell is indexed by ``(label, prediction)`` in int32. If a valid position
+    has a label outside ``[0, C)`` or a NaN logit, every count is NaN (loud, never
+    a matrix that silently leaves it out).
     """
     logits, labels = _check_logits_labels(logits, labels)
     num_classes = logits.shape[-1]
-    counted = _where(where, labels.shape) & (labels >= 0) & (labels < num_classes)
-    predicted = jnp.argmax(logits, axis=-1)
-    flat_index = jnp.where(counted, labels * num_classes + predicted, 0).reshape(-1)
+    where = _where(where, labels.shape)
+    counted = where & (labels >= 0) & (labels < num_classes)
+    predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # Two int32 indices (no flat labels * C + predicted that could overflow).
+    rows = jnp.where(counted, labels, 0).reshape(-1)
+    cols = jnp.where(counted, predicted, 0).reshape(-1)
     weights = counted.reshape(-1).astype(jnp.float32)
-    counts = jnp.zeros((num_classes * num_classes,), jnp.float32).at[flat_index].add(weights)
-    return counts.reshape(num_classes, num_classes)
+    counts = jnp.zeros((num_classes, num_classes), jnp.float32).at[rows, cols].add(weights)
+    return jnp.where(_any_bad(logits, labels, where), jnp.nan, counts)
 
 
 def macro_f1(confusion: np.ndarray, *, classes: np.ndarray | None = None) -> float:
@@ -98,14 +120,24 @@ def macro_f1(confusion: np.ndarray, *, classes: np.ndarray | None = None) -> flo
     F1 is undefined); ``classes`` restricts the mean to a subset of classes.
     """
     confusion = np.asarray(confusion, np.float64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise _checks.shape_error(
+            f"`confusion` must have shape [C, C], got {tuple(confusion.shape)}"
+        )
+    if not np.all(np.isfinite(confusion)) or np.any(confusion < 0):
+        raise ValueError("`confusion` must hold finite counts >= 0")
     true_positive = np.diag(confusion)
     support = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
     denominator = support + predicted
     present = denominator > 0
     if classes is not None:
+        # Class ids in [0, C): a negative id would silently index from the end.
+        classes = np.asarray(
+            _checks.index_array(classes, "classes", low=0, high=len(present) - 1)
+        ).reshape(-1)
         keep = np.zeros_like(present)
-        keep[np.asarray(classes)] = True
+        keep[classes] = True
         present &= keep
     if not present.any():
         return 0.0

@@ -6,6 +6,7 @@ Explicit loops over examples, time steps and classes; no vectorisation, no JAX.
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 
@@ -23,17 +24,33 @@ def logsumexp_row(z: np.ndarray) -> float:
 
 
 def token_loss(z, label, *, label_smoothing=0.0, class_weights=None, z_loss=0.0) -> float:
-    """w[y] * (-sum_c t_c log p_c + z_loss * lse^2), t = (1-a) onehot + a/C."""
+    """PyTorch's cross_entropy(weight=w, label_smoothing=a) per token, plus the z-loss:
+
+    (1 - a) w[y] (-log p_y) + (a / C) sum_c w[c] (-log p_c) + z_loss w[y] lse^2,
+
+    w = 1 without weights; returns (loss, w[y]). A term whose weight is 0 is 0 (never
+    0 * inf); without smoothing a zero-weight token is not counted at all.
+    """
     smoothing = label_smoothing
     num_classes = len(z)
     log_p = log_softmax_row(z)
+    weights = [1.0] * num_classes if class_weights is None else [float(w) for w in class_weights]
+    weight = weights[label]
     loss = 0.0
-    for c in range(num_classes):
-        target = (1.0 - smoothing) * (1.0 if c == label else 0.0) + smoothing / num_classes
-        loss -= target * log_p[c]
-    loss += z_loss * logsumexp_row(z) ** 2
-    weight = 1.0 if class_weights is None else float(class_weights[label])
-    return weight * loss, weight
+    if weight != 0:
+        loss += (1.0 - smoothing) * weight * -log_p[label]
+        loss += z_loss * weight * logsumexp_row(z) ** 2
+    if smoothing:
+        for c in range(num_classes):
+            if weights[c] != 0:
+                loss += smoothing / num_classes * weights[c] * -log_p[c]
+    return loss, weight
+
+
+def seed_of(*parts) -> int:
+    """A seed fixed across processes for a test case (``hash(str)`` is randomized per
+    process): the CRC-32 of the parts' text."""
+    return zlib.crc32("|".join(str(p) for p in parts).encode())
 
 
 def soft_token_loss(z, target) -> float:
@@ -60,21 +77,20 @@ def labeling_loss(logits, labels, where, reduction, *, soft=False, **kwargs):
         return per_token
     if reduction == "sum":
         return sum(per_token[i, j] for i in range(num_b) for j in range(num_t))
-    sequence_sums, sequence_weights = [], []
-    for i in range(num_b):
-        w = sum(weights[i, j] for j in range(num_t))
-        if w > 0:  # a sequence with no (weighted) valid step is not one of the N
-            sequence_sums.append(sum(per_token[i, j] for j in range(num_t)))
-            sequence_weights.append(w)
-    n = len(sequence_sums)
+    # N counts the rows whose (weighted) number of valid steps is > 0. The sums take every
+    # valid step's loss: with label smoothing a zero-weight step still has one.
+    total = sum(per_token[i, j] for i in range(num_b) for j in range(num_t))
+    sequence_sums = [sum(per_token[i, j] for j in range(num_t)) for i in range(num_b)]
+    sequence_weights = [sum(weights[i, j] for j in range(num_t)) for i in range(num_b)]
+    n = sum(1 for w in sequence_weights if w > 0)
     if n == 0:
         return 0.0
     if reduction == "sum_over_time":
-        return sum(sequence_sums) / n
+        return total / n
     if reduction == "mean_over_time":
-        return sum(s / w for s, w in zip(sequence_sums, sequence_weights)) / n
+        return sum(s / w for s, w in zip(sequence_sums, sequence_weights) if w > 0) / n
     if reduction == "mean_over_tokens":
-        return sum(sequence_sums) / sum(sequence_weights)
+        return total / sum(sequence_weights)
     raise ValueError(reduction)
 
 

@@ -14,7 +14,7 @@ from jaxseq.ctc import CTC_REDUCTIONS, ctc_loss, required_lengths, validate_ctc_
 from tests import reference_losses as ref
 
 B, T, K, S = 6, 12, 5, 6
-# float32 forward algorithm (optax) vs PyTorch's float32 CPU kernel.
+# jaxseq's float32 forward algorithm vs PyTorch's float32 CPU kernel.
 LOSS_ATOL, LOSS_RTOL = 1e-4, 1e-5
 GRAD_ATOL = 1e-5
 
@@ -220,7 +220,8 @@ def test_impossibility_is_exact_at_the_boundary():
     logits = jnp.asarray(np.random.default_rng(6).normal(size=(2, 9, 3)), jnp.float32)
     losses = ctc_loss(logits, jnp.array([8, 7]), labels, label_lengths, reduction="none")
     assert np.isfinite(float(losses[0])) and float(losses[1]) == np.inf
-    # optax alone returns a finite ~1e5 sentinel there: the reason for this wrapper.
+    # optax.ctc_loss returns a finite ~1e5 sentinel there (its log_epsilon floor, which
+    # jaxseq's own forward recursion does not have).
     pads = (jnp.arange(9)[None, :] >= jnp.array([8, 7])[:, None]).astype(jnp.float32)
     with jax.numpy_dtype_promotion("standard"):
         sentinel = optax.ctc_loss(logits, pads, labels, jnp.zeros((2, 5)))
