@@ -14,8 +14,16 @@ batching tests. The category is recorded in the JUnit XML report so
 import os
 import sys
 
-import jax
-import pytest
+# Compiling is most of the suite's time: tests compile thousands of small XLA programs
+# and run each once or twice, so they skip the backend's expensive optimisation passes
+# (the semantics do not change; the measured budgets in test_budgets.py hold either way).
+# A flag set in the environment wins.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 class _BlockedImports:
