@@ -9,8 +9,12 @@ PYTEST_ARGS ?=
 # Test processes: the suite compiles thousands of XLA programs; two workers use both
 # cores of the CI machine and halve what one process holds in memory.
 PYTEST_WORKERS ?= 2
+# `make mutants`: the section of reports/mutants.md to (re)write, and extra tools.mutants flags.
+MUTANTS_LABEL ?= latest
+MUTANTS_ARGS ?=
+DEV_STAMP := $(VENV)/.dev-installed-stamp
 
-.PHONY: install test test-slow lint run experiments bench clean reliability-table
+.PHONY: install test test-slow lint run experiments bench clean reliability-table mutants
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +51,17 @@ run: $(STAMP)
 ## The full-size configurations of every experiment.
 experiments: $(STAMP)
 	$(PY) -m experiments.run_all --full
+
+## Mutation testing (on demand, never in CI or `make test`): every mutant of losses and
+## masks, a seeded sample of the recurrence and the fused engine; writes the
+## "$(MUTANTS_LABEL)" section of reports/mutants.md. Long: run it in the background.
+## Interrupted, it resumes where it stopped (same label); MUTANTS_ARGS=--fresh starts over.
+mutants: $(DEV_STAMP)
+	nice -n 19 $(PY) -m tools.mutants --label $(MUTANTS_LABEL) $(MUTANTS_ARGS)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,dev]"
+	touch $(DEV_STAMP)
 
 ## Speed and memory against PyTorch and flax, side by side.
 bench: $(STAMP)

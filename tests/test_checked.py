@@ -177,7 +177,7 @@ def test_ctc_checks_respect_label_lengths_and_where():
         "label length > S": (CTC_LABELS, LOGIT_LENGTHS, LABEL_LENGTHS.at[1].set(4)),
         "negative label length": (CTC_LABELS, LOGIT_LENGTHS, LABEL_LENGTHS.at[1].set(-1)),
     }
-    for name, (labels, logit_lengths, label_lengths) in cases.items():
+    for labels, logit_lengths, label_lengths in cases.values():
         with pytest.raises(Exception, match="CTC inputs out of range in sequence"):
             jax.block_until_ready(jitted(CTC_LOGITS, logit_lengths, labels, label_lengths, blank=0))
     # A row where `where` is False is not checked.

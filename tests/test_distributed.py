@@ -292,8 +292,15 @@ def test_a_mesh_that_is_not_a_mesh_names_the_argument():
 # ----------------------------------------------------------------------------- subprocesses
 
 
+# mean_over_tokens (the normaliser that spans devices) in the default run; the others
+# with `make test-slow`.
+SLOW_REDUCTIONS = [
+    r if r == "mean_over_tokens" else pytest.param(r, marks=pytest.mark.slow) for r in REDUCTIONS
+]
+
+
 @pytest.mark.variants
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("reduction", SLOW_REDUCTIONS)
 def test_sharded_step_equals_single_device(runs, reduction, record_property):
     """Loss, gradients and one update on 1/2/4/8 devices = the single-device step.
 

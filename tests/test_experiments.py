@@ -207,7 +207,9 @@ def _optimizer_learning_rates(tc: configs.TrainConfig, total_steps: int) -> np.n
 
 
 @pytest.mark.roundtrip
-@pytest.mark.parametrize("name", ["cmudict_g2p_ctc", "long_range"])
+@pytest.mark.parametrize(
+    "name", ["cmudict_g2p_ctc", pytest.param("long_range", marks=pytest.mark.slow)]
+)
 def test_resume_reaches_the_uninterrupted_params(name, smoke_runs, tmp_path):
     uninterrupted = smoke_runs(name)
     experiment = EXPERIMENTS[name]
