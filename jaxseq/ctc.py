@@ -139,6 +139,18 @@ def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_clas
         )
 
 
+def malformed_rows(logit_lengths, labels, label_lengths, *, max_t, num_classes, blank):
+    """Three bool ``[B]`` (traced or not): the rows whose ``logit_lengths`` is outside
+    ``[0, T]``, whose ``label_lengths`` is outside ``[0, S]``, and whose labels within the
+    label length are outside ``[0, K)`` or equal ``blank`` (labels beyond it are not read)."""
+    max_s = labels.shape[1]
+    bad_logit_lengths = (logit_lengths < 0) | (logit_lengths > max_t)
+    bad_label_lengths = (label_lengths < 0) | (label_lengths > max_s)
+    label_valid = jnp.arange(max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
+    bad_labels = label_valid & ((labels < 0) | (labels >= num_classes) | (labels == blank))
+    return bad_logit_lengths, bad_label_lengths, jnp.any(bad_labels, axis=1)
+
+
 def required_lengths(labels: jax.Array, label_lengths: jax.Array) -> jax.Array:
     """The fewest frames that can emit each label sequence: ``U + repeats``, int32 ``[B]``.
 
@@ -231,15 +243,11 @@ def ctc_loss(
     label_lengths = jnp.where(where_B, label_lengths, 0)
 
     # Values only a traced call can carry (concrete ones raised above): NaN, never a number.
-    bad_lengths = (
-        (logit_lengths < 0)
-        | (logit_lengths > max_t)
-        | (label_lengths < 0)
-        | (label_lengths > max_s)
+    bad_logit_lengths, bad_label_lengths, bad_labels = malformed_rows(
+        logit_lengths, labels, label_lengths, max_t=max_t, num_classes=num_classes, blank=blank
     )
+    malformed = bad_logit_lengths | bad_label_lengths | bad_labels
     label_valid = jnp.arange(max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
-    bad_labels = label_valid & ((labels < 0) | (labels >= num_classes) | (labels == blank))
-    malformed = bad_lengths | jnp.any(bad_labels, axis=1)
     # A malformed row is run as an empty sequence (finite), then replaced by NaN.
     logit_lengths = jnp.where(malformed, 0, logit_lengths)
     label_lengths = jnp.where(malformed, 0, label_lengths)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jaxseq import _checks
+from jaxseq import _checks, ctc
 
 
 def _host(x, name: str) -> np.ndarray:
@@ -123,57 +123,41 @@ def _num_classes(arguments) -> int:
     return jnp.shape(arguments["weight"])[-1]
 
 
-def ctc_malformed_rows(logit_lengths, labels, label_lengths, *, max_t, num_classes, blank):
-    """bool ``[B]``: the rows whose CTC inputs are out of range (traced or not).
-
-    A row is malformed when ``logit_lengths`` is outside ``[0, T]``,
-    ``label_lengths`` outside ``[0, S]``, or a label within its length is
-    outside ``[0, K)`` or equal to ``blank``. Labels beyond the label length
-    are not read.
-    """
-    max_s = labels.shape[1]
-    bad_lengths = (
-        (logit_lengths < 0)
-        | (logit_lengths > max_t)
-        | (label_lengths < 0)
-        | (label_lengths > max_s)
-    )
-    label_valid = jnp.arange(max_s, dtype=jnp.int32)[None, :] < label_lengths[:, None]
-    bad_labels = label_valid & ((labels < 0) | (labels >= num_classes) | (labels == blank))
-    return bad_lengths | jnp.any(bad_labels, axis=1)
-
-
-def _ctc_check(arguments):
-    """(ok, message, format arguments) of the value check of a CTC loss call."""
+def _ctc_checks(arguments):
+    """[(ok, message, format arguments)] of the value checks of a CTC loss call."""
     logits = arguments["logits"]
-    labels = _checks.index_array(arguments["labels"], "labels")
-    bad_B = ctc_malformed_rows(
+    bad_rows = ctc.malformed_rows(
         _checks.index_array(arguments["logit_lengths"], "logit_lengths"),
-        labels,
+        _checks.index_array(arguments["labels"], "labels"),
         _checks.index_array(arguments["label_lengths"], "label_lengths"),
         max_t=jnp.shape(logits)[1],
         num_classes=jnp.shape(logits)[2],
         blank=arguments.get("blank", 0),
     )
-    if arguments.get("where") is not None:
-        bad_B = bad_B & arguments["where"]
-    message = (
-        "CTC inputs out of range in sequence {i}: `logit_lengths` must be in [0, T], "
-        "`label_lengths` in [0, S], and labels within the label length in [0, K) and "
-        "not `blank`"
+    problems = (
+        "`logit_lengths` outside [0, T]",
+        "`label_lengths` outside [0, S]",
+        "`labels` outside [0, K) or equal to `blank` within the label length",
     )
-    return ~jnp.any(bad_B), message, {"i": jnp.argmax(bad_B)}
+    checks = []
+    for bad_B, problem in zip(bad_rows, problems):
+        if arguments.get("where") is not None:
+            bad_B = bad_B & arguments["where"]
+        message = "CTC inputs out of range in sequence {i}: " + problem
+        checks.append((~jnp.any(bad_B), message, {"i": jnp.argmax(bad_B)}))
+    return checks
 
 
-def _label_check(arguments):
-    """(ok, message, format arguments) of the label-range check of a loss call."""
+def _label_checks(arguments):
+    """[(ok, message, format arguments)] of the label-range check of a loss call."""
     num_classes = _num_classes(arguments)
     labels = _checks.index_array(arguments["labels"], "labels")
     bad = (labels < 0) | (labels >= num_classes)
     if arguments.get("where") is not None:
         bad = bad & arguments["where"]
     message = "`labels` out of range [0, {num_classes}) at a valid position (flat index {i})"
-    return ~jnp.any(bad), message, {"num_classes": num_classes, "i": jnp.argmax(bad.reshape(-1))}
+    fmt = {"num_classes": num_classes, "i": jnp.argmax(bad.reshape(-1))}
+    return [(~jnp.any(bad), message, fmt)]
 
 
 def _raise_if(bad, message: str, **fmt) -> None:
@@ -243,9 +227,9 @@ def checked(loss_fn):
     signature = inspect.signature(loss_fn)
     parameters = set(signature.parameters)
     if {"logits", "labels", "logit_lengths", "label_lengths"} <= parameters:
-        value_check = _ctc_check
+        value_checks = _ctc_checks
     elif "labels" in parameters and {"logits", "weight"} & parameters:
-        value_check = _label_check
+        value_checks = _label_checks
     else:
         raise TypeError(
             "`loss_fn` must take `labels` and `logits` (or `weight`) arguments, like the "
@@ -258,8 +242,8 @@ def checked(loss_fn):
         bound.apply_defaults()
         # The loss first: its own checks name a wrong shape or option before this one.
         out = loss_fn(*args, **kwargs)
-        ok, message, fmt = value_check(bound.arguments)
-        _check(ok, message, **fmt)
+        for ok, message, fmt in value_checks(bound.arguments):
+            _check(ok, message, **fmt)
         return out
 
     return wrapper

@@ -170,15 +170,16 @@ def test_ctc_checks_respect_label_lengths_and_where():
         got = safe(CTC_LOGITS, LOGIT_LENGTHS, CTC_LABELS, LABEL_LENGTHS, reduction=reduction)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     jitted = jax.jit(safe, static_argnames=("blank", "reduction", "zero_infinity"))
-    cases = {
-        "label in range but the blank": (CTC_LABELS.at[0, 1].set(0), LOGIT_LENGTHS, LABEL_LENGTHS),
-        "label >= K": (CTC_LABELS.at[1, 0].set(K), LOGIT_LENGTHS, LABEL_LENGTHS),
-        "logit length > T": (CTC_LABELS, LOGIT_LENGTHS.at[2].set(7), LABEL_LENGTHS),
-        "label length > S": (CTC_LABELS, LOGIT_LENGTHS, LABEL_LENGTHS.at[1].set(4)),
-        "negative label length": (CTC_LABELS, LOGIT_LENGTHS, LABEL_LENGTHS.at[1].set(-1)),
-    }
-    for labels, logit_lengths, label_lengths in cases.values():
-        with pytest.raises(Exception, match="CTC inputs out of range in sequence"):
+    # (labels, logit_lengths, label_lengths) -> the sequence and argument the error names
+    cases = [
+        ((CTC_LABELS.at[0, 1].set(0), LOGIT_LENGTHS, LABEL_LENGTHS), "0: `labels`"),
+        ((CTC_LABELS.at[1, 0].set(K), LOGIT_LENGTHS, LABEL_LENGTHS), "1: `labels`"),
+        ((CTC_LABELS, LOGIT_LENGTHS.at[2].set(7), LABEL_LENGTHS), "2: `logit_lengths`"),
+        ((CTC_LABELS, LOGIT_LENGTHS, LABEL_LENGTHS.at[1].set(4)), "1: `label_lengths`"),
+        ((CTC_LABELS, LOGIT_LENGTHS, LABEL_LENGTHS.at[1].set(-1)), "1: `label_lengths`"),
+    ]
+    for (labels, logit_lengths, label_lengths), named in cases:
+        with pytest.raises(Exception, match=f"CTC inputs out of range in sequence {named}"):
             jax.block_until_ready(jitted(CTC_LOGITS, logit_lengths, labels, label_lengths, blank=0))
     # A row where `where` is False is not checked.
     labels = CTC_LABELS.at[2, 0].set(K + 9)

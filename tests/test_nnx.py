@@ -178,7 +178,12 @@ def test_model_module_rejects_bad_arguments():
 
 @pytest.mark.parametrize(
     "cell",
-    [cells.lstm(H), js.mingru(H), js.lru(H, state_size=3)],
+    [
+        cells.lstm(H),
+        js.mingru(H),
+        # The linear cells share their methods' code: the second runs with `make test-slow`.
+        pytest.param(js.lru(H, state_size=3), marks=pytest.mark.slow),
+    ],
     ids=["lstm", "mingru", "lru"],
 )
 @pytest.mark.variants

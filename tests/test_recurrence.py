@@ -211,7 +211,14 @@ def test_values_and_gradients_agree_with_scan(name, method):
     chex.assert_trees_all_close(other[1], base[1], **grad_tol)
 
 
-@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
+# Fused (the default) has its own float64 oracle per cell and direction
+# (test_grad_oracle_fused.py); here Scan() and Scan's options, the options with
+# `make test-slow` (they share Scan()'s step code and are compared with it in
+# test_values_and_gradients_agree_with_scan).
+@pytest.mark.parametrize(
+    "method_id",
+    [m if m == "Scan" else pytest.param(m, marks=pytest.mark.slow) for m in NONLINEAR_METHODS],
+)
 @pytest.mark.parametrize(
     "name, direction", [("elman", "forward"), ("gru", "reverse"), ("lstm", "bidirectional")]
 )
