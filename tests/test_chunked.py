@@ -91,7 +91,11 @@ def assert_grads_close(got, want):
 
 @pytest.mark.reference
 @pytest.mark.parametrize(("mode", "reduction"), mode_reduction_pairs(js.REDUCTIONS))
-@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize(
+    "option",
+    # "all" combines the single options; each alone runs with `make test-slow`.
+    [o if o in ("plain", "all") else pytest.param(o, marks=pytest.mark.slow) for o in OPTIONS],
+)
 def test_equals_materialised_loss_and_gradients(mode, reduction, option):
     rng, hidden, weight, bias, labels = make_data(ref.seed_of(reduction, option))
     where = make_mask("padding_row", rng)

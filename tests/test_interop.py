@@ -137,7 +137,14 @@ def test_parity_with_torch(kind, num_layers, bidirectional, batch_first):
 
 
 @needs_torch
-@pytest.mark.parametrize("method_id", list(NONLINEAR_METHODS))
+@pytest.mark.parametrize(
+    "method_id",
+    # Scan's options are compared with Scan() in test_recurrence.py: make test-slow.
+    [
+        m if m in ("Scan", "Fused", "default") else pytest.param(m, marks=pytest.mark.slow)
+        for m in NONLINEAR_METHODS
+    ],
+)
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.reference
 def test_parity_with_torch_with_every_method(kind, method_id):

@@ -82,6 +82,7 @@ def _integer_inputs(arrays, dtype):
 
 
 @pytest.mark.dtype
+@pytest.mark.slow  # the bad-input matrix (test_bad_inputs.py) covers each dtype in make test
 def test_every_integer_dtype_gives_exactly_the_int32_result_eager_and_under_jit():
     arrays = _data(1)
     want = _every_integer_input(*_integer_inputs(arrays, np.int32), arrays=arrays)

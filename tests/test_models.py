@@ -501,15 +501,15 @@ def test_config_is_static_and_hashable():
 
 
 def _model_cases():
-    """Every cell x every method; the default run keeps two methods per cell (the
+    """Every cell x every method; the default run keeps the default method (the
     methods themselves are tested one by one in test_recurrence.py and
     test_parallel_cells.py; here it is their plumbing through the model), the rest
     run with ``make test-slow``."""
     cases = []
     for cell_name in models.CELLS:
         cell_methods = methods_for(models.make_cell(feature_config(cell=cell_name)))
-        for i, (method_id, method) in enumerate(cell_methods.items()):
-            marks = () if i < 2 else (pytest.mark.slow,)
+        for method_id, method in cell_methods.items():
+            marks = () if method_id == "default" else (pytest.mark.slow,)
             case_id = f"{cell_name}-{method_id}"
             cases.append(pytest.param(cell_name, method, id=case_id, marks=marks))
     return cases

@@ -83,10 +83,22 @@ def agreement(cell, method) -> tuple[dict, dict]:
     return SAME, SAME
 
 
-def cell_methods(cell_names=tuple(CELLS)):
-    """``(name, method)`` parameters: every cell with every applicable method."""
+def cell_methods(cell_names=tuple(CELLS), *, slow_options=False):
+    """``(name, method)`` parameters: every cell with every applicable method.
+
+    ``slow_options``: only ``Scan()`` and the default run with ``make test``; the
+    other methods (Scan's options, Fused, Parallel), which the other tests here
+    compare with ``Scan()``, run with ``make test-slow``.
+    """
     return [
-        pytest.param(name, method, id=f"{name}-{method_id}")
+        pytest.param(
+            name,
+            method,
+            id=f"{name}-{method_id}",
+            marks=(pytest.mark.slow,)
+            if slow_options and method_id not in ("Scan", "default")
+            else (),
+        )
         for name in cell_names
         for method_id, method in methods_for(CELLS[name]).items()
     ]
@@ -355,7 +367,7 @@ def test_jit_agrees_with_eager(method_id):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name, method", cell_methods())
+@pytest.mark.parametrize("name, method", cell_methods(slow_options=True))
 @pytest.mark.variants
 def test_scan_rnn_is_rnn_of_one_example(name, method, reverse):
     # scan_rnn (one example, a scalar length) = rnn on a batch of one, = a row of the
