@@ -747,6 +747,20 @@ JUDGEMENTS: dict[tuple[str, str, str], str] = {
     "loss, which the second `where` replaces by 0; an out-of-range filler (C = 1) makes a NaN "
     "there that the second `where` drops, and its cotangent is an exact 0, so gradients are "
     "unchanged.",
+    (
+        "jaxseq/masks.py",
+        "return (lengths < 0) | (lengths > max_len)",
+        "return (lengths < 0) ^ (lengths > max_len)",
+    ): "**equivalent**: `max_len >= 0`, so `lengths < 0` and `lengths > max_len` are never "
+    "both True, and on such bools `^` equals `|`.",
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps << 1)",
+    ): "**equivalent**: for a length in `[0, T]` the index `length - 1` is at most `T - 1` "
+    "anyway; a traced length above `T` now gathers out of bounds, but `has_step` is False "
+    "for it (the row becomes 0, then NaN by `poison`), and the `where` sends that gather a "
+    "zero cotangent, so values and gradients are unchanged.",
 }
 
 
