@@ -8,9 +8,10 @@ imported explicitly (``from jaxseq.training import loop, steps``) and never by
 * :mod:`.loop`: ``fit`` (periodic evaluation, JSON-lines metrics, checkpoints,
   resume) and ``evaluate``;
 * :mod:`.checkpoint`: orbax checkpoints with per-leaf digests and checked restores;
-* :mod:`.distributed`: device meshes, batch sharding and the sharded steps.
+* :mod:`.distributed`: device meshes, batch sharding and the sharded steps;
+* :mod:`.provenance`: what a run folder records (versions, commit, devices, command).
 """
 
-from jaxseq.training import checkpoint, distributed, loop, steps
+from jaxseq.training import checkpoint, distributed, loop, provenance, steps
 
-__all__ = ["checkpoint", "distributed", "loop", "steps"]
+__all__ = ["checkpoint", "distributed", "loop", "provenance", "steps"]
