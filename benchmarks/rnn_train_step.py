@@ -71,7 +71,9 @@ MINE = ("jaxseq-default", "jaxseq-default-dp")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shape only, 3 repeats")
-    parser.add_argument("--shapes", default="small,large", help="small,large")
+    parser.add_argument(
+        "--shapes", default="small,large", help="small,large (tiny: a plumbing check, B=4 T=8 H=16)"
+    )
     parser.add_argument("--cells", default="elman,gru,lstm", help="elman,gru,lstm")
     parser.add_argument("--impls", default=",".join(IMPLS), help=",".join(IMPLS))
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7/5)")
@@ -144,7 +146,7 @@ def run(args) -> list[dict]:
         if not torch.cuda.is_available():
             names = [n for n in names if not n.startswith("torch")]
             print("torch has no CUDA here: torch rows skipped on this GPU run")
-    shapes = {"small": common.SMALL, "large": common.LARGE}
+    shapes = {"small": common.SMALL, "large": common.LARGE, "tiny": common.Shape(4, 8, 16)}
     rows = []
     for shape_name in args.shapes.split(","):
         shape = shapes[shape_name]

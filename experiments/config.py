@@ -1,12 +1,12 @@
 """The experiments' configs and command line: switches, model, training, ``method``.
 
 An experiment's ``Config`` is a frozen dataclass deriving from :class:`RunSwitches`
-(``--smoke``, ``--full``, ``--resume``, ``--out-dir``) that holds a
-:class:`ModelConfig` and a :class:`TrainConfig` (or its own model fields) plus its
-own switches. Its ``--smoke`` and ``--full`` variants are nested mappings of
-overrides; :func:`parse` reads the command line with ``tyro``
-(``--model.hidden-size 64``): ``--smoke``/``--full`` pick the variant and any
-explicit flag still wins.
+(``--smoke``, ``--full``, ``--resume``, ``--overwrite``, ``--allow-config-change``,
+``--out-dir``) that holds a :class:`ModelConfig` and a :class:`TrainConfig` (or its own
+model fields) plus its own switches. Its ``--smoke`` and ``--full`` variants are nested
+mappings of overrides; :func:`parse` reads the command line with ``tyro``
+(``--model.hidden-size 64``): ``--smoke``/``--full`` pick the variant and any explicit
+flag still wins.
 
 ``method`` is a string on the command line (:data:`MethodName`) and becomes the
 ``jaxseq`` method value here, in :data:`METHODS` only.
@@ -51,7 +51,14 @@ class RunSwitches:
     full: bool = False
     """The bigger, longer configuration."""
     resume: bool = False
-    """Continue from the last checkpoint in the run folder."""
+    """Continue from the last checkpoint in the run folder (refused if the config differs
+    from its ``config.json``, unless ``--allow-config-change``)."""
+    overwrite: bool = False
+    """Start over, deleting the run folder's previous results (without ``--resume`` or
+    ``--overwrite`` a run folder that holds results is refused)."""
+    allow_config_change: bool = False
+    """With ``--resume``: continue even though the config differs from the run folder's
+    ``config.json`` (the change is recorded there, under ``config_changes``)."""
     out_dir: str | None = None
     """Run folder (default ``runs/<experiment>/<smoke|full|default>``)."""
 

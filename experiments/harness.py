@@ -11,10 +11,18 @@ function to the command line (:mod:`experiments.config`); it times the run and
 writes ``result.json``.
 
 The run folder ``runs/<experiment>/<smoke|full|default>/`` (``--out-dir``)
-holds ``config.json`` (the resolved config), ``metrics.jsonl``,
+holds ``config.json`` (the resolved config and the provenance of every session that
+worked on the run, see :func:`prepare_run_dir`), ``metrics.jsonl``,
 ``checkpoints/``, ``curves.png``, ``confusion.png`` (classification and
 labeling) and ``result.json``; an experiment that trains several models gives
 each a sub-folder and reports once at the top.
+
+A run folder's results are never deleted silently: a run into a folder that holds
+results is refused (:class:`RunFolderError`, before anything is trained or deleted)
+unless ``--resume`` continues it (refused too if the config differs from its
+``config.json``, unless ``--allow-config-change``, which records the change) or
+``--overwrite`` deletes them (the harness's and ``fit``'s outputs only,
+:data:`OUTPUTS`) and starts over.
 
 The metrics schema: every line of ``metrics.jsonl`` is one JSON object whose
 first keys are :data:`SCHEMA`, in that order, then the task's metrics (floats),
@@ -41,11 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import jax
 import optax
@@ -53,7 +63,7 @@ import optax
 from experiments import config as configs
 from experiments import plots
 from jaxseq import metrics
-from jaxseq.training import distributed, loop, steps
+from jaxseq.training import distributed, loop, provenance, steps
 
 RUNS_DIR = "runs"
 SCHEMA = ("step", "epoch", "split", "learning_rate", "loss")
@@ -71,7 +81,8 @@ class Task:
       init: ``key -> params``.
       loss_fn: the loss and metrics hook, ``(params, batch, key, train) ->
         (LossTerms, metric sums)`` (see :mod:`jaxseq.training.steps`); its metric sums
-        (``jaxseq.metrics.Ratio``, confusion counts) become the records' metrics.
+        (``Ratio``, ``Confusion``, ``Perplexity`` of :mod:`jaxseq.metrics`) become the
+        records' metrics.
       train_batches: ``epoch -> that epoch's batches``, deterministic in the epoch
         (a resumed run replays it).
       steps_per_epoch: ``len(train_batches(epoch))`` for every epoch.
@@ -167,6 +178,132 @@ def results_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (``n - 1`` in the denominator; None
+    for fewer than two values)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedSummary:
+    """One experiment over several seeds: the row of the results table of
+    ``run_all --seeds N`` (mean ± sample standard deviation)."""
+
+    experiment: str
+    metric: str
+    seeds: tuple[int, ...]
+    results: tuple[Result, ...]
+    """One per seed, in the order of ``seeds``."""
+
+    @classmethod
+    def of(cls, runs: Sequence[tuple[int, Result]]) -> SeedSummary:
+        """The summary of ``(seed, result)`` pairs of one experiment and metric."""
+        if not runs:
+            raise ValueError("SeedSummary.of needs at least one (seed, result)")
+        first = runs[0][1]
+        for seed, result in runs:
+            same = (result.experiment, result.metric, result.higher_is_better, result.target)
+            if same != (first.experiment, first.metric, first.higher_is_better, first.target):
+                raise ValueError(
+                    f"seed {seed}: {result.experiment}/{result.metric} cannot be summarised "
+                    f"with {first.experiment}/{first.metric}"
+                )
+        return cls(
+            first.experiment,
+            first.metric,
+            tuple(seed for seed, _ in runs),
+            tuple(result for _, result in runs),
+        )
+
+    @property
+    def target(self) -> float | None:
+        return self.results[0].target
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.results[0].higher_is_better
+
+    @property
+    def baseline(self) -> tuple[float, float | None]:
+        """Mean and sample standard deviation of the baseline over the seeds."""
+        return mean_std([r.baseline for r in self.results])
+
+    @property
+    def jaxseq(self) -> tuple[float, float | None]:
+        """Mean and sample standard deviation of jaxseq's test metric over the seeds."""
+        return mean_std([r.jaxseq for r in self.results])
+
+    @property
+    def margin(self) -> tuple[float, float | None]:
+        """Mean and sample standard deviation of the per-seed margins."""
+        return mean_std([r.margin for r in self.results])
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the mean meets the target."""
+        if self.target is None:
+            return None
+        mean = self.jaxseq[0]
+        return mean >= self.target if self.higher_is_better else mean <= self.target
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record: the means, standard deviations and every seed's numbers."""
+        (baseline, baseline_std), (jaxseq, jaxseq_std) = self.baseline, self.jaxseq
+        margin, margin_std = self.margin
+        return {
+            "experiment": self.experiment,
+            "metric": self.metric,
+            "seeds": list(self.seeds),
+            "baseline_mean": baseline,
+            "baseline_std": baseline_std,
+            "jaxseq_mean": jaxseq,
+            "jaxseq_std": jaxseq_std,
+            "margin_mean": margin,
+            "margin_std": margin_std,
+            "target": self.target,
+            "met": self.met,
+            "higher_is_better": self.higher_is_better,
+            "seconds_mean": mean_std([r.seconds for r in self.results])[0],
+            "cpu_seconds_mean": mean_std([r.cpu_seconds or 0.0 for r in self.results])[0],
+            "per_seed": [
+                {"seed": seed, **dataclasses.asdict(r), "margin": r.margin, "met": r.met}
+                for seed, r in zip(self.seeds, self.results)
+            ],
+        }
+
+
+def _pm(mean: float, std: float | None) -> str:
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def seeds_table(summaries: Sequence[SeedSummary]) -> str:
+    """The Markdown results table over seeds: mean ± sample standard deviation of the
+    baseline, jaxseq and the margin; the target is met when the mean meets it; times are
+    means per seed."""
+    lines = [
+        "| experiment | metric | seeds | baseline | jaxseq | margin | target | "
+        "time/seed (s) | CPU/seed (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        target = "" if s.target is None else f"{s.target:.2f} ({'met' if s.met else 'MISSED'})"
+        margin, margin_std = s.margin
+        margin_text = f"{margin:+.4f}" + ("" if margin_std is None else f" ± {margin_std:.4f}")
+        seconds = mean_std([r.seconds for r in s.results])[0]
+        cpu = mean_std([r.cpu_seconds or 0.0 for r in s.results])[0]
+        lines.append(
+            f"| {s.experiment} | {s.metric} | {len(s.seeds)} | {_pm(*s.baseline)} | "
+            f"{_pm(*s.jaxseq)} | {margin_text} | {target} | {seconds:.1f} | {cpu:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 class Timer:
     """Wall-clock and process CPU time since construction."""
 
@@ -217,8 +354,23 @@ class Experiment:
             description=self.description,
         )
 
+    def check(self, config) -> None:
+        """Refuse a run its folder should not take (:func:`check_run_folder`:
+        :class:`RunFolderError`); reads only."""
+        check_run_folder(run_dir(self.name, config), config, name=self.name)
+
     def execute(self, config) -> Result:
-        """``run(config)``, timed; the result also goes to ``<out_dir>/result.json``."""
+        """``run(config)``, timed; the result also goes to ``<out_dir>/result.json``.
+
+        First, before any data is loaded, the run folder is checked (:meth:`check`)
+        and, with ``--overwrite``, its outputs and those of the run's parts are deleted.
+        """
+        out_dir = run_dir(self.name, config)
+        check_run_folder(out_dir, config, name=self.name)
+        if config.overwrite and distributed.is_main_process():
+            for folder in [out_dir, *run_parts(out_dir, self.name)]:
+                remove_outputs(folder)
+        distributed.sync("jaxseq-run-folder-cleared")
         timer = Timer()
         result = self.run(config)
         seconds, cpu_seconds = timer.elapsed()
@@ -230,13 +382,61 @@ class Experiment:
         return result
 
     def main(self, args: Sequence[str] | None = None) -> Result:
-        """Parse ``args`` (default ``sys.argv``), execute, print the result."""
-        result = self.execute(self.parse(args))
+        """Parse ``args`` (default ``sys.argv``), execute, print the result. A refused run
+        folder (:class:`RunFolderError`) exits with its message and status 1; Ctrl-C
+        (:class:`jaxseq.training.loop.FitInterrupted`: a checkpoint was saved) exits with
+        a line saying how to continue and status 130."""
+        try:
+            result = self.execute(self.parse(args))
+        except RunFolderError as e:
+            raise SystemExit(f"{self.name}: {e}") from None
+        except loop.FitInterrupted as e:
+            exit_interrupted(e, self.name)
         print(self.describe(result), flush=True)
         return result
 
 
+def exit_interrupted(interrupt: loop.FitInterrupted, name: str) -> NoReturn:
+    """Ctrl-C on the command line: one line saying where the checkpoint is and how to
+    continue, then exit status 130 (no traceback)."""
+    print(
+        f"{name}: interrupted at step {interrupt.step}; checkpoint saved in "
+        f"{interrupt.out_dir}; rerun with --resume to continue",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(130) from None
+
+
 # ----------------------------------------------------------------------------- run folder
+
+
+class RunFolderError(Exception):
+    """The run folder refuses the run (before anything is trained or deleted): it holds
+    results and neither ``--resume`` nor ``--overwrite`` was given, ``--resume`` found
+    a different config, or the switches contradict each other. The command line prints
+    the message (no traceback) and exits with status 1."""
+
+
+# What the harness writes in a run folder, then what ``fit`` writes
+# (``loop.FIT_OUTPUTS``): the only paths ``--overwrite`` deletes (never anything else),
+# and those whose presence means the folder "holds results".
+HARNESS_OUTPUTS = ("config.json", "result.json", "curves.png", "confusion.png")
+OUTPUTS = (*HARNESS_OUTPUTS, *loop.FIT_OUTPUTS)
+# Fields of config.json's "config" (and "resolved") that may differ on a resume: the
+# switches of the session, not of the run. ``out_dir``: the folder is the same one
+# however it was named.
+RESUME_IGNORES = frozenset(
+    {
+        "config.resume",
+        "config.overwrite",
+        "config.allow_config_change",
+        "config.out_dir",
+        "config.train.progress",
+        "config.train.stop_after",
+        "resolved.out_dir",
+    }
+)
 
 
 def run_dir(name: str, config: configs.RunSwitches) -> str:
@@ -244,11 +444,206 @@ def run_dir(name: str, config: configs.RunSwitches) -> str:
     return config.out_dir or os.path.join(RUNS_DIR, name, configs.variant_name(config))
 
 
-def prepare_run_dir(out_dir: str, *, resume: bool) -> None:
-    """Create the run folder; without ``resume``, drop its old checkpoints."""
-    os.makedirs(out_dir, exist_ok=True)
-    if not resume and distributed.is_main_process():
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)
+def outputs_in(folder: str) -> list[str]:
+    """The harness's and ``fit``'s outputs (:data:`OUTPUTS`) present in ``folder``, in
+    that order (names; folders end with ``/``)."""
+    found = []
+    for name in OUTPUTS:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            found.append(f"{name}/")
+        elif os.path.lexists(path):
+            found.append(name)
+    return found
+
+
+def _read_json(path: str, *, strict: bool = False) -> Any:
+    """The JSON value in ``path``; None if there is no such file, or if it cannot be read
+    and ``strict`` is false (``strict``: :class:`RunFolderError`)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        if strict:
+            raise RunFolderError(
+                f"{path} cannot be read ({e}): cannot check the run folder's config for "
+                "--resume; repair or remove it, or --overwrite the run folder"
+            ) from e
+        return None
+
+
+def run_parts(out_dir: str, name: str) -> list[str]:
+    """The sub-folders of ``out_dir`` that are parts of the run of ``name`` (an experiment
+    that trains several models: their ``config.json`` names ``<name>/<model>``)."""
+    if not os.path.isdir(out_dir):
+        return []
+    parts = []
+    for entry in sorted(os.listdir(out_dir)):
+        saved = _read_json(os.path.join(out_dir, entry, "config.json"))
+        if isinstance(saved, dict) and str(saved.get("experiment", "")).startswith(f"{name}/"):
+            parts.append(os.path.join(out_dir, entry))
+    return parts
+
+
+def check_switches(config: configs.RunSwitches) -> None:
+    """:class:`RunFolderError` if ``--resume``, ``--overwrite`` and
+    ``--allow-config-change`` contradict each other."""
+    if config.resume and config.overwrite:
+        raise RunFolderError(
+            "--resume and --overwrite contradict each other: --resume continues the run "
+            "folder's run, --overwrite deletes it and starts over; pass one of them"
+        )
+    if config.allow_config_change and not config.resume:
+        raise RunFolderError(
+            "--allow-config-change only applies to --resume (it accepts a config that "
+            "differs from the run folder's config.json)"
+        )
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}"))
+        return flat
+    return {prefix: value}
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list]:
+    """``{field: [old, new]}`` (``"train.learning_rate"``, ``"resolved.total_steps"``)
+    for each value of config.json's ``config`` and ``resolved`` blocks that differs
+    between ``old`` and ``new`` (records of config.json), except
+    :data:`RESUME_IGNORES`; a value one side lacks (a field added or removed) is listed
+    with ``None`` on that side. Only the blocks ``new`` has are compared."""
+    missing = object()
+    flat_old, flat_new = {}, {}
+    for block in ("config", "resolved"):
+        if block in new:
+            flat_old.update(_flatten(_as_json(old.get(block, {})), block))
+            flat_new.update(_flatten(_as_json(new[block]), block))
+    changes = {}
+    for field in sorted(set(flat_old) | set(flat_new)):
+        if field in RESUME_IGNORES:
+            continue
+        before, after = flat_old.get(field, missing), flat_new.get(field, missing)
+        if before != after:
+            changes[field.removeprefix("config.")] = [
+                None if before is missing else before,
+                None if after is missing else after,
+            ]
+    return changes
+
+
+def _describe_changes(changes: Mapping[str, Sequence]) -> str:
+    return "\n".join(
+        f"  {field}: {json.dumps(old)} -> {json.dumps(new)}"
+        for field, (old, new) in changes.items()
+    )
+
+
+def _refuse_changes(folder: str, changes: Mapping[str, Sequence]) -> RunFolderError:
+    return RunFolderError(
+        f"--resume: the config differs from the one the run folder {folder} was trained "
+        f"with (its config.json):\n{_describe_changes(changes)}\n"
+        "Pass --allow-config-change to continue with the new config (the change is recorded "
+        "in config.json), or --overwrite instead of --resume to start over."
+    )
+
+
+def check_run_folder(out_dir: str, config: configs.RunSwitches, *, name: str | None = None) -> None:
+    """Refuse a run its folder should not take, before anything is trained or deleted
+    (:class:`RunFolderError`; reads only).
+
+    * Without ``--resume`` or ``--overwrite``: ``out_dir`` (or a part of the run, see
+      :func:`run_parts`) holds results (:func:`outputs_in`).
+    * With ``--resume``: a ``config.json`` there records another config (the
+      ``config`` block; see :func:`config_changes`) and ``--allow-config-change`` is
+      not given.
+
+    ``name``: the experiment, to find the parts of its run (None: ``out_dir`` only).
+    """
+    check_switches(config)
+    folders = [out_dir, *(run_parts(out_dir, name) if name else [])]
+    if not (config.resume or config.overwrite):
+        held = [
+            os.path.join(os.path.relpath(f, out_dir), n).removeprefix("./")
+            for f in folders
+            for n in outputs_in(f)
+        ]
+        if held:
+            raise RunFolderError(
+                f"the run folder {out_dir} already holds results ({', '.join(held)}). Pass "
+                "--resume to continue its run, or --overwrite to delete those results and "
+                "start over (or choose another --out-dir)."
+            )
+    if config.resume and not config.allow_config_change:
+        new = {"config": dataclasses.asdict(config)}
+        for folder in folders:
+            saved = _read_json(os.path.join(folder, "config.json"), strict=True)
+            if isinstance(saved, dict):
+                changes = config_changes(saved, new)
+                if changes:
+                    raise _refuse_changes(folder, changes)
+
+
+def remove_outputs(folder: str) -> list[str]:
+    """Delete the harness's and ``fit``'s outputs in ``folder`` (:data:`OUTPUTS`,
+    nothing else) and return their names."""
+    found = outputs_in(folder)
+    for entry in found:
+        path = os.path.join(folder, entry.rstrip("/"))
+        if entry.endswith("/") and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)  # a file, or a link (not what it points to)
+    return found
+
+
+def prepare_run_dir(out_dir: str, config: configs.RunSwitches, record: dict[str, Any]) -> None:
+    """Check ``out_dir`` (:func:`check_run_folder`), create it, clear it with
+    ``--overwrite``, and write its ``config.json``: ``record`` (experiment, variant,
+    config, resolved) with this session's ``provenance``
+    (:func:`jaxseq.training.provenance.collect`).
+
+    A resume keeps the file's record and its original ``provenance``, and appends the
+    session's provenance to ``sessions``; a config that differs (:func:`config_changes`,
+    the ``resolved`` values too) is refused unless ``--allow-config-change``, which
+    makes the new config (and resolved values) the record's and appends ``{"session":
+    i, "time_utc", "changes": {field: [old, new]}}`` to ``config_changes`` (``i``:
+    the resumed session's index in ``sessions``).
+    """
+    check_run_folder(out_dir, config)
+    path = os.path.join(out_dir, "config.json")
+    saved = _read_json(path, strict=True) if config.resume else None
+    session = provenance.collect()
+    if isinstance(saved, dict):
+        changes = config_changes(saved, record)
+        if changes and not config.allow_config_change:
+            raise _refuse_changes(out_dir, changes)
+        written = dict(saved)
+        written["sessions"] = [*saved.get("sessions", []), session]
+        if changes:
+            written.update(record)  # the config the run continues with
+            change = {
+                "session": len(written["sessions"]) - 1,
+                "time_utc": session["time_utc"],
+                "changes": changes,
+            }
+            written["config_changes"] = [*saved.get("config_changes", []), change]
+    else:
+        written = {**record, "provenance": session, "sessions": []}
+    distributed.sync("jaxseq-run-dir-checked")  # every process checked before any write
+    if distributed.is_main_process():
+        os.makedirs(out_dir, exist_ok=True)
+        if config.overwrite:
+            remove_outputs(out_dir)
+    write_json(path, _as_json(written))
     distributed.sync("jaxseq-run-dir-ready")
 
 
@@ -331,21 +726,22 @@ def train_and_evaluate(
     """Train ``task``, evaluate dev during training and test at the end; write the run folder.
 
     Args:
-      config: the experiment config (fields ``train``, ``smoke``, ``full``,
-        ``resume``, ``out_dir``).
+      config: the experiment config (``train`` and the :class:`RunSwitches
+        <experiments.config.RunSwitches>`: ``--resume``, ``--overwrite``...).
       task: the experiment's hooks.
       name: the experiment (or ``experiment/model``), for ``config.json`` and plots.
       out_dir: the run folder (default :func:`run_dir`).
-      class_names: draw ``confusion.png`` from the test split's ``confusion`` sums.
+      class_names: draw ``confusion.png`` from the test split's
+        :class:`jaxseq.metrics.Confusion` sums.
       test_metrics: ``params -> metrics`` computed once after training (decoding,
         error rates...), added to the test record and :attr:`Trained.test`.
     """
     tc: configs.TrainConfig = config.train
     out_dir = out_dir or run_dir(name, config)
-    prepare_run_dir(out_dir, resume=config.resume)
     total_steps = total_steps_of(tc, task.steps_per_epoch)
-    write_json(
-        os.path.join(out_dir, "config.json"),
+    prepare_run_dir(
+        out_dir,
+        config,
         {
             "experiment": name,
             "variant": configs.variant_name(config),
@@ -393,6 +789,7 @@ def train_and_evaluate(
         resume=config.resume,
         tokens_in=task.tokens_in,
         learning_rate=schedule,
+        overwrite=config.overwrite,
     )
 
     test_sums = evaluate_sums(eval_step, state.params, placed(task.eval_sets["test"])())
@@ -410,9 +807,10 @@ def train_and_evaluate(
         records = loop.read_metrics(path) if distributed.is_main_process() else []
     title = f"{name} ({configs.variant_name(config)})"
     plots.curves(records, os.path.join(out_dir, "curves.png"), title)
-    if class_names is not None and "confusion" in test_sums:
+    confusions = [v for v in test_sums.values() if isinstance(v, metrics.Confusion)]
+    if class_names is not None and confusions:
         path = os.path.join(out_dir, "confusion.png")
-        plots.confusion(test_sums["confusion"], class_names, path, f"{name}: test confusion")
+        plots.confusion(confusions[0].counts, class_names, path, f"{name}: test confusion")
     return Trained(state.params, step, test, test_sums, out_dir)
 
 

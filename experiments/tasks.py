@@ -117,7 +117,8 @@ def dataset_task(
 def classification_loss_fn(
     logits_fn: LogitsFn, extra_metrics: ExtraMetrics | None = None
 ) -> steps.LossFn:
-    """``loss_fn`` for one label per sequence: mean cross-entropy, accuracy, confusion.
+    """``loss_fn`` for one label per sequence: mean cross-entropy, accuracy, macro-F1
+    (from confusion counts, :class:`jaxseq.metrics.Confusion`).
 
     ``extra_metrics(logits, batch)`` adds further metric sums (e.g. Ratios).
     """
@@ -138,7 +139,8 @@ def labeling_loss_fn(
     """``loss_fn`` for one label per step (``batch.label_mask`` says which count).
 
     The loss is ``mean_over_tokens`` (every labelled token weighs the same), so
-    ``token_loss`` is the same Ratio and gives the perplexity of the labels.
+    ``token_loss`` (a Ratio) is the same mean and ``perplexity``
+    (:class:`jaxseq.metrics.Perplexity`) its exponential: the perplexity of the labels.
     """
 
     def loss_fn(params, batch: Batch, key, is_training):
@@ -147,7 +149,11 @@ def labeling_loss_fn(
             logits_BTC, batch.labels, where=batch.label_mask, reduction="mean_over_tokens"
         )
         sums = _metric_sums(logits_BTC, batch, extra_metrics)
-        return terms, {**sums, "token_loss": metrics.Ratio(terms.total, terms.count)}
+        return terms, {
+            **sums,
+            "token_loss": metrics.Ratio(terms.total, terms.count),
+            "perplexity": metrics.Perplexity(terms.total, terms.count),
+        }
 
     return loss_fn
 
@@ -155,7 +161,10 @@ def labeling_loss_fn(
 def _metric_sums(logits, batch: Batch, extra_metrics: ExtraMetrics | None) -> dict:
     sums = {
         "accuracy": metrics.accuracy(logits, batch.labels, where=batch.label_mask),
-        "confusion": metrics.confusion_matrix(logits, batch.labels, where=batch.label_mask),
+        # Confusion counts [C, C], reported as their macro-F1 (the harness draws them).
+        "macro_f1": metrics.Confusion(
+            metrics.confusion_matrix(logits, batch.labels, where=batch.label_mask)
+        ),
     }
     if extra_metrics is not None:
         sums.update(extra_metrics(logits, batch))

@@ -14,9 +14,10 @@ modules (every name in ``__all__`` below is one of these):
   PyTorch weight conversion (:mod:`jaxseq.interop`; imports torch only when called).
 
 Not imported by ``import jaxseq`` (import them explicitly): ``jaxseq.training``
-(train steps, fit loop, checkpoints, data parallelism; needs orbax, tqdm, flax),
-``jaxseq.data`` (padding, bucketing, file formats, data sets) and ``jaxseq.nnx``
-(flax.nnx modules).
+(train steps, fit loop, checkpoints, data parallelism; the ``train`` extra:
+orbax-checkpoint, tqdm, tensorboardX), ``jaxseq.data`` (padding, bucketing, file
+formats, data sets; NumPy only) and ``jaxseq.nnx`` (flax.nnx modules; the ``nnx``
+extra).
 """
 
 from jaxseq import (

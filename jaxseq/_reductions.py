@@ -35,7 +35,8 @@ class LossTerms(NamedTuple):
     """
 
     total: jax.Array
-    count: jax.Array
+    # The field shadows tuple.count (a method) on purpose: ``terms.count`` is the API.
+    count: jax.Array  # type: ignore[assignment]
 
     @property
     def loss(self) -> jax.Array:

@@ -26,11 +26,15 @@ dependency of jaxseq.
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import cells
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["from_torch", "to_torch_state_dict"]
 
@@ -195,7 +199,7 @@ def to_torch_state_dict(cell: cells.Cell, layer_params, bidirectional: bool):
     if not isinstance(bidirectional, bool):
         raise TypeError(f"`bidirectional` must be a Python bool, got {bidirectional!r}")
 
-    def tensor(a) -> torch.Tensor:
+    def tensor(a) -> Tensor:
         return torch.from_numpy(np.array(np.asarray(a, dtype=np.float32)))
 
     state = collections.OrderedDict()

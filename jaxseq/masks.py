@@ -7,7 +7,7 @@ length vector is always ``lengths``: integer ``[B]``, with ``0 <= lengths <= T``
 their keyword ``where=``.
 
 Every function here takes ``lengths`` of any integer dtype (int8 ... int64,
-uint8 ... uint64) and computes in int32, exactly (:func:`jaxseq._checks.index_array`).
+uint8 ... uint64) and computes in int32, exactly.
 Concrete (host) lengths outside ``[0, T]`` are a ``ValueError`` naming ``lengths``.
 Under ``jit`` the values are not visible; a length outside ``[0, T]`` (or one that
 does not fit int32) then gives NaN in every float output of its row (see each

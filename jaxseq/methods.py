@@ -6,18 +6,18 @@ A method is a small immutable value, passed to the one front-end
 gradients equal up to float rounding, tested); they differ in speed, memory and
 which transformations they support:
 
-============================  ======================  ====================================
-method                        cells                   what runs
-============================  ======================  ====================================
-``Scan(unroll, remat,         any                     ``vmap`` of a per-example masked
-hoist_projection)``                                   ``lax.scan``, differentiated by JAX;
-                                                      forward mode (``jvp``) works
-``Fused()``                   elman, gru, lstm        one loop over the batch with a
-                                                      hand-written backward pass
-                                                      (``custom_vjp``: reverse mode only)
-``Parallel(remat)``           mingru, minlstm, lru    ``lax.associative_scan`` over the
-                                                      linear recurrence, O(log T) depth
-============================  ======================  ====================================
+=========================================  ====================  ==================================
+method                                     cells                 what runs
+=========================================  ====================  ==================================
+``Scan(unroll, remat, hoist_projection)``  any                   ``vmap`` of a per-example masked
+                                                                 ``lax.scan``, differentiated by
+                                                                 JAX; forward mode (``jvp``) works
+``Fused()``                                elman, gru, lstm      one loop over the batch with a
+                                                                 hand-written backward pass
+                                                                 (``custom_vjp``: reverse mode only)
+``Parallel(remat)``                        mingru, minlstm, lru  ``lax.associative_scan`` over the
+                                                                 linear recurrence, O(log T) depth
+=========================================  ====================  ==================================
 
 ``method=None`` (the default) picks per cell and backend (:func:`resolve_method`):
 ``Fused()`` for the built-in elman/gru/lstm cells (those made by

@@ -1,9 +1,24 @@
 """Metrics as exact (sum, count) pairs.
 
-Every metric here is a ``Ratio(total, count)``: summing the ratios of the parts
-of a data set (batches, devices, hosts) and dividing once gives exactly the
-metric of the whole, unlike an average of per-batch averages. Confusion
-matrices are counts, so macro-F1 computed from their sum is exact too.
+Every metric here is a sum: a ``Ratio(total, count)`` summed over the parts of
+a data set (batches, devices, hosts) and divided once gives exactly the metric
+of the whole, unlike an average of per-batch averages. Confusion matrices are
+counts, so macro-F1 computed from their sum is exact too.
+
+A dict of metric sums (what a loss function returns beside its loss) is typed:
+the *type* of each value decides how :func:`summarize` reports it, under the
+value's own key (the name is the user's):
+
+* :class:`Ratio` -> ``total / count`` (0 when the count is 0);
+* :class:`Perplexity` (a Ratio of per-token cross-entropy) -> ``exp(total / count)``;
+* :class:`Confusion` (counts ``[C, C]``) -> macro-F1 (:func:`macro_f1`);
+* a plain scalar -> its sum.
+
+Any other value (e.g. a bare ``[C, C]`` array) is a ``TypeError`` naming the key::
+
+    {"accuracy": accuracy(logits, labels), "macro_f1": Confusion(confusion_matrix(logits, labels)),
+     "token_loss": Ratio(terms.total, terms.count),
+     "perplexity": Perplexity(terms.total, terms.count)}
 
 Notation: B batch, T time, C classes.
 """
@@ -31,6 +46,32 @@ class Ratio(NamedTuple):
     @property
     def value(self) -> jax.Array:
         return safe_divide(self.total, self.count)
+
+
+class Perplexity(Ratio):
+    """A :class:`Ratio` of per-token cross-entropy (nats): ``total`` the summed
+    token losses, ``count`` the tokens. :func:`summarize` reports
+    ``exp(total / count)`` (:func:`perplexity`); sums like any Ratio.
+
+    >>> import jax.numpy as jnp
+    >>> round(summarize({"ppl": Perplexity(jnp.float32(2.0), jnp.float32(2.0))})["ppl"], 4)
+    2.7183
+    """
+
+    __slots__ = ()
+
+
+class Confusion(NamedTuple):
+    """Confusion counts ``[C, C]`` (row = true class, column = predicted; from
+    :func:`confusion_matrix`) as a metric sum: :func:`summarize` reports their
+    macro-F1 (:func:`macro_f1`) under the metric's key.
+
+    >>> import jax.numpy as jnp
+    >>> summarize({"macro_f1": Confusion(jnp.array([[2.0, 0.0], [1.0, 1.0]]))})
+    {'macro_f1': 0.7333333333333334}
+    """
+
+    counts: jax.Array
 
 
 def _check_logits_labels(logits, labels):
@@ -151,22 +192,37 @@ def perplexity(mean_token_loss: float) -> float:
 
 
 def add(a: Mapping, b: Mapping) -> dict:
-    """Sum two metric pytrees with the same structure (Ratios, confusion matrices)."""
+    """Sum two metric pytrees with the same structure (Ratios, Confusions, scalars)."""
     return jax.tree.map(lambda x, y: x + y, dict(a), dict(b))
 
 
 def summarize(sums: Mapping) -> dict[str, float]:
-    """Host-side values: each ``Ratio`` divided once; ``confusion`` -> ``macro_f1``;
-    ``token_loss`` (mean per-token cross-entropy) -> also ``perplexity``."""
+    """Host-side values of metric sums, each under its own key, as its type says
+    (see the module doc): :class:`Perplexity` -> ``exp(total / count)``,
+    :class:`Ratio` -> ``total / count`` (0 for a count of 0), :class:`Confusion`
+    -> macro-F1, a plain scalar -> itself.
+
+    Raises:
+      TypeError: a value of another kind (e.g. a bare confusion matrix: wrap it
+        in :class:`Confusion`), naming its key.
+    """
     out: dict[str, float] = {}
     for name, value in sums.items():
         if isinstance(value, Ratio):
             total, count = float(value.total), float(value.count)
-            out[name] = total / count if count else 0.0
-        elif name == "confusion":
-            out["macro_f1"] = macro_f1(np.asarray(value))
-        else:
+            mean = total / count if count else 0.0
+            out[name] = perplexity(mean) if isinstance(value, Perplexity) else mean
+        elif isinstance(value, Confusion):
+            out[name] = macro_f1(np.asarray(value.counts))
+        elif np.ndim(value) == 0 and not isinstance(value, (tuple, Mapping, str)):
             out[name] = float(np.asarray(value))
-    if "token_loss" in out:
-        out["perplexity"] = perplexity(out["token_loss"])
+        else:
+            shape = getattr(value, "shape", None)
+            kind = (
+                f"an array of shape {tuple(shape)}" if shape is not None else type(value).__name__
+            )
+            raise TypeError(
+                f"metric {name!r} is {kind}; a metric sum is a jaxseq.metrics.Ratio, "
+                f"Perplexity, Confusion (confusion counts [C, C]) or a scalar"
+            )
     return out

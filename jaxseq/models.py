@@ -43,6 +43,8 @@ are never a plausible number:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -165,7 +167,10 @@ class SequenceModelConfig:
     @property
     def rnn_input_size(self) -> int:
         """The feature size the first RNN layer sees (E, or D without input layer)."""
-        return self.embed_dim if self.embed_dim is not None else self.input_size
+        if self.embed_dim is not None:
+            return self.embed_dim
+        assert self.input_size is not None  # __post_init__: no embed_dim means input_size
+        return self.input_size
 
     @property
     def output_size(self) -> int:
@@ -178,7 +183,7 @@ def make_cell(config: SequenceModelConfig) -> cells.Cell:
     if config.cell == "lstm":
         forget_bias = 1.0 if config.forget_bias is None else float(config.forget_bias)
         return cells.lstm(config.hidden_size, forget_bias=forget_bias)
-    parallel = {
+    parallel: dict[str, Callable[[int], cells.Cell]] = {
         "mingru": parallel_cells.mingru,
         "minlstm": parallel_cells.minlstm,
         "lru": parallel_cells.lru,
@@ -198,13 +203,15 @@ def _init(key, config: SequenceModelConfig) -> dict:
     if not isinstance(config, SequenceModelConfig):
         raise TypeError(f"`config` must be a SequenceModelConfig, got {type(config).__name__}")
     key_in, key_rnn, key_out = jax.random.split(key, 3)
-    params = {}
+    params: dict[str, Any] = {}
     if config.tokens:
+        assert config.vocab_size is not None and config.embed_dim is not None  # __post_init__
         # N(0, 1), as torch.nn.Embedding.
         params["embed"] = {
             "E": jax.random.normal(key_in, (config.vocab_size, config.embed_dim), jnp.float32)
         }
     elif config.embed_dim is not None:
+        assert config.input_size is not None  # __post_init__: dense inputs set input_size
         params["input"] = _dense_init(key_in, config.input_size, config.embed_dim, "W", "b")
     params["rnn"] = recurrence.init_stack(
         key_rnn,
@@ -278,6 +285,7 @@ def _check_inputs(config: SequenceModelConfig, inputs, lengths):
     lengths = masks.lengths_array(lengths, steps)
     bad_B = masks.out_of_range(lengths, steps)
     if config.tokens:
+        assert config.vocab_size is not None  # __post_init__: token inputs set vocab_size
         if bad_B is None and _checks.is_concrete(inputs):
             # Host ids: only the valid steps are looked at (padding may hold anything).
             ids = np.asarray(inputs)

@@ -3,7 +3,7 @@
 Each module holds its weights as ``nnx.Param`` in the same nested layout as the
 pure params pytree (``nnx.state(module)`` paths are the pytree's paths, under
 ``layers`` for :class:`RNN`), and its ``__call__`` unwraps them with
-:meth:`to_params` and runs the pure function:
+``to_params()`` and runs the pure function:
 
 * :class:`RNN` runs :func:`jaxseq.recurrence.stack`;
 * :class:`SequenceClassifier` runs :func:`jaxseq.models.classifier_apply`;
@@ -25,7 +25,14 @@ jaxseq's core never imports this module; import it as ``jaxseq.nnx``.
 from __future__ import annotations
 
 import jax
-from flax import nnx
+
+try:
+    from flax import nnx
+except ImportError as error:  # flax is the `nnx` extra, not a core dependency
+    raise ImportError(
+        'jaxseq.nnx needs flax: install it with `pip install "jaxseq[nnx]"` '
+        f"(the rest of jaxseq works without it); importing flax failed: {error}"
+    ) from error
 
 from jaxseq import _checks, cells, methods, models, recurrence
 
@@ -184,6 +191,9 @@ class RNN(nnx.Module):
 
 
 class _SequenceModel(nnx.Module):
+    """The constructor and methods that :class:`SequenceClassifier` and
+    :class:`SequenceLabeler` share (a private base: build one of those two)."""
+
     _init = staticmethod(models.classifier_init)
     _apply = staticmethod(models.classifier_apply)
     _check_config = staticmethod(lambda config: None)

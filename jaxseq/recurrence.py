@@ -62,7 +62,9 @@ def _check_xs(xs, rank: int, doc: str):
     return xs
 
 
-def _check_lengths(lengths, batch: int, max_len: int, name: str = "lengths", doc=None):
+def _check_lengths(
+    lengths, batch: int, max_len: int, name: str = "lengths", doc=None
+) -> tuple[jax.Array, jax.Array | None]:
     """``(lengths as int32 clipped to [0, T], bad)``: ``bad`` marks the traced lengths
     outside ``[0, T]`` (their rows become NaN, :func:`jaxseq.masks.poison`), None for
     concrete lengths, which are checked on the host (ValueError naming ``name``)."""
@@ -469,7 +471,7 @@ def init_stack(
     _checks.check_flag(bidirectional, "bidirectional")
     _checks.check_int(num_layers, "num_layers", 1)
     width = cell.hidden_size * (2 if bidirectional else 1)
-    layers = []
+    layers: list[dict[str, Any]] = []
     for layer, layer_key in enumerate(jax.random.split(key, num_layers)):
         size = input_size if layer == 0 else width
         if bidirectional:
@@ -566,6 +568,7 @@ def stack(
         for one in (params["forward"], params["backward"]) if bidirectional else (params,):
             _check_input_width(cell, one, hs, "xs", "[B, T, D]", layer)
         if layer > 0 and use_dropout:
+            assert key is not None  # checked above: use_dropout requires a key
             hs = variational_dropout(hs, rate=dropout_rate, key=jax.random.fold_in(key, layer))
         if bidirectional:
             final, hs = _bidirectional(cell, params, hs, lengths, None, method=method)

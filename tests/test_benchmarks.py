@@ -5,6 +5,11 @@ implementation of the train-step benchmark at a tiny shape and checks the equiva
 gate the benchmark itself applies: the same weights and batch give the same two losses.
 """
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import common, rnn_train_step
@@ -32,3 +37,38 @@ def _has_torch() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.mark.training_smoke
+def test_gpu_check_script_dry_run_runs_every_stage(tmp_path):
+    # benchmarks/gpu_check.sh is run for real only on a lent GPU machine; its --dry-run
+    # runs the same stages at toy sizes on CPU, so its plumbing (commands, flags, output
+    # files, the summary) is checked here. A failed stage makes the script exit 1.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    for stage in ("environment: ok", "pytest -m gpu", "rnn_train_step", "parallel_scan", "done"):
+        assert stage in summary, summary
+    assert "FAILED" not in summary and "timed out" not in summary, summary
+    assert (
+        "| B=4 T=8 H=16 | tanh RNN | train | jaxseq-default |"
+        in (tmp_path / "rnn_train_step.md").read_text()
+    )
+    assert "needs a GPU" in (tmp_path / "pytest_gpu.txt").read_text()
+    # Without a GPU and without --dry-run it refuses, saying why.
+    refused = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh")],
+        env={**env, "OUT": str(tmp_path / "refused")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "not gpu" in refused.stdout, refused.stdout

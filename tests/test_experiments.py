@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import jaxseq
 from experiments import config as configs
 from experiments import harness, long_range, run_all
 from jaxseq.training import loop
@@ -116,6 +117,17 @@ def restore_params(run_folder) -> tuple[int, dict]:
     return step, state["params"]
 
 
+def check_provenance(record: dict) -> None:
+    """A ``jaxseq.training.provenance.collect()`` record of this test process."""
+    assert record["jaxseq"] == jaxseq.__version__ and record["jax"] == jax.__version__
+    assert record["jaxlib"] and record["python"]
+    assert "git_commit" in record and "git_dirty" in record
+    assert record["devices"]["kind"] == jax.devices()[0].device_kind
+    assert record["devices"]["count"] == jax.device_count() >= 1
+    assert record["processes"] == {"count": 1, "index": 0}
+    assert record["command"] and isinstance(record["command_line"], str)
+
+
 def _flatten(tree) -> dict[str, np.ndarray]:
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
@@ -128,6 +140,7 @@ def _flatten(tree) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_smoke_run_writes_everything_and_learns(name, smoke_runs):
     out_dir = smoke_runs(name)
+    args = smoke_args(name, out_dir)
     result = read_json(out_dir / "result.json")
     assert result["experiment"] == name and result["metric"] == METRIC_LABELS[name]
     assert math.isfinite(result["baseline"]) and math.isfinite(result["jaxseq"])
@@ -143,6 +156,10 @@ def test_smoke_run_writes_everything_and_learns(name, smoke_runs):
             assert os.path.getsize(folder / "confusion.png") > 0
         saved = read_json(folder / "config.json")
         assert saved["variant"] == "smoke" and saved["config"]["smoke"]
+        check_provenance(saved["provenance"])
+        assert saved["sessions"] == [] and "config_changes" not in saved
+        if name in STARTS:  # a process of its own: its exact command line
+            assert saved["provenance"]["command"][-len(args) :] == args
         total_steps = saved["resolved"]["total_steps"]
         assert restore_params(folder)[0] == total_steps == result["step"]
 
@@ -221,9 +238,17 @@ def test_resume_reaches_the_uninterrupted_params(name, smoke_runs, tmp_path):
         records = loop.read_metrics(folder / "metrics.jsonl")
         assert records and all(tuple(r)[: len(harness.SCHEMA)] == harness.SCHEMA for r in records)
         assert "test" not in {r["split"] for r in records} and records[-1]["step"] == 5
+    first = {folder: read_json(folder / "config.json") for folder in folders}
     result = experiment.main([*args, "--resume"])
 
     assert result.step == read_json(uninterrupted / "result.json")["step"]
+    for folder in folders:  # the resume is recorded; the first session's provenance kept
+        saved = read_json(folder / "config.json")
+        assert saved["provenance"] == first[folder]["provenance"]
+        assert saved["config"] == first[folder]["config"]  # stop_after: not a change
+        assert len(saved["sessions"]) == 1 and "config_changes" not in saved
+        check_provenance(saved["sessions"][0])
+        assert saved["sessions"][0]["time_utc"] >= saved["provenance"]["time_utc"]
     for folder in folders:
         step, resumed = restore_params(folder)
         full_step, full = restore_params(uninterrupted / folder.relative_to(tmp_path))
@@ -343,3 +368,328 @@ def test_a_method_the_cell_cannot_run_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"Fused\(\)"):
         long_range.EXPERIMENT.main(["--smoke", "--out-dir", str(tmp_path), "--method", "fused"])
     assert not list(tmp_path.rglob("metrics.jsonl"))
+
+
+# ----------------------------------------------------------------------------- run folders
+
+JV = "japanese_vowels"
+# What an earlier run left (the harness's and fit's outputs) and what a user put there.
+OLD_OUTPUTS = {
+    "metrics.jsonl": '{"step": 999, "split": "train"}\n',
+    "result.json": '{"old": true}\n',
+    "timing.jsonl": "old\n",
+    "curves.png": "old",
+    "checkpoints/999/state": "old",
+    "tensorboard/events.old": "old",
+}
+UNRELATED = {
+    "notes.txt": "mine",
+    "data/keep.csv": "1,2\n",
+    "figure.png": "mine",
+    "checkpoints-backup/999/state": "mine",
+}
+
+
+def write_files(folder: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def smoke_config(name: str, folder: Path, **switches):
+    config = EXPERIMENTS[name].config(smoke=True)
+    return configs.override(config, {"out_dir": str(folder), **switches})
+
+
+def saved_run(folder: Path, name: str = JV, *, experiment: str | None = None) -> Path:
+    """A run folder as a finished smoke run of ``name`` left it (config.json, metrics,
+    a checkpoint); no training."""
+    config = smoke_config(name, folder)
+    record = {
+        "experiment": experiment or name,
+        "variant": "smoke",
+        "config": dataclasses.asdict(config),
+        "resolved": {"out_dir": str(folder), "total_steps": 12},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(record))
+    write_files(folder, OLD_OUTPUTS)
+    return folder
+
+
+def refusal(main, args) -> str:
+    """The message of the ``SystemExit`` ``main(args)`` raises (a failure status)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = exit_info.value.code
+    assert isinstance(message, str) and message, message  # printed; exit status 1
+    return message
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("output", ["config.json", "metrics.jsonl", "checkpoints/3/state"])
+def test_a_run_folder_holding_results_is_refused(output, tmp_path):
+    write_files(tmp_path, {output: "{}"})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    message = refusal(EXPERIMENTS[JV].main, ["--smoke", "--out-dir", str(tmp_path)])
+    assert str(tmp_path) in message and output.split("/")[0] in message
+    assert "--resume" in message and "--overwrite" in message
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # Only the harness's outputs count: a folder of other files is a fine run folder.
+    write_files(tmp_path / "elsewhere", UNRELATED)
+    assert harness.outputs_in(tmp_path / "elsewhere") == []
+
+
+@pytest.mark.bad_input
+def test_a_refused_run_exits_with_the_message_and_no_traceback(tmp_path):
+    saved_run(tmp_path)
+    done = start(JV, "module", ["--smoke", "--out-dir", str(tmp_path)], tmp_path)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"the run folder {tmp_path} already holds results" in done.stderr
+    assert read_json(tmp_path / "result.json") == {"old": True}
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "switches, message",
+    [
+        (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+        (["--allow-config-change"], "--allow-config-change only applies to --resume"),
+        (["--overwrite", "--allow-config-change"], "only applies to --resume"),
+    ],
+)
+def test_contradicting_switches_are_refused(switches, message, tmp_path):
+    held = saved_run(tmp_path / JV / "smoke")
+    for main, args in [
+        (EXPERIMENTS[JV].main, ["--smoke", "--out-dir", str(tmp_path / JV / "smoke")]),
+        (run_all.main, ["--smoke", "--only", JV, "--out-dir", str(tmp_path)]),
+    ]:
+        assert message in refusal(main, [*args, *switches])
+    assert (held / "checkpoints" / "999").is_dir()  # nothing deleted
+
+
+@pytest.mark.training_smoke
+def test_overwrite_replaces_only_the_harness_outputs(tmp_path):
+    saved_run(tmp_path)
+    write_files(tmp_path, UNRELATED)
+    result = EXPERIMENTS[JV].main(["--smoke", "--out-dir", str(tmp_path), "--overwrite"])
+
+    for name, text in UNRELATED.items():  # untouched
+        assert (tmp_path / name).read_text() == text, name
+    assert not (tmp_path / "tensorboard" / "events.old").exists()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [str(result.step)]
+    records = loop.read_metrics(tmp_path / "metrics.jsonl")
+    assert records[0]["step"] != 999 and records[-1]["split"] == "test"
+    assert read_json(tmp_path / "result.json")["step"] == result.step
+    for name in ("timing.jsonl", "curves.png"):  # rewritten, if this run writes them
+        if (tmp_path / name).exists():
+            assert (tmp_path / name).read_text(errors="replace") != OLD_OUTPUTS[name], name
+    saved = read_json(tmp_path / "config.json")
+    assert saved["config"]["overwrite"] and saved["sessions"] == []
+    check_provenance(saved["provenance"])
+
+
+@pytest.mark.bad_input
+def test_the_parts_of_a_run_are_checked_and_overwritten_with_it(tmp_path, monkeypatch):
+    # long_range trains two models, each in a sub-folder of the run folder.
+    saved_run(tmp_path / "mingru", "long_range", experiment="long_range/mingru")
+    saved_run(tmp_path / "seed-0", "long_range")  # another run's folder inside: not a part
+    write_files(tmp_path, {"notes.txt": "mine"})
+    ran = []
+
+    def run(config):  # the run folder's handling, not the training
+        ran.append(config)
+        return harness.Result("long_range", "mse", 0.2, 0.1, out_dir=str(tmp_path))
+
+    experiment = dataclasses.replace(long_range.EXPERIMENT, run=run, describe=harness.Result.row)
+    args = ["--smoke", "--out-dir", str(tmp_path)]
+    message = refusal(experiment.main, args)
+    assert "mingru/config.json" in message and "mingru/checkpoints/" in message
+    assert "seed-0" not in message and not ran
+
+    experiment.main([*args, "--overwrite"])
+    assert len(ran) == 1
+    assert harness.outputs_in(tmp_path / "mingru") == []
+    assert harness.outputs_in(tmp_path) == ["result.json"]  # this run's
+    assert (tmp_path / "seed-0" / "checkpoints" / "999").is_dir()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.bad_input
+def test_resume_with_another_config_is_refused_naming_each_field(tmp_path):
+    saved_run(tmp_path)
+    written = (tmp_path / "config.json").read_bytes()
+    args = ["--smoke", "--out-dir", str(tmp_path), "--resume"]
+    # Switches of the session may differ; so may how the folder was named.
+    session = ["--train.progress", "--train.stop-after", "3"]
+    assert (
+        harness.config_changes(
+            read_json(tmp_path / "config.json"),
+            {"config": dataclasses.asdict(EXPERIMENTS[JV].parse([*args, *session]))},
+        )
+        == {}
+    )
+
+    changed = ["--model.hidden-size", "5", "--train.learning-rate", "0.1", *session]
+    message = refusal(EXPERIMENTS[JV].main, [*args, *changed])
+    assert f"the run folder {tmp_path} was trained with" in message
+    assert "model.hidden_size: 8 -> 5" in message
+    assert "train.learning_rate: 0.01 -> 0.1" in message
+    assert "progress" not in message and "stop_after" not in message
+    assert "--allow-config-change" in message
+    assert (tmp_path / "config.json").read_bytes() == written
+
+    # The values derived at run time are compared too, once they are known.
+    config = smoke_config(JV, tmp_path, resume=True)
+    record = {**read_json(tmp_path / "config.json"), "resolved": {"total_steps": 15}}
+    with pytest.raises(harness.RunFolderError, match=r"resolved\.total_steps: 12 -> 15"):
+        harness.prepare_run_dir(str(tmp_path), config, record)
+    assert (tmp_path / "config.json").read_bytes() == written
+
+
+@pytest.mark.roundtrip
+def test_allow_config_change_records_the_change_and_every_session(tmp_path):
+    folder = str(tmp_path)
+    first = smoke_config(JV, tmp_path)
+
+    def record(config, total_steps):
+        return {
+            "experiment": JV,
+            "variant": "smoke",
+            "config": dataclasses.asdict(config),
+            "resolved": {"out_dir": folder, "total_steps": total_steps},
+        }
+
+    harness.prepare_run_dir(folder, first, record(first, 12))
+    original = read_json(tmp_path / "config.json")
+    check_provenance(original["provenance"])
+    assert original["sessions"] == [] and original["config"]["model"]["hidden_size"] == 8
+
+    changed = configs.override(
+        first, {"resume": True, "allow_config_change": True, "model": {"hidden_size": 5}}
+    )
+    harness.prepare_run_dir(folder, changed, record(changed, 15))
+    saved = read_json(tmp_path / "config.json")
+    assert saved["provenance"] == original["provenance"]
+    assert len(saved["sessions"]) == 1
+    check_provenance(saved["sessions"][0])
+    [change] = saved["config_changes"]
+    assert change["session"] == 0 and change["time_utc"] == saved["sessions"][0]["time_utc"]
+    assert change["changes"] == {"model.hidden_size": [8, 5], "resolved.total_steps": [12, 15]}
+    assert saved["config"]["model"]["hidden_size"] == 5
+    assert saved["resolved"]["total_steps"] == 15
+
+    # The next resume compares with the accepted config, and is recorded.
+    again = configs.override(changed, {"allow_config_change": False})
+    harness.prepare_run_dir(folder, again, record(again, 15))
+    saved = read_json(tmp_path / "config.json")
+    assert len(saved["sessions"]) == 2 and len(saved["config_changes"]) == 1
+    with pytest.raises(harness.RunFolderError, match="model.hidden_size: 5 -> 8"):
+        harness.prepare_run_dir(
+            folder, configs.override(first, {"resume": True}), record(first, 15)
+        )
+    assert read_json(tmp_path / "config.json") == saved
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def fake_results(values: dict[int, tuple[float, float]], name: str = JV) -> list:
+    """``(seed, Result)`` with the given (baseline, jaxseq) per seed."""
+    return [
+        (seed, harness.Result(name, "accuracy", b, j, target=0.9, seconds=seed + 1.0))
+        for seed, (b, j) in values.items()
+    ]
+
+
+@pytest.mark.reference
+def test_seed_summary_is_the_mean_and_the_sample_std():
+    runs = fake_results({0: (0.5, 0.9), 1: (0.6, 0.8), 2: (0.7, 0.7)})
+    summary = harness.SeedSummary.of(runs)
+    # By hand: mean 0.8, squared deviations 0.01 + 0 + 0.01 over n - 1 = 2: std 0.1.
+    assert summary.jaxseq == pytest.approx((0.8, 0.1))
+    assert summary.baseline == pytest.approx((0.6, 0.1))
+    # Margins 0.4, 0.2, 0.0: mean 0.2, std sqrt((0.04 + 0 + 0.04) / 2) = 0.2.
+    assert summary.margin == pytest.approx((0.2, 0.2))
+    assert summary.met is False  # the mean, 0.8, misses 0.9
+    row = harness.seeds_table([summary]).splitlines()[-1]
+    assert (
+        "| 3 | 0.6000 ± 0.1000 | 0.8000 ± 0.1000 | +0.2000 ± 0.2000 | 0.90 (MISSED) | 2.0 |" in row
+    )
+    record = summary.record()
+    assert [r["jaxseq"] for r in record["per_seed"]] == [0.9, 0.8, 0.7]
+    assert [r["seed"] for r in record["per_seed"]] == [0, 1, 2]
+    assert harness.mean_std([0.25]) == (0.25, None)
+    with pytest.raises(ValueError, match="cannot be summarised"):
+        harness.SeedSummary.of([*runs, *fake_results({3: (0.5, 0.5)}, name="other")])
+
+
+@pytest.mark.training_smoke
+def test_run_all_seeds_run_in_their_own_folders_and_report_mean_and_std(
+    monkeypatch, tmp_path, capsys
+):
+    ran = []
+    jaxseq_of_seed = {0: 0.9, 1: 0.8, 2: 0.7}
+
+    def execute(self, config):  # the seeds' plumbing and the report, not the training
+        ran.append((self.name, config.train.seed, config.out_dir))
+        seed = config.train.seed
+        return harness.Result(
+            self.name, "metric", 0.5, jaxseq_of_seed[seed], out_dir=config.out_dir
+        )
+
+    monkeypatch.setattr(harness.Experiment, "execute", execute)
+    names = ["japanese_vowels", "cmudict_stress"]
+    results = run_all.main(["--full", "--seeds", "3", "--only", *names, "--out-dir", str(tmp_path)])
+
+    assert len(results) == 6
+    assert ran == [
+        (name, seed, str(tmp_path / name / "full" / f"seed-{seed}"))
+        for name in names
+        for seed in range(3)
+    ]
+    table = (tmp_path / "results.md").read_text()
+    assert "seeds 0-2: mean ± sample std" in table
+    assert table.count("| 0.5000 ± 0.0000 | 0.8000 ± 0.1000 |") == 2
+    saved = read_json(tmp_path / "results.json")
+    assert saved["seeds"] == [0, 1, 2] and len(saved["results"]) == 2
+    for row in saved["results"]:
+        assert row["jaxseq_mean"] == pytest.approx(0.8) and row["jaxseq_std"] == pytest.approx(0.1)
+        assert [r["jaxseq"] for r in row["per_seed"]] == [0.9, 0.8, 0.7]
+    assert "seed 2" in capsys.readouterr().out
+
+    # One seed: the folder and table of `make run`, the experiment's own seed.
+    ran.clear()
+    run_all.main(["--only", "japanese_vowels", "--out-dir", str(tmp_path / "one")])
+    assert ran == [("japanese_vowels", 0, str(tmp_path / "one" / "japanese_vowels" / "default"))]
+    assert "±" not in (tmp_path / "one" / "results.md").read_text()
+    assert "seeds" not in read_json(tmp_path / "one" / "results.json")
+
+
+@pytest.mark.bad_input
+def test_run_all_refuses_every_held_folder_before_running_anything(monkeypatch, tmp_path):
+    monkeypatch.setattr(harness.Experiment, "execute", lambda self, config: pytest.fail("ran"))
+    for seed in (0, 2):
+        saved_run(tmp_path / JV / "smoke" / f"seed-{seed}")
+    args = ["--smoke", "--seeds", "3", "--only", JV, "long_range", "--out-dir", str(tmp_path)]
+    message = refusal(run_all.main, args)
+    assert "refused before running anything" in message
+    assert str(tmp_path / JV / "smoke" / "seed-0") in message
+    assert str(tmp_path / JV / "smoke" / "seed-2") in message
+    assert "seed-1" not in message and "long_range" not in message
+
+
+@pytest.mark.training_smoke
+def test_run_all_two_seeds_of_a_smoke_run(tmp_path):
+    results = run_all.main(["--smoke", "--seeds", "2", "--only", JV, "--out-dir", str(tmp_path)])
+    assert [r.out_dir for r in results] == [
+        str(tmp_path / JV / "smoke" / f"seed-{k}") for k in (0, 1)
+    ]
+    seeds = [read_json(Path(r.out_dir) / "config.json")["config"]["train"]["seed"] for r in results]
+    assert seeds == [0, 1]
+    assert results[0].baseline != results[1].baseline  # the seed also draws the dev hold-out
+    [row] = read_json(tmp_path / "results.json")["results"]
+    mean, std = harness.mean_std([r.jaxseq for r in results])
+    assert (row["jaxseq_mean"], row["jaxseq_std"]) == (mean, std)
+    assert f"{mean:.4f} ± {std:.4f}" in (tmp_path / "results.md").read_text()

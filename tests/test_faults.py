@@ -351,7 +351,7 @@ def test_checkpoints_without_digests_restore_unverified(tmp_path):
 @pytest.mark.bad_input
 def test_too_little_disk_space_fails_before_the_first_step(tmp_path, monkeypatch):
     state = state_of(1)
-    needed = loop.checkpoint_bytes_needed(state, max_to_keep=loop.CHECKPOINTS_KEPT)
+    needed = loop.checkpoint_bytes_needed(state, max_to_keep=loop.FitConfig().max_to_keep)
     # An independent count: 4 MiB + 4 KiB + 4 bytes, kept twice plus one being written.
     assert needed == 3 * (1024 * 1024 * 4 + 1024 * 4 + 4) + 2**20
     real_usage = shutil.disk_usage

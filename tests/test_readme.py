@@ -31,3 +31,25 @@ def test_readme_tour_prints_the_worked_example(capsys):
     first = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
     exec(compile(first, "README.md", "exec"), {})  # noqa: S102
     assert "0.3567" in capsys.readouterr().out
+
+
+# The languages a fence may name: python blocks run above, sh/bash blocks run at --smoke in
+# tests/test_docs.py (or say why not), text blocks are output. Any other tag (```py,
+# ```python3, none) would be a block that silently never runs.
+FENCE_LANGUAGES = {"python", "sh", "bash", "text"}
+
+
+@pytest.mark.docs
+def test_every_code_block_names_a_language_that_is_checked():
+    problems = []
+    for path in DOCUMENTS:
+        inside = False
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            m = re.match(r"\s*```(.*)$", line)
+            if not m:
+                continue
+            if not inside and m.group(1).strip() not in FENCE_LANGUAGES:
+                problems.append(f"{path.relative_to(ROOT)}:{number}: ```{m.group(1)}")
+            inside = not inside
+    assert not inside
+    assert not problems, "fences with no checked language:\n" + "\n".join(problems)

@@ -97,14 +97,43 @@ def test_metric_sums_are_exact_across_batch_splits():
 
 
 @pytest.mark.numerics
-def test_summarize_handles_empty_and_perplexity():
+def test_summarize_reports_each_metric_by_its_type_under_its_own_key():
+    """The type decides the summary, the key is the user's: a Ratio its mean (0 for a
+    count of 0), a Perplexity exp(mean), a Confusion its macro-F1, a scalar itself."""
+    counts = np.array([[3.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
     sums = {
         "accuracy": metrics.Ratio(jnp.float32(0), jnp.float32(0)),
-        "token_loss": metrics.Ratio(jnp.float32(2.0), jnp.float32(1.0)),
+        "nll": metrics.Ratio(jnp.float32(3.0), jnp.float32(2.0)),
+        "ppl": metrics.Perplexity(jnp.float32(3.0), jnp.float32(2.0)),
+        "tags": metrics.Confusion(jnp.asarray(counts, jnp.float32)),
+        "examples": jnp.float32(7.0),
     }
     out = metrics.summarize(sums)
-    assert out["accuracy"] == 0.0
-    assert out["perplexity"] == pytest.approx(np.exp(2.0))
+    # Class 0: tp 3, fp 2, fn 1 -> 6/9; class 1: tp 2, fp 1, fn 2 -> 4/7; class 2 absent.
+    assert out == {
+        "accuracy": 0.0,
+        "nll": 1.5,
+        "ppl": pytest.approx(math.exp(1.5), rel=1e-12),
+        "tags": pytest.approx((6 / 9 + 4 / 7) / 2, abs=1e-12),
+        "examples": 7.0,
+    }
+    assert list(out) == list(sums)
+    # Summed over batches, the types survive (metrics.add keeps the pytree types).
+    twice = metrics.summarize(metrics.add(sums, sums))
+    assert twice["ppl"] == pytest.approx(math.exp(1.5)) and twice["examples"] == 14.0
+    assert twice["tags"] == pytest.approx(out["tags"])
+
+
+@pytest.mark.bad_input
+def test_summarize_rejects_untyped_arrays_naming_the_key():
+    """The old magic key "confusion" (a bare [C, C] array -> macro_f1) is gone: a
+    non-scalar array is an error naming the key and the types to use."""
+    with pytest.raises(
+        TypeError, match=r"metric 'confusion' is an array of shape \(3, 3\).*Confusion"
+    ):
+        metrics.summarize({"confusion": jnp.eye(3)})
+    with pytest.raises(TypeError, match=r"metric 'pair' is tuple"):
+        metrics.summarize({"pair": (1.0, 2.0)})
 
 
 # ---------------------------------------------------------------- train step

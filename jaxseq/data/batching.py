@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -297,7 +297,7 @@ def _make_batch(
     valid_BT = np.arange(max_len)[None, :] < lengths_B[:, None]
     if dataset.task == "classification":
         labels = np.zeros(batch_size, dtype=np.int32)
-        labels[: len(rows)] = dataset.labels[rows]
+        labels[: len(rows)] = cast(np.ndarray, dataset.labels)[rows]
         label_mask = lengths_B > 0
     else:
         labels = padded(dataset.labels, 0, np.int32, dataset.labels[0])

@@ -40,7 +40,7 @@ import hashlib
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import numpy as np
 
@@ -277,5 +277,5 @@ def load(
 
 def class_distribution(dataset: SequenceDataset) -> dict[str, int]:
     """``class name -> count`` of a classification data set (for reports)."""
-    counts = Counter(dataset.labels.tolist())
+    counts: Counter[int] = Counter(cast(np.ndarray, dataset.labels).tolist())
     return {name: counts.get(c, 0) for c, name in enumerate(dataset.class_names)}

@@ -178,7 +178,7 @@ def read_conllu(path: PathLike, **kwargs) -> tuple[Sentence, ...]:
 def parse_tagged(text: str | bytes, *, source: str = "<string>") -> tuple[Sentence, ...]:
     """Parse two-column ``word<TAB>TAG`` text, blank lines between sentences.
 
-    A line without exactly two non-empty columns raises :class:`ParseError` (a
+    A line without exactly two non-empty columns raises :class:`jaxseq.data.ParseError` (a
     ``ValueError``): ``"<source>:<line>: <field>: <problem>"``.
 
     >>> [s.words for s in parse_tagged("The\\tDET\\ncat\\tNOUN\\n\\nRun\\tVERB\\n")]

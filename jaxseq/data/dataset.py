@@ -77,15 +77,15 @@ class SequenceDataset:
             object.__setattr__(self, "labels", labels)
         else:
             _check_aligned(self.labels, self.sequences, "labels", self.name)
-            labels = _arrays(self.labels)
-            for i, v in enumerate(labels):
+            per_step = _arrays(self.labels)
+            for i, v in enumerate(per_step):
                 if v.dtype.kind not in "iu":
                     raise ValueError(
                         f"{self.name}: labeling labels must be integer arrays [T_i], got "
                         f"labels[{i}] of dtype {v.dtype}"
                     )
-            labels = _int32_arrays(labels, "labels", self.name, 0, classes - 1)
-            object.__setattr__(self, "labels", labels)
+            per_step = _int32_arrays(per_step, "labels", self.name, 0, classes - 1)
+            object.__setattr__(self, "labels", per_step)
         sequences = _arrays(self.sequences)
         if sequences and all(s.dtype.kind in "iu" for s in sequences):
             # Token ids: int32, each a row of the embedding table (< len(vocab)).

@@ -96,7 +96,7 @@ def tagging_splits(
     char_vocab = vocab.build_vocab(c for s in train for w in s.words for c in w)
     word_index = vocab.token_index(word_vocab)
     char_index = vocab.token_index(char_vocab)
-    out: dict[str, SequenceDataset | None] = {"dev": None}
+    out: dict[str, SequenceDataset] = {}
     for split, sents in splits.items():
         seqs, labels, chars, char_lengths, ids = [], [], [], [], []
         for i, s in enumerate(sents):
@@ -126,4 +126,6 @@ def tagging_splits(
             ids=tuple(ids),
             name=f"{name}/{split}",
         )
-    return TaggingSplits(out["train"], out["dev"], out["test"], word_vocab, char_vocab, tag_names)
+    return TaggingSplits(
+        out["train"], out.get("dev"), out["test"], word_vocab, char_vocab, tag_names
+    )

@@ -42,7 +42,7 @@ import hashlib
 import operator
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,53 @@ FAULT_EXIT_CODE = 86
 _LISTED = 8
 
 
-def manager(directory: str | os.PathLike, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    """A checkpoint manager for ``directory`` (created if missing) that keeps the
-    latest ``max_to_keep`` steps."""
+def manager(
+    directory: str | os.PathLike,
+    *,
+    max_to_keep: int = 2,
+    best_fn: Callable[[Mapping[str, float]], float] | None = None,
+    best_mode: str = "min",
+) -> ocp.CheckpointManager:
+    """A checkpoint manager for ``directory`` (created if missing).
+
+    Without ``best_fn`` it keeps the latest ``max_to_keep`` steps. With
+    ``best_fn`` (``metrics -> value``, the metrics given to :func:`save`) it keeps
+    the ``max_to_keep`` best steps by that value (``best_mode`` ``"min"`` or
+    ``"max"``) *and* the latest step, whatever its value, so that resuming
+    (which restores the latest step) continues where the run stopped: orbax's
+    ``CheckpointManagerOptions(best_fn=, best_mode=)`` rank the steps (and give
+    ``mngr.best_step()``), and its preservation policies ``BestN(n=max_to_keep,
+    keep_checkpoints_without_metrics=False)`` or ``LatestN(n=1)`` decide what
+    stays. Steps saved without metrics are kept only while they are the latest.
+    """
     _checks.check_int(max_to_keep, "max_to_keep", 1)
     directory = os.path.abspath(os.fspath(directory))
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    if best_fn is None:
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    else:
+        if not callable(best_fn):
+            raise TypeError(f"`best_fn` must be callable (metrics -> value), got {best_fn!r}")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"`best_mode` must be 'min' or 'max', got {best_mode!r}")
+        policies = ocp.checkpoint_managers
+        preservation = policies.AnyPreservationPolicy(
+            [
+                policies.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=best_mode == "min",
+                    n=max_to_keep,
+                    keep_checkpoints_without_metrics=False,
+                ),
+                policies.LatestN(n=1),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            best_fn=best_fn,
+            best_mode=best_mode,
+            keep_checkpoints_without_metrics=False,
+            preservation_policy=preservation,
+            create=True,
+        )
     # The handler is registered up front so that a manager that has not saved yet
     # (a new process resuming) reads the step's metadata too.
     return ocp.CheckpointManager(
@@ -132,14 +173,40 @@ def tree_spec(tree: Any) -> dict[str, dict[str, Any]]:
     return {path: leaf_spec(leaf) for path, leaf in _leaves_by_path(tree).items()}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
+def save(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> None:
     """Save ``state`` as step ``step`` with its tree spec and leaf digests; wait
-    until it is committed on disk."""
+    until it is committed on disk.
+
+    ``metrics`` (floats; a manager made with ``best_fn``) rank the step among the
+    best ones; ``extra_metadata`` (JSON-serialisable) is stored in the step's
+    custom metadata beside the digests (read it back with :func:`step_metadata`).
+    """
     step = int(step)
     custom = {DIGESTS_KEY: leaf_digests(state), SPEC_KEY: tree_spec(state)}
+    clashes = set(extra_metadata or {}) & set(custom)
+    if clashes:
+        raise ValueError(f"`extra_metadata` keys {sorted(clashes)} are reserved")
+    custom.update(extra_metadata or {})
     with _fault_injection(mngr, step):
-        mngr.save(step, args=ocp.args.StandardSave(state), custom_metadata=custom)
+        mngr.save(
+            step,
+            args=ocp.args.StandardSave(state),
+            metrics=None if metrics is None else dict(metrics),
+            custom_metadata=custom,
+        )
         mngr.wait_until_finished()
+
+
+def step_metadata(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The custom metadata stored with ``step`` (what :func:`save` wrote)."""
+    return dict(mngr.metadata(step).custom_metadata or {})
 
 
 @contextlib.contextmanager

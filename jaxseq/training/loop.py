@@ -11,19 +11,46 @@ Every line of ``metrics.jsonl`` is one JSON object (:func:`metrics_record`)::
 
 ``step`` counts the updates applied; ``epoch`` is the training progress in epochs
 (the completed ones plus the fraction of the current one's batches: ``step /
-steps_per_epoch`` when the epochs are equally long); ``split`` is ``train`` (the
-mean over the steps since the previous train record) or an eval set's name
-(evaluated at ``step``); ``learning_rate`` is the rate of the update that
-produced ``step`` (``schedule(step - 1)``; null when ``fit`` was not told the
-rate); then the metrics, ``loss`` first.
+steps_per_epoch`` when the epochs are equally long; an epoch whose batches have
+no ``len()`` counts as 0 until its last batch); ``split`` is ``train`` (the mean
+over the steps since the previous train record) or an eval set's name (evaluated
+at ``step``); ``learning_rate`` is the rate of the update that produced ``step``
+(``schedule(step - 1)``; null when ``fit`` was not told the rate); then the
+metrics, ``loss`` first. Nothing in it depends on time: wall time, steps/s and
+tokens/s go to ``timing.jsonl`` (:data:`TIMING_FILE`).
 
-Resuming (``resume=True``) restores the latest checkpoint and replays the data
-order deterministically (batches are a function of the epoch), so a run that
-is interrupted and resumed ends with the same parameters and the same metrics
-file, byte for byte, as one that was not: every record of a step is written
-before that step's checkpoint, records after the restored step are dropped, and
-the resumed run writes only records of later steps (none if the run was already
+Training data (``train_batches``):
+
+* a callable ``epoch -> iterable of batches`` (a list, a generator such as
+  :func:`jaxseq.data.iterate_batches`'s, ...): re-creatable, deterministic in the
+  epoch, so a resumed run replays it and skips the batches already taken;
+* a re-iterable collection (a list, a tuple): the same batches every epoch;
+* a one-shot iterator (a generator): one pass, so ``num_epochs`` must be 1 (an
+  endless generator with ``max_steps`` is fine). Resuming with one *consumes* the
+  batches the earlier run took (``step`` of them) before training: the result
+  equals the uninterrupted run only if the new iterator yields what the first one
+  did, which ``fit`` cannot check (not resumable bitwise by contract).
+
+Resuming (``resume=True``) with the first two restores the latest checkpoint and
+replays the data order deterministically, so a run that is interrupted and
+resumed ends with the same parameters and the same metrics file, byte for byte,
+as one that was not: every record of a step is written before that step's
+checkpoint, records after the restored step are dropped, the train metrics of an
+unfinished log window are saved with an interrupted run's checkpoint, and the
+resumed run writes only records of later steps (none if the run was already
 finished).
+
+A run folder (``out_dir``) holds ``metrics.jsonl``, ``timing.jsonl``,
+``checkpoints/``, ``provenance.json`` (:func:`jaxseq.training.provenance.collect`,
+one record per session, the first run's first), ``tensorboard/`` and
+``profile/`` (when switched on). An existing run folder is never overwritten
+silently (``FileExistsError`` unless ``resume=True`` or ``overwrite=True``).
+
+Ctrl-C (SIGINT) during ``fit`` finishes the current step, saves a checkpoint of
+it and raises :class:`FitInterrupted` (a ``KeyboardInterrupt``); ``fit(...,
+resume=True)`` continues to the same result as an uninterrupted run. A second
+Ctrl-C aborts at once; one during the run's last step lets the run finish and
+return. Only the main thread of a single-process run installs the handler.
 """
 
 from __future__ import annotations
@@ -34,29 +61,96 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from tqdm.auto import tqdm
 
 from jaxseq import _checks, metrics
-from jaxseq.training import checkpoint
-from jaxseq.training.steps import TrainState, _optax_promotion
+from jaxseq.training import checkpoint, provenance
+from jaxseq.training.steps import TrainState, _optax_promotion, check_schedule
 
-# Checkpoints fit() keeps on disk (the latest ones).
-CHECKPOINTS_KEPT = 2
+METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "timing.jsonl"
+PROVENANCE_FILE = "provenance.json"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+PROFILE_DIR = "profile"
+#: What ``fit(..., overwrite=True)`` deletes from ``out_dir`` before it starts.
+FIT_OUTPUTS = (
+    METRICS_FILE,
+    TIMING_FILE,
+    PROVENANCE_FILE,
+    CHECKPOINTS_DIR,
+    TENSORBOARD_DIR,
+    PROFILE_DIR,
+)
+# The custom-metadata key of the unfinished log window saved with an interrupted run.
+WINDOW_KEY = "jaxseq_fit_window"
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+class FitInterrupted(KeyboardInterrupt):
+    """``fit`` was interrupted (Ctrl-C, SIGINT) and saved a checkpoint of ``step``.
+
+    Attributes:
+      step: the last update applied, saved in ``out_dir/checkpoints``.
+      out_dir: the run folder; ``fit(..., resume=True)`` on it continues the run.
+      state: the train state at ``step``.
+    """
+
+    def __init__(self, step: int, out_dir: str, state: Any = None):
+        super().__init__(
+            f"interrupted at step {step}; checkpoint saved in "
+            f"{os.path.join(out_dir, CHECKPOINTS_DIR)}; rerun with resume=True to continue"
+        )
+        self.step, self.out_dir, self.state = step, out_dir, state
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """How long to train and how often to log, evaluate and checkpoint (in steps)."""
+    """How long to train, how often to log, evaluate and checkpoint (in steps), and
+    what to keep and show.
+
+    Attributes:
+      num_epochs: passes over ``train_batches`` (an int >= 1).
+      max_steps: stop after this many updates (None: after ``num_epochs``).
+      log_every: a train record every this many steps (and at every evaluation
+        and checkpoint).
+      eval_every: evaluate every this many steps (None: at the end of every epoch)
+        and at the last step.
+      checkpoint_every: save every this many steps (None: at the end of every
+        epoch) and at the last step.
+      progress: show a tqdm bar (process 0), with a total and an ETA when the run's
+        length is known (``max_steps``, or ``num_epochs`` times ``len`` of the
+        epoch's batches).
+      console: print a line per evaluation (``step 120 (epoch 2.50) dev: loss
+        0.4100 accuracy 0.8700``) through ``tqdm.write`` (process 0); None: as
+        ``progress``.
+      max_to_keep: checkpoints kept on disk: the latest ones, or with
+        ``best_metric`` the best ones plus the latest (for resuming).
+      best_metric: keep the ``max_to_keep`` checkpoints best by this metric of the
+        eval set ``best_split`` (e.g. ``"loss"``, ``"accuracy"``); a checkpoint is
+        then also saved at every evaluation. None: keep the latest.
+      best_mode: ``"min"`` (lower is better) or ``"max"``.
+      best_split: the eval set ``best_metric`` is read from (None: the only one).
+      tensorboard: write every record's scalars to ``out_dir/tensorboard`` with
+        tensorboardX: None: when tensorboardX is installed; True: required
+        (``ImportError`` if missing); False: off.
+      profile_steps: ``(first, last)``: record a ``jax.profiler`` trace of the
+        updates that produce steps ``first`` to ``last`` (1-based, inclusive) into
+        ``out_dir/profile`` (open it with TensorBoard's profile plugin or Perfetto).
+    """
 
     num_epochs: int = 1
     max_steps: int | None = None
@@ -64,13 +158,43 @@ class FitConfig:
     eval_every: int | None = None  # None: at the end of every epoch
     checkpoint_every: int | None = None  # None: at the end of every epoch
     progress: bool = True
+    console: bool | None = None
+    max_to_keep: int = 2
+    best_metric: str | None = None
+    best_mode: Literal["min", "max"] = "min"
+    best_split: str | None = None
+    tensorboard: bool | None = None
+    profile_steps: tuple[int, int] | None = None
 
     def __post_init__(self):
-        for field in ("num_epochs", "log_every"):
+        for field in ("num_epochs", "log_every", "max_to_keep"):
             _checks.check_int(getattr(self, field), field, 1)
         for field in ("max_steps", "eval_every", "checkpoint_every"):
             _checks.check_int(getattr(self, field), field, 1, optional=True)
         _checks.check_flag(self.progress, "progress")
+        for field in ("console", "tensorboard"):
+            if getattr(self, field) is not None:
+                _checks.check_flag(getattr(self, field), field)
+        for field in ("best_metric", "best_split"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"`{field}` must be a non-empty str or None, got {value!r}")
+        if self.best_mode not in ("min", "max"):
+            raise ValueError(f"`best_mode` must be 'min' or 'max', got {self.best_mode!r}")
+        if self.best_split is not None and self.best_metric is None:
+            raise ValueError("`best_split` is set but `best_metric` is not: set both or neither")
+        if self.profile_steps is not None:
+            steps_ = self.profile_steps
+            if not isinstance(steps_, tuple) or len(steps_) != 2:
+                raise TypeError(
+                    f"`profile_steps` must be a (first, last) tuple of ints, got {steps_!r}"
+                )
+            _checks.check_int(steps_[0], "profile_steps[0]", 1)
+            _checks.check_int(steps_[1], "profile_steps[1]", steps_[0])
+
+    @property
+    def show_console(self) -> bool:
+        return self.progress if self.console is None else self.console
 
 
 # The first keys of every metrics record, in this order.
@@ -111,34 +235,67 @@ def metrics_record(
     return record
 
 
+def _import_tensorboard_writer(*, required: bool):
+    """tensorboardX's ``SummaryWriter`` class; None when missing and not ``required``."""
+    try:
+        from tensorboardX import SummaryWriter  # optional: the `train` extra
+    except ImportError as e:
+        if not required:
+            return None
+        raise ImportError(
+            "FitConfig(tensorboard=True) needs tensorboardX, which is not installed: "
+            "pip install 'jaxseq[train]' (or pip install 'tensorboardX>=2.6'), or set "
+            "tensorboard=None (on when installed) or False"
+        ) from e
+    return SummaryWriter
+
+
+def _tensorboard_writer(mode: bool | None, directory: str):
+    """A tensorboardX ``SummaryWriter`` for ``directory``, or None (see
+    :attr:`FitConfig.tensorboard`)."""
+    if mode is False:
+        return None
+    writer_class = _import_tensorboard_writer(required=bool(mode))
+    return None if writer_class is None else writer_class(directory)
+
+
+def _keep_lines_up_to(path: str, step: int) -> None:
+    """Drop the JSON-lines records of ``path`` after ``step`` (a resumed run)."""
+    if os.path.exists(path):
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+
 class MetricsWriter:
-    """Appends one :func:`metrics_record` per line.
+    """Appends one :func:`metrics_record` per line to ``path``.
 
     ``keep_up_to_step``: keep the file's records up to that step (a resumed run)
-    instead of starting an empty file. Also writes scalars to TensorBoard when
-    ``tensorboardX`` is installed and ``tensorboard=True``.
+    instead of starting an empty file. ``tensorboard``: also write the records'
+    scalars (``<split>/<metric>`` at ``step``) to ``<folder of path>/tensorboard``
+    with tensorboardX (see :attr:`FitConfig.tensorboard`: None, when installed;
+    True, required). Only process 0 writes.
     """
 
-    def __init__(self, path: str, *, keep_up_to_step: int | None = None, tensorboard=False):
+    def __init__(
+        self,
+        path: str,
+        *,
+        keep_up_to_step: int | None = None,
+        tensorboard: bool | None = False,
+    ):
         self.path = path
         # In a multi-process run (jaxseq.training.distributed) only process 0 writes.
         self._enabled = jax.process_index() == 0
         self._tb = None
         if not self._enabled:
             return
-        if keep_up_to_step is not None and os.path.exists(path):
-            kept = [r for r in read_metrics(path) if r["step"] <= keep_up_to_step]
-            with open(path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-        elif keep_up_to_step is None:
+        if keep_up_to_step is not None:
+            _keep_lines_up_to(path, keep_up_to_step)
+        else:
             open(path, "w").close()
-        if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter  # optional
-            except ImportError:
-                pass
-            else:
-                self._tb = SummaryWriter(os.path.join(os.path.dirname(path), "tensorboard"))
+        directory = os.path.join(os.path.dirname(os.path.abspath(path)), TENSORBOARD_DIR)
+        self._tb = _tensorboard_writer(tensorboard, directory)
 
     def write(
         self,
@@ -156,8 +313,43 @@ class MetricsWriter:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for name, value in record.items():
-                if name not in ("step", "epoch", "split") and value is not None:
+                if name not in ("step", "split") and value is not None:
                     self._tb.add_scalar(f"{split}/{name}", value, int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class TimingWriter:
+    """``timing.jsonl``: one line per train record, ``{"step", "wall_time_s" (since
+    this session started), "steps_per_s", "tokens_per_s" (null without
+    ``tokens_in``)}`` over the log window. Not part of the reproducible record (a
+    resumed run's differs). Only process 0 writes."""
+
+    def __init__(self, path: str, *, keep_up_to_step: int | None = None):
+        self.path, self.start = path, time.perf_counter()
+        self._enabled = jax.process_index() == 0
+        if not self._enabled:
+            return
+        if keep_up_to_step is not None:
+            _keep_lines_up_to(path, keep_up_to_step)
+        else:
+            open(path, "w").close()
+
+    def write(self, step: int, steps: int, seconds: float, tokens: int | None) -> dict:
+        seconds = max(seconds, 1e-9)
+        record = {
+            "step": int(step),
+            "wall_time_s": round(time.perf_counter() - self.start, 6),
+            "steps_per_s": steps / seconds,
+            "tokens_per_s": None if tokens is None else tokens / seconds,
+        }
+        if self._enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -222,41 +414,278 @@ def _check_finite(step: int, values: Mapping[str, float]) -> None:
         )
 
 
+def _is_iterator(value: Any) -> bool:
+    """A one-shot iterator (a generator...): ``iter`` returns the object itself."""
+    return isinstance(value, Iterator)
+
+
+def _train_data(train_batches: Any, config: FitConfig) -> Callable[[int], Iterable[Any]]:
+    """``train_batches`` (see the module doc) as ``epoch -> iterable``."""
+    if callable(train_batches):
+        return train_batches
+    if not isinstance(train_batches, Iterable) or isinstance(train_batches, (str, bytes)):
+        raise TypeError(
+            "`train_batches` must be a callable `epoch -> iterable of batches` or an "
+            f"iterable of batches, got {type(train_batches).__name__}"
+        )
+    if _is_iterator(train_batches) and config.num_epochs != 1:
+        raise ValueError(
+            f"`train_batches` is a one-shot iterator ({type(train_batches).__name__}), which "
+            f"gives one epoch, but num_epochs={config.num_epochs}: pass a callable "
+            "`epoch -> iterable` (e.g. lambda epoch: iterate_batches(..., epoch=epoch)), a "
+            "list, or num_epochs=1"
+        )
+    return lambda epoch: train_batches
+
+
+def _eval_data(eval_sets: Mapping[str, Any] | None) -> dict[str, Callable[[], Iterable[Any]]]:
+    """``eval_sets`` as name -> a function returning that set's batches."""
+    if eval_sets is None:
+        return {}
+    if not isinstance(eval_sets, Mapping):
+        raise TypeError(
+            f"`eval_sets` must be a dict name -> batches, got {type(eval_sets).__name__}"
+        )
+    out = {}
+    for name, batches in eval_sets.items():
+        if not isinstance(name, str) or not name or name == "train":
+            raise ValueError(
+                f"`eval_sets` names must be non-empty strs other than 'train', got {name!r}"
+            )
+        if callable(batches):
+            out[name] = batches
+        elif _is_iterator(batches):
+            raise TypeError(
+                f"eval_sets[{name!r}] is a one-shot iterator ({type(batches).__name__}): it "
+                "could be evaluated only once, but fit evaluates it repeatedly. Pass a "
+                "callable returning the batches (e.g. lambda: iterate_batches(...)) or a list"
+            )
+        elif isinstance(batches, Iterable):
+            out[name] = lambda batches=batches: batches
+        else:
+            raise TypeError(
+                f"eval_sets[{name!r}] must be a callable returning batches or an iterable, "
+                f"got {type(batches).__name__}"
+            )
+    return out
+
+
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
+class _Update(NamedTuple):
+    epoch: int
+    position: int  # of the batch within its epoch
+    length: int | None  # the epoch's number of batches (None: no len())
+    batch: Any
+
+
+def _batches_after(train_data, config: FitConfig, start_step: int) -> Iterator[_Update]:
+    """Every update of the run after the first ``start_step`` (skipped: a sequence
+    by index, without reading; any other iterable by consuming its items)."""
+    skip = start_step
+    for epoch in range(config.num_epochs):
+        batches = train_data(epoch)
+        length = _length(batches)
+        if length is not None and skip >= length and isinstance(batches, Sequence):
+            skip -= length
+            continue
+        if isinstance(batches, Sequence):
+            for index in range(skip, len(batches)):
+                yield _Update(epoch, index, length, batches[index])
+            skip = 0
+            continue
+        for index, batch in enumerate(batches):
+            if skip:
+                skip -= 1
+                continue
+            yield _Update(epoch, index, length, batch)
+
+
 def _updates(
-    train_batches: Callable[[int], Sequence[Any]], config: FitConfig, start_step: int
-) -> Iterator[tuple[int, int, int, Any, bool]]:
-    """The updates after ``start_step`` in order, as ``(epoch, index, length, batch,
-    last)``: the batch is ``train_batches(epoch)[index]`` of ``length``; ``last`` marks
+    train_data, config: FitConfig, start_step: int
+) -> Iterator[tuple[_Update, bool, bool]]:
+    """The updates after ``start_step`` in order, as ``(update, epoch_end, last)``:
+    ``epoch_end`` marks the last batch of an epoch (its data ends there), ``last``
     the run's final update (``max_steps``, or the last batch of the last non-empty
-    epoch). The batches a resumed run already took are skipped unread."""
+    epoch). One batch is read ahead to know whether the current one ends its epoch."""
     if config.max_steps is not None and start_step >= config.max_steps:
         return
-
-    def nonempty_epochs():
-        for epoch in range(config.num_epochs):
-            batches = train_batches(epoch)
-            if len(batches):
-                yield epoch, batches
-
-    epochs = nonempty_epochs()
-    current, before = next(epochs, None), 0  # before: the updates of the earlier epochs
+    stream = _batches_after(train_data, config, start_step)
+    current, step = next(stream, None), start_step
     while current is not None:
-        epoch, batches = current
-        length, following = len(batches), None
-        first = max(start_step - before, 0)
-        if first >= length:  # replaying: the whole epoch was taken already
-            following = next(epochs, None)
-        for index in range(first, length):
-            if index == length - 1:  # look ahead: is another epoch coming?
-                following = next(epochs, None)
-            last = (config.max_steps is not None and before + index + 1 >= config.max_steps) or (
-                index == length - 1 and following is None
-            )
-            yield epoch, index, length, batches[index], last
-            if last:
-                return
-        before += length
+        step += 1
+        following = next(stream, None)
+        epoch_end = following is None or following.epoch != current.epoch
+        last = following is None or (config.max_steps is not None and step >= config.max_steps)
+        yield current, epoch_end, last
+        if last:
+            return
         current = following
+
+
+def _window_metadata(window: Any, tokens: int, steps: int) -> dict[str, Any]:
+    """The unfinished log window as JSON (saved with an interrupted run's checkpoint)."""
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(window)]
+    return {
+        WINDOW_KEY: {
+            "leaves": [leaf.tolist() for leaf in leaves],
+            "dtypes": [str(leaf.dtype) for leaf in leaves],
+            "tokens": int(tokens),
+            "steps": int(steps),
+        }
+    }
+
+
+def _restore_window(stored: Mapping[str, Any], sums: Any) -> Any:
+    """The saved window (:func:`_window_metadata`) in the structure of ``sums``."""
+    treedef = jax.tree_util.tree_structure(sums)
+    num_leaves = len(jax.tree_util.tree_leaves(sums))
+    if num_leaves != len(stored["leaves"]):
+        raise ValueError(
+            f"the train metrics saved with the checkpoint have {len(stored['leaves'])} "
+            f"leaves but train_step returns {num_leaves}: resume with the same "
+            "train step (loss and metrics) as the interrupted run"
+        )
+    leaves = [
+        jnp.asarray(np.asarray(values), jnp.dtype(dtype))
+        for values, dtype in zip(stored["leaves"], stored["dtypes"])
+    ]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _committed_checkpoints(out_dir: str) -> list[str]:
+    directory = os.path.join(out_dir, CHECKPOINTS_DIR)
+    if not os.path.isdir(directory):
+        return []
+    return [name for name in os.listdir(directory) if name.isdigit()]
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _prepare_run_folder(out_dir: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run (see :func:`fit`); with ``overwrite``
+    delete fit's own outputs (:data:`FIT_OUTPUTS`) first. In a multi-process run
+    every process checks before any of them writes (one sync point)."""
+    if overwrite and jax.process_index() == 0:
+        for name in FIT_OUTPUTS:
+            path = os.path.join(out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    found = []
+    if not (resume or overwrite):
+        if os.path.exists(os.path.join(out_dir, METRICS_FILE)):
+            found.append(METRICS_FILE)
+        steps = sorted(int(s) for s in _committed_checkpoints(out_dir))
+        if steps:
+            found.append(f"checkpoints of steps {steps}")
+    _sync("jaxseq-fit-run-folder-checked")
+    if found:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{out_dir!r} already holds a run ({', '.join(found)}): pass resume=True to "
+            f"continue it or overwrite=True to delete it and start over",
+            out_dir,
+        )
+
+
+def _write_provenance(out_dir: str, start_step: int, resume: bool) -> None:
+    """Append this session's :func:`provenance.collect` record to ``provenance.json``
+    (a list, the first run's record first; a fresh run starts a new list)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(out_dir, PROVENANCE_FILE)
+    sessions = []
+    if resume and os.path.exists(path):
+        with open(path) as f:
+            sessions = json.load(f)
+    sessions.append({"start_step": int(start_step), **provenance.collect()})
+    with open(path, "w") as f:
+        json.dump(sessions, f, indent=2)
+        f.write("\n")
+
+
+def _best_fn(config: FitConfig) -> Callable[[Mapping[str, float]], float] | None:
+    """orbax's ranking function for ``config.best_metric``: a checkpoint saved
+    without an evaluation (or with a NaN) ranks last."""
+    if config.best_metric is None:
+        return None
+    worst = math.inf if config.best_mode == "min" else -math.inf
+    name = config.best_metric
+
+    def best_fn(saved: Mapping[str, float]) -> float:
+        value = saved.get(name)
+        return worst if value is None or not math.isfinite(value) else float(value)
+
+    return best_fn
+
+
+class _SigintHandler:
+    """While active, the first SIGINT only sets :attr:`received` (the loop saves and
+    raises :class:`FitInterrupted` after the current step); a second one raises
+    ``KeyboardInterrupt`` at once. Installed only in the main thread of a
+    single-process run (elsewhere Ctrl-C keeps its default behaviour)."""
+
+    def __init__(self, show: bool):
+        self.received, self.show, self._previous = False, show, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:
+            signal.signal(signal.SIGINT, self._previous)
+            raise KeyboardInterrupt
+        self.received = True
+        if self.show:
+            tqdm.write("interrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class _Profiler:
+    """A ``jax.profiler`` trace of the updates producing steps ``first..last``."""
+
+    def __init__(self, steps: tuple[int, int] | None, directory: str):
+        self.steps, self.directory, self.active = steps, directory, False
+
+    def before(self, step: int) -> None:
+        """Called before the update that produces ``step``."""
+        if self.steps is not None and not self.active and self.steps[0] <= step <= self.steps[1]:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, step: int, state: Any) -> None:
+        if self.active and self.steps is not None and step >= self.steps[1]:
+            self.stop(state)
+
+    def stop(self, state: Any = None) -> None:
+        if self.active:
+            if state is not None:
+                jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def _console_line(step: int, epoch: float, split: str, values: Mapping[str, float]) -> str:
+    shown = " ".join(f"{name} {value:.4f}" for name, value in values.items())
+    return f"step {step} (epoch {epoch:.2f}) {split}: {shown}"
 
 
 def fit(
@@ -264,12 +693,13 @@ def fit(
     *,
     train_step: Callable,
     eval_step: Callable | None,
-    train_batches: Callable[[int], Sequence[Any]],
-    eval_sets: Mapping[str, Callable[[], Iterable[Any]]] | None = None,
+    train_batches: Callable[[int], Iterable[Any]] | Iterable[Any],
+    eval_sets: Mapping[str, Callable[[], Iterable[Any]] | Iterable[Any]] | None = None,
     key: jax.Array,
     config: FitConfig,
     out_dir: str,
     resume: bool = False,
+    overwrite: bool = False,
     tokens_in: Callable[[Any], int] | None = None,
     learning_rate: float | optax.Schedule | None = None,
 ) -> tuple[TrainState, dict[str, dict[str, float]]]:
@@ -280,109 +710,215 @@ def fit(
       train_step: ``(state, batch, key) -> (state, metric_sums)``, e.g. from
         :func:`jaxseq.training.steps.make_train_step` (the state is donated).
       eval_step: ``(params, batch) -> metric_sums`` or None.
-      train_batches: ``epoch -> sequence of batches``; must be deterministic in
-        the epoch for resuming to be exact.
-      eval_sets: name -> a function returning that set's batches.
+      train_batches: a callable ``epoch -> iterable of batches`` (deterministic in
+        the epoch: resumes bitwise), a list of batches (every epoch), or a one-shot
+        iterator (``num_epochs=1``; not resumable bitwise); see the module doc.
+        ``len()`` is used when the epoch's batches have it (progress total, epoch
+        fraction), never required.
+      eval_sets: name -> that set's batches: a callable returning them (called at
+        every evaluation) or a re-iterable collection; a one-shot iterator is a
+        ``TypeError`` (it could be evaluated only once).
       key: the run's base PRNG key (per-step keys are ``fold_in(key, step)``).
       config: a :class:`FitConfig`.
-      out_dir: receives ``metrics.jsonl`` (see the module doc) and ``checkpoints/``
-        (the last ``CHECKPOINTS_KEPT``). Checked before the first step: it must be
-        writable with room for the checkpoints (:func:`checkpoint_bytes_needed`), or
-        ``OSError`` (``ENOSPC`` for too little space) is raised.
+      out_dir: the run folder (see the module doc). Checked before the first
+        step: it must be writable with room for the checkpoints
+        (:func:`checkpoint_bytes_needed`), or ``OSError`` (``ENOSPC`` for too
+        little space) is raised.
       resume: continue from the latest committed checkpoint in ``out_dir`` if
         there is one (a save interrupted by a crash is never committed; a
         corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`;
         one of another model, checked against ``state`` before any array is read,
         :class:`jaxseq.training.checkpoint.CheckpointMismatchError` naming the leaves).
         A run that is already finished trains and writes nothing more.
-      tokens_in: counts the tokens of a batch, for the throughput display.
-      learning_rate: the optimizer's learning rate or schedule (e.g.
-        :func:`jaxseq.training.steps.make_schedule`), for the records'
+      overwrite: delete fit's outputs in ``out_dir`` (:data:`FIT_OUTPUTS`) and
+        start over. Without ``resume`` or ``overwrite``, an ``out_dir`` that holds
+        ``metrics.jsonl`` or committed checkpoints raises ``FileExistsError``.
+      tokens_in: counts the tokens of a batch, for tokens/s (progress bar and
+        ``timing.jsonl``).
+      learning_rate: the optimizer's learning rate or schedule (``count -> rate``,
+        e.g. :func:`jaxseq.training.steps.make_schedule`), for the records'
         ``learning_rate`` only (None: written as null).
+
+    Raises:
+      FitInterrupted: Ctrl-C (SIGINT): the current step was finished and saved.
+      NonFiniteLossError: the train loss became NaN or infinite (nothing of that
+        step is saved).
     """
     if not isinstance(config, FitConfig):
         raise TypeError(f"`config` must be a loop.FitConfig, got {type(config).__name__}")
     _checks.check_flag(resume, "resume")
-    if learning_rate is not None and not callable(learning_rate):
-        _checks.check_float(learning_rate, "learning_rate")
-    check_writable(
-        out_dir,
-        required_bytes=checkpoint_bytes_needed(state, max_to_keep=CHECKPOINTS_KEPT),
+    _checks.check_flag(overwrite, "overwrite")
+    if resume and overwrite:
+        raise ValueError("`resume` and `overwrite` are exclusive: continue the run or delete it")
+    if learning_rate is not None:
+        if callable(learning_rate):
+            check_schedule(learning_rate, "learning_rate")
+        else:
+            _checks.check_float(learning_rate, "learning_rate")
+    train_data = _train_data(train_batches, config)
+    eval_data = _eval_data(eval_sets) if eval_step is not None else {}
+    best_split = config.best_split
+    if config.best_metric is not None:
+        if best_split is None:
+            if len(eval_data) != 1:
+                raise ValueError(
+                    f"FitConfig.best_metric={config.best_metric!r} needs `best_split`, the "
+                    f"eval set to read it from, with {len(eval_data)} eval sets "
+                    f"({sorted(eval_data)})"
+                )
+            (best_split,) = eval_data
+        elif best_split not in eval_data:
+            raise ValueError(
+                f"FitConfig.best_split={best_split!r} is not an eval set: the eval sets are "
+                f"{sorted(eval_data) or 'none (eval_step and eval_sets are needed)'}"
+            )
+    kept = config.max_to_keep + (1 if config.best_metric is not None else 0)
+    check_writable(out_dir, required_bytes=checkpoint_bytes_needed(state, max_to_keep=kept))
+    _prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
+    if config.tensorboard and jax.process_index() == 0:  # required: fail before training
+        _import_tensorboard_writer(required=True)
+
+    mngr = checkpoint.manager(
+        os.path.join(out_dir, CHECKPOINTS_DIR),
+        max_to_keep=config.max_to_keep,
+        best_fn=_best_fn(config),
+        best_mode=config.best_mode,
     )
-    eval_sets = dict(eval_sets or {}) if eval_step is not None else {}
-    mngr = checkpoint.manager(os.path.join(out_dir, "checkpoints"), max_to_keep=CHECKPOINTS_KEPT)
-    start_step = 0
+    start_step, saved_window = 0, None
     if resume and mngr.latest_step() is not None:
         state = checkpoint.restore(mngr, state)
         start_step = int(state.step)
+        saved_window = checkpoint.step_metadata(mngr, start_step).get(WINDOW_KEY)
+    _write_provenance(out_dir, start_step, resume)
+    show = jax.process_index() == 0
     writer = MetricsWriter(
-        os.path.join(out_dir, "metrics.jsonl"), keep_up_to_step=start_step if resume else None
+        os.path.join(out_dir, METRICS_FILE),
+        keep_up_to_step=start_step if resume else None,
+        tensorboard=config.tensorboard,
     )
+    timing = TimingWriter(
+        os.path.join(out_dir, TIMING_FILE), keep_up_to_step=start_step if resume else None
+    )
+    profiler = _Profiler(config.profile_steps, os.path.join(out_dir, PROFILE_DIR))
     step, epoch_progress = start_step, 0.0
-    window, window_tokens, window_start = None, 0, time.perf_counter()
+    window, window_steps, window_tokens = None, 0, 0
+    window_start = time.perf_counter()
     last_eval: dict[str, dict[str, float]] = {}
 
     def write(split, values):
         writer.write(step, split, values, epoch=epoch_progress, learning_rate=learning_rate)
 
     def close_window():
-        nonlocal window, window_tokens, window_start
+        nonlocal window, window_steps, window_tokens, window_start
         if window is None:
             return {}
         values = metrics.summarize(window)
         _check_finite(step, values)
         write("train", values)  # no timing in the file: a resumed run writes the same bytes
-        if tokens_in is not None:
-            elapsed = time.perf_counter() - window_start
-            values["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
-        window, window_tokens, window_start = None, 0, time.perf_counter()
+        record = timing.write(
+            step,
+            window_steps,
+            time.perf_counter() - window_start,
+            window_tokens if tokens_in is not None else None,
+        )
+        values["tokens_per_s"] = record["tokens_per_s"] or 0.0
+        window, window_steps, window_tokens = None, 0, 0
+        window_start = time.perf_counter()
         return values
 
     def run_evals(*, record=True):
-        for name, batches in eval_sets.items():
+        for name, batches in eval_data.items():
             last_eval[name] = evaluate(eval_step, state.params, batches())
             if record:
                 write(name, last_eval[name])
+                if show and config.show_console:
+                    tqdm.write(_console_line(step, epoch_progress, name, last_eval[name]))
+        if record and config.best_metric is not None and best_split is not None:
+            values = last_eval[best_split]
+            if config.best_metric not in values:
+                raise ValueError(
+                    f"FitConfig.best_metric={config.best_metric!r} is not a metric of eval "
+                    f"set {best_split!r}, whose metrics are {sorted(values)}"
+                )
 
     bar = tqdm(
         total=config.max_steps,
         initial=start_step,
-        disable=not config.progress or jax.process_index() != 0,
+        disable=not config.progress or not show,
         desc="train",
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    # A step's records are all written before its checkpoint, so a resumed run never
-    # writes a record of the step it restored.
-    for epoch, index, length, batch, last in _updates(train_batches, config, start_step):
-        state, sums = train_step(state, batch, key)
-        step += 1
-        epoch_progress = (epoch * length + index + 1) / length  # = step / length if all equal
-        window = sums if window is None else metrics.add(window, sums)
-        if tokens_in is not None:
-            window_tokens += tokens_in(batch)
-        bar.update(1)
-        epoch_end = last or index == length - 1
-        if config.eval_every:
-            evaluate_now = last or step % config.eval_every == 0
-        else:
-            evaluate_now = epoch_end
-        if config.checkpoint_every:
-            save_now = last or step % config.checkpoint_every == 0
-        else:
-            save_now = epoch_end
-        if step % config.log_every == 0 or evaluate_now or save_now:
-            values = close_window()
-            if "loss" in values:
-                bar.set_postfix(
-                    loss=f"{values['loss']:.4f}", tok_s=f"{values.get('tokens_per_s', 0):.0f}"
-                )
-        if evaluate_now:
-            run_evals()
-        if save_now:
-            checkpoint.save(mngr, step, state)
-    if step == start_step:  # nothing left to train: the final evaluation is on file already
-        run_evals(record=False)
-    mngr.close()
-    bar.close()
+    current_epoch = None
+    try:
+        with _SigintHandler(show) as interrupt:
+            # A step's records are all written before its checkpoint, so a resumed run
+            # never writes a record of the step it restored.
+            for update, epoch_end, last in _updates(train_data, config, start_step):
+                epoch, index, length = update.epoch, update.position, update.length
+                if epoch != current_epoch and length is not None:
+                    # The run's length, as far as it is known: exact when epochs are equal.
+                    total = step - index + length * (config.num_epochs - epoch)
+                    bar.total = total if config.max_steps is None else min(total, config.max_steps)
+                    bar.refresh()
+                current_epoch = epoch
+                profiler.before(step + 1)
+                state, sums = train_step(state, update.batch, key)
+                step += 1
+                profiler.after(step, state)
+                if length is not None:
+                    epoch_progress = (epoch * length + index + 1) / length
+                else:  # an epoch of unknown length: its fraction is known at its end
+                    epoch_progress = float(epoch + 1 if epoch_end else epoch)
+                if saved_window is not None:  # resumed mid-window: the saved part first
+                    window = _restore_window(saved_window, sums)
+                    window_steps, window_tokens = saved_window["steps"], saved_window["tokens"]
+                    saved_window = None
+                window = sums if window is None else metrics.add(window, sums)
+                window_steps += 1
+                if tokens_in is not None:
+                    window_tokens += tokens_in(update.batch)
+                bar.update(1)
+                if config.eval_every:
+                    evaluate_now = last or step % config.eval_every == 0
+                else:
+                    evaluate_now = epoch_end or last
+                if config.checkpoint_every:
+                    save_now = last or step % config.checkpoint_every == 0
+                else:
+                    save_now = epoch_end or last
+                if config.best_metric is not None:
+                    save_now = save_now or evaluate_now  # every evaluated step is a candidate
+                if step % config.log_every == 0 or evaluate_now or save_now:
+                    values = close_window()
+                    if "loss" in values:
+                        bar.set_postfix(
+                            loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.0f}"
+                        )
+                if evaluate_now:
+                    run_evals()
+                if save_now:
+                    best = None
+                    if config.best_metric is not None and best_split is not None:
+                        best = {}
+                        if evaluate_now:
+                            best[config.best_metric] = last_eval[best_split][config.best_metric]
+                    checkpoint.save(mngr, step, state, metrics=best)
+                if interrupt.received and not last:
+                    if not save_now:
+                        extra = {}
+                        if window is not None:
+                            extra = _window_metadata(window, window_tokens, window_steps)
+                        checkpoint.save(
+                            mngr, step, state, metrics={} if config.best_metric else None,
+                            extra_metadata=extra,
+                        )  # fmt: skip
+                    raise FitInterrupted(step, out_dir, state)
+        if step == start_step:  # nothing left to train: the final evaluation is on file already
+            run_evals(record=False)
+    finally:
+        profiler.stop()
+        mngr.close()
+        bar.close()
+        writer.close()
     return state, last_eval

@@ -35,6 +35,8 @@ import jax
 import jaxseq
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jaxseq.__file__)))
+"""The folder holding the ``jaxseq`` package (a machine-specific path, @private in the API
+reference); its git commit is the one recorded."""
 
 
 def _version(distribution: str) -> str | None:
