@@ -5,7 +5,9 @@ modules (every name in ``__all__`` below is one of these):
 
 * masks (:mod:`jaxseq.masks`): ``length_mask``, ``mask_lengths``, ``last_valid``,
   ``reverse_within_length``;
-* losses (:mod:`jaxseq.losses`, :mod:`jaxseq.chunked`, :mod:`jaxseq.ctc`);
+* losses (:mod:`jaxseq.losses`, :mod:`jaxseq.chunked`, :mod:`jaxseq.ctc`) and CTC
+  decoding (:mod:`jaxseq.ctc_decode`: ``ctc_greedy_decode``, jit-able;
+  ``ctc_prefix_beam_search``, host-side);
 * cells (:mod:`jaxseq.cells`, :mod:`jaxseq.parallel_cells`);
 * the recurrence (:mod:`jaxseq.recurrence`: ``rnn``, ``bidirectional``,
   ``stack``, ``scan_rnn``) and how it runs (:mod:`jaxseq.methods`: ``Scan``,
@@ -24,6 +26,7 @@ from jaxseq import (
     cells,
     chunked,
     ctc,
+    ctc_decode,
     losses,
     masks,
     methods,
@@ -37,6 +40,7 @@ from jaxseq import (
 from jaxseq.cells import Cell, elman, gru, lstm
 from jaxseq.chunked import linear_cross_entropy, linear_cross_entropy_terms
 from jaxseq.ctc import ctc_loss, validate_ctc_inputs
+from jaxseq.ctc_decode import CTCHypothesis, ctc_greedy_decode, ctc_prefix_beam_search
 from jaxseq.interop import from_torch, to_torch_state_dict
 from jaxseq.losses import (
     REDUCTIONS,
@@ -85,6 +89,7 @@ __all__ = [
     "cells",
     "chunked",
     "ctc",
+    "ctc_decode",
     "losses",
     "masks",
     "methods",
@@ -105,6 +110,10 @@ __all__ = [
     "LossTerms",
     "cross_entropy",
     "ctc_loss",
+    # CTC decoding
+    "CTCHypothesis",
+    "ctc_greedy_decode",
+    "ctc_prefix_beam_search",
     "linear_cross_entropy",
     "linear_cross_entropy_terms",
     "reduce_sequence_loss",

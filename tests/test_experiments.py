@@ -159,7 +159,14 @@ def test_smoke_run_writes_everything_and_learns(name, smoke_runs):
         check_provenance(saved["provenance"])
         assert saved["sessions"] == [] and "config_changes" not in saved
         if name in STARTS:  # a process of its own: its exact command line
-            assert saved["provenance"]["command"][-len(args) :] == args
+            how = STARTS[name]
+            script = ["-m", f"experiments.{name}"] if how == "module" else [f"{name}.py"]
+            command = saved["provenance"]["command"]
+            assert command[0] == sys.executable and command[-len(args) :] == args
+            if how == "module":
+                assert command[1 : -len(args)] == script
+            else:
+                assert command[1 : -len(args)] and command[1].endswith(script[0])
         total_steps = saved["resolved"]["total_steps"]
         assert restore_params(folder)[0] == total_steps == result["step"]
 

@@ -192,7 +192,7 @@ def test_provenance_keeps_the_first_session_and_appends_resumed_ones(tmp_path):
     want_keys = set(provenance.collect()) | {"start_step"}
     assert all(set(s) == want_keys for s in sessions)
     assert first["jax"] == jax.__version__ and first["devices"]["count"] == jax.device_count()
-    assert first["command"][0] == "python" and first["command"][1:] == sys.argv
+    assert first["command"] == sys.orig_argv
 
 
 @pytest.mark.reference

@@ -9,7 +9,7 @@ exact command line that produced it::
      "git_commit": "e9f317a...", "git_dirty": false,
      "devices": {"platform": "cpu", "kind": "cpu", "count": 1, "local_count": 1},
      "processes": {"count": 1, "index": 0},
-     "command": ["python", "-m", "experiments.japanese_vowels", "--smoke"],
+     "command": [".venv/bin/python", "-m", "experiments.japanese_vowels", "--smoke"],
      "cwd": "/home/me/jaxseq", "hostname": "node-3", "time_utc": "2026-11-29T23:59:00Z"}
 
 ``git_commit`` is that of the folder holding the ``jaxseq`` package (a source
@@ -75,12 +75,13 @@ def collect(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The provenance record of this process (see the module doc).
 
     Args:
-      argv: the command line to record (default ``sys.argv``, with the interpreter
-        prepended as ``python`` so the line can be re-run).
+      argv: the command line to record (default ``sys.orig_argv``: the interpreter and
+        every argument exactly as given, ``-m module`` included, so the line can be
+        re-run).
     """
     devices = jax.devices()
     commit, dirty = git_state()
-    command = ["python", *sys.argv] if argv is None else [str(a) for a in argv]
+    command = list(sys.orig_argv) if argv is None else [str(a) for a in argv]
     return {
         "jaxseq": jaxseq.__version__,
         "jax": jax.__version__,
