@@ -8,6 +8,8 @@ modules (every name in ``__all__`` below is one of these):
 * losses (:mod:`jaxseq.losses`, :mod:`jaxseq.chunked`, :mod:`jaxseq.ctc`) and CTC
   decoding (:mod:`jaxseq.ctc_decode`: ``ctc_greedy_decode``, jit-able;
   ``ctc_prefix_beam_search``, host-side);
+* the linear-chain CRF (:mod:`jaxseq.crf`: ``crf_log_likelihood``, ``crf_loss``,
+  ``crf_decode``, ``crf_marginals``, transition constraints);
 * cells (:mod:`jaxseq.cells`, :mod:`jaxseq.parallel_cells`);
 * the recurrence (:mod:`jaxseq.recurrence`: ``rnn``, ``bidirectional``,
   ``stack``, ``scan_rnn``) and how it runs (:mod:`jaxseq.methods`: ``Scan``,
@@ -25,6 +27,7 @@ extra).
 from jaxseq import (
     cells,
     chunked,
+    crf,
     ctc,
     ctc_decode,
     losses,
@@ -39,6 +42,17 @@ from jaxseq import (
 )
 from jaxseq.cells import Cell, elman, gru, lstm
 from jaxseq.chunked import linear_cross_entropy, linear_cross_entropy_terms
+from jaxseq.crf import (
+    CRF_METHODS,
+    CRF_REDUCTIONS,
+    crf_allowed_transitions,
+    crf_constrain,
+    crf_decode,
+    crf_init,
+    crf_log_likelihood,
+    crf_loss,
+    crf_marginals,
+)
 from jaxseq.ctc import ctc_loss, validate_ctc_inputs
 from jaxseq.ctc_decode import CTCHypothesis, ctc_greedy_decode, ctc_prefix_beam_search
 from jaxseq.interop import from_torch, to_torch_state_dict
@@ -88,6 +102,7 @@ __all__ = [
     # modules
     "cells",
     "chunked",
+    "crf",
     "ctc",
     "ctc_decode",
     "losses",
@@ -110,6 +125,16 @@ __all__ = [
     "LossTerms",
     "cross_entropy",
     "ctc_loss",
+    # linear-chain CRF
+    "CRF_METHODS",
+    "CRF_REDUCTIONS",
+    "crf_allowed_transitions",
+    "crf_constrain",
+    "crf_decode",
+    "crf_init",
+    "crf_log_likelihood",
+    "crf_loss",
+    "crf_marginals",
     # CTC decoding
     "CTCHypothesis",
     "ctc_greedy_decode",
