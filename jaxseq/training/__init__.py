@@ -12,6 +12,15 @@ imported explicitly (``from jaxseq.training import loop, steps``) and never by
 * :mod:`.provenance`: what a run folder records (versions, commit, devices, command).
 """
 
-from jaxseq.training import checkpoint, distributed, loop, provenance, steps
+try:
+    from jaxseq.training import checkpoint, distributed, loop, provenance, steps
+except ModuleNotFoundError as e:  # the `train` extra is not installed
+    if e.name is None or e.name.split(".")[0] not in ("orbax", "tqdm"):
+        raise
+    raise ModuleNotFoundError(
+        f"jaxseq.training needs the `train` extra ({e.name} is missing): install it with "
+        f'`pip install "jaxseq[train]"` (orbax-checkpoint, tqdm, tensorboardX)',
+        name=e.name,
+    ) from e
 
 __all__ = ["checkpoint", "distributed", "loop", "provenance", "steps"]

@@ -62,7 +62,7 @@ def _git(*args: str) -> str | None:
 
 def git_state() -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the checkout holding ``jaxseq``; ``(None, None)`` outside one."""
-    if not os.path.isdir(os.path.join(PACKAGE_ROOT, ".git")):
+    if not os.path.exists(os.path.join(PACKAGE_ROOT, ".git")):  # a folder, or a worktree's file
         return None, None
     commit = _git("rev-parse", "HEAD")
     if commit is None:
