@@ -8,6 +8,7 @@ references (plain NumPy or a value worked out by hand), never with jaxseq itself
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxseq as js
@@ -27,3 +28,19 @@ def test_scalar_logits_raise_an_error_that_names_logits(fn):
             js.cross_entropy(logits, jnp.int32(0))
         else:
             js.soft_cross_entropy(logits, jnp.float32(1.0))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("shape", [(5,), (2, 5), (3, 2, 4)], ids=["rank1", "rank2", "rank3"])
+def test_mask_lengths_counts_along_the_last_axis_for_every_rank(shape):
+    """Kills masks.py:108 ReplaceUnaryOperator_USub_UAdd ``jnp.sum(mask, axis=-1)`` ->
+    ``axis=+1``: the same axis for the rank-2 masks every other test uses, a different one
+    (or none) for rank 1 and rank 3. The lengths of a prefix mask ``[..., T]`` are the
+    counts along its last axis, compared with the lengths that built the mask."""
+    rng = np.random.default_rng(108)
+    steps = shape[-1]
+    lengths = rng.integers(0, steps + 1, size=shape[:-1])
+    mask = np.arange(steps) < lengths[..., None]  # independent of jaxseq's length_mask
+    got = js.mask_lengths(jnp.asarray(mask))
+    assert got.dtype == jnp.int32 and got.shape == shape[:-1]
+    np.testing.assert_array_equal(np.asarray(got), lengths)

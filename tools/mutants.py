@@ -761,6 +761,14 @@ JUDGEMENTS: dict[tuple[str, str, str], str] = {
     "anyway; a traced length above `T` now gathers out of bounds, but `has_step` is False "
     "for it (the row becomes 0, then NaN by `poison`), and the `where` sends that gather a "
     "zero cotangent, so values and gradients are unchanged.",
+    (
+        "jaxseq/masks.py",
+        "return jnp.sum(mask, axis=-1, dtype=jnp.int32)",
+        "return jnp.sum(mask, axis=+1, dtype=jnp.int32)",
+    ): "**gap**, closed: `axis=+1` is the last axis only for the rank-2 masks every test used; "
+    "rank-1 masks fail and rank-3 masks count along the wrong axis. Killed by `"
+    + _KILLS
+    + "test_mask_lengths_counts_along_the_last_axis_for_every_rank[rank1]` (and `[rank3]`).",
 }
 
 
