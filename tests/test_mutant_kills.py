@@ -7,6 +7,7 @@ references (plain NumPy or a value worked out by hand), never with jaxseq itself
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -44,3 +45,36 @@ def test_mask_lengths_counts_along_the_last_axis_for_every_rank(shape):
     got = js.mask_lengths(jnp.asarray(mask))
     assert got.dtype == jnp.int32 and got.shape == shape[:-1]
     np.testing.assert_array_equal(np.asarray(got), lengths)
+
+
+@pytest.mark.bad_input
+def test_stack_width_errors_name_the_input_at_layer_0_and_the_layer_above():
+    """Kills recurrence.py:89 (after run) ReplaceComparisonOperator_Eq_NotEq ``layer is None
+    or layer == 0`` -> ``layer != 0``: a width mismatch at layer 0 is the user's ``xs``
+    (its [B, T, D] and the D the first layer wants), one at layer l >= 1 is the stack's own
+    ``layer_params[l]`` against layer l - 1's outputs; the mutant swaps the two messages."""
+    cell = js.gru(3)
+    layers = js.init_stack(jax.random.key(0), cell, 4, num_layers=2)
+    lengths = jnp.array([2, 1])
+    # Shape errors are AssertionErrors, as chex's are.
+    with pytest.raises(AssertionError, match=r"`xs` must have shape \[B, T, D\] with D = 4 "):
+        js.stack(cell, layers, jnp.zeros((2, 2, 5)), lengths)
+    wrong_second = [layers[0], js.init_stack(jax.random.key(1), cell, 6, num_layers=1)[0]]
+    message = r"`layer_params\[1\]` expects inputs of width 6 .* layer 0 outputs 3 features"
+    with pytest.raises(AssertionError, match=message):
+        js.stack(cell, wrong_second, jnp.zeros((2, 2, 4)), lengths)
+
+
+@pytest.mark.variants
+def test_stack_training_without_dropout_needs_no_key():
+    """Kills recurrence.py:551 (after run) ReplaceComparisonOperator_Gt_GtE ``train and
+    dropout_rate > 0.0`` -> ``>= 0.0``: training with dropout_rate 0 draws no randomness,
+    so it needs no ``key`` and gives exactly the outputs of ``train=False`` (the mutant
+    asks for a key)."""
+    cell = js.lstm(3)
+    layers = js.init_stack(jax.random.key(0), cell, 2, num_layers=2)
+    xs = jax.random.normal(jax.random.key(1), (2, 4, 2))
+    lengths = jnp.array([4, 2])
+    _, trained = js.stack(cell, layers, xs, lengths, train=True, dropout_rate=0.0)
+    _, evaluated = js.stack(cell, layers, xs, lengths)
+    np.testing.assert_array_equal(np.asarray(trained), np.asarray(evaluated))

@@ -769,6 +769,23 @@ JUDGEMENTS: dict[tuple[str, str, str], str] = {
     "rank-1 masks fail and rank-3 masks count along the wrong axis. Killed by `"
     + _KILLS
     + "test_mask_lengths_counts_along_the_last_axis_for_every_rank[rank1]` (and `[rank3]`).",
+    (
+        "jaxseq/recurrence.py",
+        "if layer is None or layer == 0:",
+        "if layer is None or layer != 0:",
+    ): "**gap**, closed: no test raised a width error inside a stack, so swapping the "
+    "layer-0 message (the user's `xs`) and the layer-l message (`layer_params[l]` against "
+    "layer l - 1's outputs) went unseen. Killed by `"
+    + _KILLS
+    + "test_stack_width_errors_name_the_input_at_layer_0_and_the_layer_above`.",
+    (
+        "jaxseq/recurrence.py",
+        "use_dropout = train and dropout_rate > 0.0",
+        "use_dropout = train and dropout_rate >= 0.0",
+    ): "**gap**, closed: training a stack with `dropout_rate=0` must need no PRNG key and "
+    "equal `train=False`; the mutant demands a key. Killed by `"
+    + _KILLS
+    + "test_stack_training_without_dropout_needs_no_key`.",
 }
 
 
