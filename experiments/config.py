@@ -83,6 +83,9 @@ class ModelConfig:
     """How the recurrence runs: ``scan``, ``fused`` (elman/gru/lstm), ``parallel``
     (mingru/minlstm/lru) or ``default`` (the library's choice). Same values up to
     rounding: speed and memory only."""
+    crf: bool = False
+    """Labelers only: a linear-chain CRF output layer over the per-step logits (trained on
+    its negative log-likelihood, predicting the Viterbi path) instead of a softmax."""
 
     def sequence_model(
         self, *, num_classes: int, vocab_size: int | None = None, input_size: int | None = None
@@ -100,6 +103,7 @@ class ModelConfig:
             embed_dropout_rate=self.embed_dropout_rate,
             pooling=self.pooling,
             method=method_of(self.method),
+            crf=self.crf,
         )
 
 

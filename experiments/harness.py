@@ -14,8 +14,12 @@ The run folder ``runs/<experiment>/<smoke|full|default>/`` (``--out-dir``)
 holds ``config.json`` (the resolved config and the provenance of every session that
 worked on the run, see :func:`prepare_run_dir`), ``metrics.jsonl``,
 ``checkpoints/``, ``curves.png``, ``confusion.png`` (classification and
-labeling) and ``result.json``; an experiment that trains several models gives
-each a sub-folder and reports once at the top.
+labeling), ``result.json`` (with every session's wall and CPU time) and, while the
+run has no result, ``sessions.json`` (see :meth:`Experiment.execute`); an experiment
+that trains several models gives each a sub-folder and reports once at the top.
+``--train.stop-after N`` stops every model after update ``N`` as Ctrl-C would
+(:class:`jaxseq.training.loop.FitStopped`): no test record, plots or ``result.json``
+until ``--resume`` finishes the run.
 
 A run folder's results are never deleted silently: a run into a folder that holds
 results is refused (:class:`RunFolderError`, before anything is trained or deleted)
@@ -36,7 +40,9 @@ trains, so an interrupted run's file is already in the schema::
 * ``epoch``: ``step / steps_per_epoch``, the training progress in epochs;
 * ``split``: ``train`` (the mean over the steps since the last train record),
   ``dev`` (evaluated at ``step``) or ``test`` (one record, the last line, written
-  once the run has reached its last step: a ``--train.stop-after`` run has none);
+  once the run has reached its last step: a ``--train.stop-after`` run has none; a
+  finished run extended by ``--resume --allow-config-change --train.max-steps``
+  drops its old one and writes one at its new last step);
 * ``learning_rate``: the rate of the update that produced ``step`` (the
   schedule at ``step - 1``);
 * ``loss``: the task's loss (the mean over tokens, words, sequences... as the
@@ -364,6 +370,14 @@ class Experiment:
 
         First, before any data is loaded, the run folder is checked (:meth:`check`)
         and, with ``--overwrite``, its outputs and those of the run's parts are deleted.
+
+        Every session's wall and CPU time is recorded (:func:`record_session`):
+        ``result.json`` lists them (``sessions``) and holds, as ``seconds`` and
+        ``cpu_seconds``, the sums over the sessions that trained; a ``--resume`` of a
+        finished run (same step as its ``result.json``) is listed as ``already
+        finished`` and adds nothing. A session that ends without a result (Ctrl-C,
+        ``--train.stop-after``) is kept in ``<out_dir>/sessions.json`` until the
+        session that finishes the run moves it into ``result.json``.
         """
         out_dir = run_dir(self.name, config)
         check_run_folder(out_dir, config, name=self.name)
@@ -371,25 +385,64 @@ class Experiment:
             for folder in [out_dir, *run_parts(out_dir, self.name)]:
                 remove_outputs(folder)
         distributed.sync("jaxseq-run-folder-cleared")
+        previous = _read_json(os.path.join(out_dir, "result.json")) if config.resume else None
+        earlier = previous.get("sessions", []) if isinstance(previous, dict) else []
         timer = Timer()
-        result = self.run(config)
+        _STOPPED.clear()
+        try:
+            result = self.run(config)
+            if _STOPPED:  # --train.stop-after: every part stopped, none has a result
+                raise loop.FitStopped(min(e.step for e in _STOPPED), out_dir)
+        except loop.FitInterrupted as e:  # Ctrl-C or --train.stop-after: no result yet
+            seconds, cpu_seconds = timer.elapsed()
+            status = "stopped" if isinstance(e, loop.FitStopped) else "interrupted"
+            record_session(out_dir, None, seconds, cpu_seconds, step=e.step, status=status)
+            raise
         seconds, cpu_seconds = timer.elapsed()
-        result = dataclasses.replace(result, seconds=seconds, cpu_seconds=cpu_seconds)
+        trained = not (isinstance(previous, dict) and previous.get("step") == result.step)
+        sessions = record_session(
+            result.out_dir,
+            earlier,
+            seconds,
+            cpu_seconds,
+            step=result.step,
+            status="finished" if trained else "already finished",
+        )
+        counted = [s for s in sessions if s.get("status") != "already finished"]
+        result = dataclasses.replace(
+            result,
+            seconds=math.fsum(s["seconds"] for s in counted),
+            cpu_seconds=math.fsum(s["cpu_seconds"] for s in counted),
+        )
         write_json(
             os.path.join(result.out_dir, "result.json"),
-            {**dataclasses.asdict(result), "margin": result.margin, "met": result.met},
+            {
+                **dataclasses.asdict(result),
+                "margin": result.margin,
+                "met": result.met,
+                "sessions": sessions,
+            },
         )
         return result
 
-    def main(self, args: Sequence[str] | None = None) -> Result:
+    def main(self, args: Sequence[str] | None = None) -> Result | None:
         """Parse ``args`` (default ``sys.argv``), execute, print the result. A refused run
         folder (:class:`RunFolderError`) exits with its message and status 1; Ctrl-C
         (:class:`jaxseq.training.loop.FitInterrupted`: a checkpoint was saved) exits with
-        a line saying how to continue and status 130."""
+        a line saying how to continue and status 130; ``--train.stop-after N``
+        (:class:`jaxseq.training.loop.FitStopped`) prints ``stopped at step N ... rerun
+        with --resume`` instead of a result and returns None (no ``result.json``)."""
         try:
             result = self.execute(self.parse(args))
         except RunFolderError as e:
             raise SystemExit(f"{self.name}: {e}") from None
+        except loop.FitStopped as e:
+            print(
+                f"{self.name}: stopped at step {e.step} (--train.stop-after); checkpoint "
+                f"saved in {e.out_dir}; rerun with --resume to continue",
+                flush=True,
+            )
+            return None
         except loop.FitInterrupted as e:
             exit_interrupted(e, self.name)
         print(self.describe(result), flush=True)
@@ -399,8 +452,9 @@ class Experiment:
 def exit_interrupted(interrupt: loop.FitInterrupted, name: str) -> NoReturn:
     """Ctrl-C on the command line: one line saying where the checkpoint is and how to
     continue, then exit status 130 (no traceback)."""
+    what = "stopped" if isinstance(interrupt, loop.FitStopped) else "interrupted"
     print(
-        f"{name}: interrupted at step {interrupt.step}; checkpoint saved in "
+        f"{name}: {what} at step {interrupt.step}; checkpoint saved in "
         f"{interrupt.out_dir}; rerun with --resume to continue",
         file=sys.stderr,
         flush=True,
@@ -421,7 +475,7 @@ class RunFolderError(Exception):
 # What the harness writes in a run folder, then what ``fit`` writes
 # (``loop.FIT_OUTPUTS``): the only paths ``--overwrite`` deletes (never anything else),
 # and those whose presence means the folder "holds results".
-HARNESS_OUTPUTS = ("config.json", "result.json", "curves.png", "confusion.png")
+HARNESS_OUTPUTS = ("config.json", "result.json", "sessions.json", "curves.png", "confusion.png")
 OUTPUTS = (*HARNESS_OUTPUTS, *loop.FIT_OUTPUTS)
 # Fields of config.json's "config" (and "resolved") that may differ on a resume: the
 # switches of the session, not of the run. ``out_dir``: the folder is the same one
@@ -592,6 +646,42 @@ def check_run_folder(out_dir: str, config: configs.RunSwitches, *, name: str | N
                     raise _refuse_changes(folder, changes)
 
 
+def record_session(
+    out_dir: str,
+    finished: Sequence[Mapping[str, Any]] | None,
+    seconds: float,
+    cpu_seconds: float,
+    *,
+    step: int,
+    status: str,
+) -> list[dict[str, Any]]:
+    """This session's times, ``{"seconds", "cpu_seconds", "step" (reached),
+    "status"}``, ``status`` one of ``finished``, ``already finished`` (a resume that
+    trained nothing), ``stopped`` (``--train.stop-after``) and ``interrupted``
+    (Ctrl-C), after the sessions of the run so far, which are returned.
+
+    ``finished`` None: the session ends without a result; it is appended to
+    ``<out_dir>/sessions.json`` (the sessions waiting for a result). Otherwise
+    ``finished`` are the sessions of the run's previous ``result.json``: the list is
+    those, the waiting ones, then this one, and ``sessions.json`` is removed (its
+    sessions go to ``result.json``). Process 0 writes."""
+    path = os.path.join(out_dir, "sessions.json")
+    saved = _read_json(path)
+    waiting = [*(saved if isinstance(saved, list) else [])]
+    this = {
+        "seconds": float(seconds),
+        "cpu_seconds": float(cpu_seconds),
+        "step": int(step),
+        "status": status,
+    }
+    if finished is None:
+        write_json(path, [*waiting, this])
+        return [*waiting, this]
+    if waiting and distributed.is_main_process():
+        os.remove(path)
+    return [*finished, *waiting, this]
+
+
 def remove_outputs(folder: str) -> list[str]:
     """Delete the harness's and ``fit``'s outputs in ``folder`` (:data:`OUTPUTS`,
     nothing else) and return their names."""
@@ -614,9 +704,13 @@ def prepare_run_dir(out_dir: str, config: configs.RunSwitches, record: dict[str,
     A resume keeps the file's record and its original ``provenance``, and appends the
     session's provenance to ``sessions``; a config that differs (:func:`config_changes`,
     the ``resolved`` values too) is refused unless ``--allow-config-change``, which
-    makes the new config (and resolved values) the record's and appends ``{"session":
-    i, "time_utc", "changes": {field: [old, new]}}`` to ``config_changes`` (``i``:
-    the resumed session's index in ``sessions``).
+    makes the new config (and resolved values) the record's main block (the latest
+    config, which applies from ``from_step`` on) and appends ``{"session": i,
+    "time_utc", "from_step", "changes": {field: [old, new]}}`` to ``config_changes``
+    (``i``: the resumed session's index in ``sessions``; ``from_step``: the step of the
+    checkpoint the run resumes from, so the updates after it are the first trained
+    with the new values: none if the run was finished and is not extended). The steps
+    up to ``from_step`` were trained with the config before the change.
     """
     check_run_folder(out_dir, config)
     path = os.path.join(out_dir, "config.json")
@@ -630,9 +724,11 @@ def prepare_run_dir(out_dir: str, config: configs.RunSwitches, record: dict[str,
         written["sessions"] = [*saved.get("sessions", []), session]
         if changes:
             written.update(record)  # the config the run continues with
+            committed = [int(s) for s in loop._committed_checkpoints(out_dir)]
             change = {
                 "session": len(written["sessions"]) - 1,
                 "time_utc": session["time_utc"],
+                "from_step": max(committed, default=0),
                 "changes": changes,
             }
             written["config_changes"] = [*saved.get("config_changes", []), change]
@@ -690,6 +786,21 @@ def optimizer_for(
 
 
 @distributed.main_process_only
+def drop_stale_test_records(path: str, total_steps: int) -> None:
+    """Before a resumed run trains on: drop the test records of steps before
+    ``total_steps`` from ``metrics.jsonl`` (a finished run extended with a larger
+    ``--train.max-steps``: its old test record would sit mid-file; the new one is
+    written at the end). Process 0 only."""
+    if not os.path.exists(path):
+        return
+    records = loop.read_metrics(path)
+    kept = [r for r in records if not (r["split"] == "test" and r["step"] < total_steps)]
+    if len(kept) != len(records):
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+
+@distributed.main_process_only
 def append_test_record(path: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Append the test record to ``metrics.jsonl`` (process 0 only) and return the
     file's records. A resume of a finished run finds its test record there already
@@ -713,6 +824,10 @@ def evaluate_sums(eval_step, params, batches: Iterable[Any]) -> dict:
 
 # ----------------------------------------------------------------------------- training
 
+# The FitStopped of each train_and_evaluate of the current Experiment.execute that
+# stopped at --train.stop-after (a run of several models stops each of them).
+_STOPPED: list[loop.FitStopped] = []
+
 
 def train_and_evaluate(
     config,
@@ -735,6 +850,11 @@ def train_and_evaluate(
         :class:`jaxseq.metrics.Confusion` sums.
       test_metrics: ``params -> metrics`` computed once after training (decoding,
         error rates...), added to the test record and :attr:`Trained.test`.
+
+    With ``--train.stop-after N`` the training stops after update ``N``
+    (:class:`jaxseq.training.loop.FitStopped`, noted for :meth:`Experiment.execute`,
+    which then raises it instead of writing a result): the returned :class:`Trained`
+    is at step ``N``, with no test record or plots written.
     """
     tc: configs.TrainConfig = config.train
     out_dir = out_dir or run_dir(name, config)
@@ -755,6 +875,8 @@ def train_and_evaluate(
         },
     )
 
+    if config.resume:
+        drop_stale_test_records(os.path.join(out_dir, "metrics.jsonl"), total_steps)
     schedule = schedule_for(tc, total_steps)
     optimizer = optimizer_for(tc, schedule)
     key_init, key_train = jax.random.split(jax.random.key(tc.seed))
@@ -770,27 +892,32 @@ def train_and_evaluate(
     def placed(batches_fn):
         return lambda *args: distributed.shard_batches(batches_fn(*args), mesh)
 
-    state, _ = loop.fit(
-        state,
-        train_step=train_step,
-        eval_step=eval_step,
-        train_batches=placed(task.train_batches),
-        eval_sets={k: placed(f) for k, f in task.eval_sets.items() if k != "test"},
-        key=key_train,
-        config=loop.FitConfig(
-            num_epochs=tc.num_epochs,
-            max_steps=total_steps if tc.stop_after is None else min(total_steps, tc.stop_after),
-            log_every=tc.log_every,
-            eval_every=tc.eval_every,
-            checkpoint_every=tc.checkpoint_every,
-            progress=tc.progress,
-        ),
-        out_dir=out_dir,
-        resume=config.resume,
-        tokens_in=task.tokens_in,
-        learning_rate=schedule,
-        overwrite=config.overwrite,
-    )
+    try:
+        state, _ = loop.fit(
+            state,
+            train_step=train_step,
+            eval_step=eval_step,
+            train_batches=placed(task.train_batches),
+            eval_sets={k: placed(f) for k, f in task.eval_sets.items() if k != "test"},
+            key=key_train,
+            config=loop.FitConfig(
+                num_epochs=tc.num_epochs,
+                max_steps=total_steps,
+                stop_after=tc.stop_after,  # FitStopped: the run stops as if interrupted
+                log_every=tc.log_every,
+                eval_every=tc.eval_every,
+                checkpoint_every=tc.checkpoint_every,
+                progress=tc.progress,
+            ),
+            out_dir=out_dir,
+            resume=config.resume,
+            tokens_in=task.tokens_in,
+            learning_rate=schedule,
+            overwrite=config.overwrite,
+        )
+    except loop.FitStopped as e:  # --train.stop-after: the checkpoint is saved
+        _STOPPED.append(e)
+        state = e.state
 
     test_sums = evaluate_sums(eval_step, state.params, placed(task.eval_sets["test"])())
     test = metrics.summarize(test_sums)
@@ -803,14 +930,14 @@ def train_and_evaluate(
             step, "test", test, epoch=step / task.steps_per_epoch, learning_rate=schedule
         )
         records = append_test_record(path, record)
-    else:  # interrupted (stop_after): the file is fit's, ready for --resume
-        records = loop.read_metrics(path) if distributed.is_main_process() else []
-    title = f"{name} ({configs.variant_name(config)})"
-    plots.curves(records, os.path.join(out_dir, "curves.png"), title)
-    confusions = [v for v in test_sums.values() if isinstance(v, metrics.Confusion)]
-    if class_names is not None and confusions:
-        path = os.path.join(out_dir, "confusion.png")
-        plots.confusion(confusions[0].counts, class_names, path, f"{name}: test confusion")
+        title = f"{name} ({configs.variant_name(config)})"
+        plots.curves(records, os.path.join(out_dir, "curves.png"), title)
+        confusions = [v for v in test_sums.values() if isinstance(v, metrics.Confusion)]
+        if class_names is not None and confusions:
+            path = os.path.join(out_dir, "confusion.png")
+            plots.confusion(confusions[0].counts, class_names, path, f"{name}: test confusion")
+    # else: stopped (--train.stop-after): metrics.jsonl is fit's, ready for --resume;
+    # no test record, no plots (Experiment.execute writes no result either)
     return Trained(state.params, step, test, test_sums, out_dir)
 
 

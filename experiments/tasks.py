@@ -3,7 +3,8 @@
 Bucketed batches of the splits (:func:`dataset_task`) and the loss and metrics
 hooks of the two supervised tasks: one label per sequence
 (:func:`classification_loss_fn`) and one label per step
-(:func:`labeling_loss_fn`). :func:`run_supervised` is the whole run of such an
+(:func:`labeling_loss_fn`, or :func:`crf_labeling_loss_fn` for a labeler with a
+CRF output layer). :func:`run_supervised` is the whole run of such an
 experiment: task, training, report.
 
 Notation: B batch, T time, C classes.
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jaxseq as js
@@ -158,6 +160,54 @@ def labeling_loss_fn(
     return loss_fn
 
 
+def crf_labeling_loss_fn(
+    logits_fn: LogitsFn,
+    model: models.SequenceModelConfig,
+    labeler_params: Callable[[Any], dict] = lambda params: params,
+    extra_metrics: ExtraMetrics | None = None,
+) -> steps.LossFn:
+    """``loss_fn`` for one label per step with a CRF output layer (``model.crf``).
+
+    ``logits_fn`` gives the CRF's emissions ``[B, T, C]`` (the labeler's logits) and
+    ``labeler_params(params)`` the labeler's params (with their ``"crf"`` entry). The
+    loss is the CRF negative log-likelihood per token (``mean_over_tokens`` of
+    :func:`jaxseq.models.labeler_loss`: the sum of the sequences' NLL over the number
+    of labelled tokens, the softmax task's normalisation); ``token_loss`` and
+    ``perplexity`` are that mean and its exponential. The metrics are those of
+    :func:`labeling_loss_fn` computed from the Viterbi tags
+    (:func:`jaxseq.models.labeler_predict`); ``extra_metrics`` receives them as
+    one-hot scores ``[B, T, C]`` (argmax = the decoded tag; NaN where the emissions
+    are NaN). Every valid step must be labelled (``batch.label_mask`` is the length
+    mask): the CRF scores whole tag paths.
+    """
+
+    def loss_fn(params, batch: Batch, key, is_training):
+        emissions_BTC = logits_fn(params, batch, key, is_training)
+        tagger = labeler_params(params)
+        total = models.labeler_loss(
+            tagger, model, emissions_BTC, batch.labels, batch.lengths, reduction="sum"
+        )
+        terms = js.LossTerms(total, jnp.sum(batch.label_mask, dtype=jnp.float32))
+        tags_BT = models.labeler_predict(tagger, model, emissions_BTC, batch.lengths)
+        sums = _metric_sums(tag_scores(tags_BT, emissions_BTC), batch, extra_metrics)
+        return terms, {
+            **sums,
+            "token_loss": metrics.Ratio(terms.total, terms.count),
+            "perplexity": metrics.Perplexity(terms.total, terms.count),
+        }
+
+    return loss_fn
+
+
+def tag_scores(tags_BT: jax.Array, emissions_BTC: jax.Array) -> jax.Array:
+    """Decoded tags int ``[B, T]`` as one-hot float32 scores ``[B, T, C]`` whose argmax is
+    the tag, for the metrics that take logits; NaN at steps whose emissions hold a NaN
+    (the metrics stay loud)."""
+    scores_BTC = jax.nn.one_hot(tags_BT, emissions_BTC.shape[-1], dtype=jnp.float32)
+    nan_BT1 = jnp.any(jnp.isnan(emissions_BTC), axis=-1, keepdims=True)
+    return jnp.where(nan_BT1, jnp.nan, scores_BTC)
+
+
 def _metric_sums(logits, batch: Batch, extra_metrics: ExtraMetrics | None) -> dict:
     sums = {
         "accuracy": metrics.accuracy(logits, batch.labels, where=batch.label_mask),
@@ -204,22 +254,37 @@ def run_supervised(
     label: str | None = None,
     target: float | None = None,
     resolved: Mapping[str, Any] | None = None,
+    labeler_params: Callable[[Any], dict] = lambda params: params,
 ) -> harness.Result:
     """Train and evaluate a classifier or labeler on ``splits`` (train, dev, test);
     report the test accuracy against ``baseline``.
 
     ``init`` and ``logits_fn`` default to the plain ``jaxseq.models`` ``model``'s;
-    ``extra_metrics(logits, batch)`` adds metric sums to the standard ones.
+    ``extra_metrics(logits, batch)`` adds metric sums to the standard ones. A labeler
+    with ``model.crf`` trains with :func:`crf_labeling_loss_fn`; ``labeler_params``
+    finds its params (with the CRF's) in the experiment's params (default: all of them).
     """
     if init is None:
         init_fn = models.classifier_init if kind == "classification" else models.labeler_init
         init = lambda key: init_fn(key, model)
-    make_loss_fn = classification_loss_fn if kind == "classification" else labeling_loss_fn
     train_set, dev_set, test_set = splits
+    logits_fn = logits_fn or model_logits(model, kind)
+    if kind == "classification":
+        loss_fn = classification_loss_fn(logits_fn, extra_metrics)
+    elif model.crf:
+        for split in splits:
+            if split is not None and split.label_masks is not None:
+                raise ValueError(
+                    f"a CRF labels every step, but the {split.name!r} split has "
+                    "`label_masks` (steps without a label): use model.crf=False"
+                )
+        loss_fn = crf_labeling_loss_fn(logits_fn, model, labeler_params, extra_metrics)
+    else:
+        loss_fn = labeling_loss_fn(logits_fn, extra_metrics)
     task = dataset_task(
         config.train,
         init=init,
-        loss_fn=make_loss_fn(logits_fn or model_logits(model, kind), extra_metrics),
+        loss_fn=loss_fn,
         train_set=train_set,
         dev_set=dev_set,
         test_set=test_set,

@@ -14,6 +14,8 @@ modules (every name in ``__all__`` below is one of these):
 * the recurrence (:mod:`jaxseq.recurrence`: ``rnn``, ``bidirectional``,
   ``stack``, ``scan_rnn``) and how it runs (:mod:`jaxseq.methods`: ``Scan``,
   ``Fused``, ``Parallel``, ``resolve_method``);
+* streaming (:mod:`jaxseq.streaming`: windows of a long stream, carried state with the
+  gradient stopped, a truncated-BPTT train step; ``resets=`` in the recurrence);
 * pooling, metrics, validation, the model heads (:mod:`jaxseq.models`) and
   PyTorch weight conversion (:mod:`jaxseq.interop`; imports torch only when called).
 
@@ -38,6 +40,7 @@ from jaxseq import (
     parallel_cells,
     pooling,
     recurrence,
+    streaming,
     validation,
 )
 from jaxseq.cells import Cell, elman, gru, lstm
@@ -78,6 +81,8 @@ from jaxseq.models import (
     classifier_init,
     labeler_apply,
     labeler_init,
+    labeler_loss,
+    labeler_predict,
 )
 from jaxseq.parallel_cells import lru, mingru, minlstm
 from jaxseq.pooling import masked_max, masked_mean
@@ -113,6 +118,7 @@ __all__ = [
     "parallel_cells",
     "pooling",
     "recurrence",
+    "streaming",
     "validation",
     # masks
     "last_valid",
@@ -177,6 +183,8 @@ __all__ = [
     "classifier_init",
     "labeler_apply",
     "labeler_init",
+    "labeler_loss",
+    "labeler_predict",
     # validation
     "check_labels_in_range",
     "checked",

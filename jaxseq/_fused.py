@@ -184,7 +184,7 @@ def _lstm_step(w, carry, xp_BG):
 _STEPS = {"elman": _elman_step, "gru": _gru_step, "lstm": _lstm_step}
 
 
-def _forward(kind: str, plan: _Plan, w, xs_BTD, carry0, lengths_B, *, save: bool):
+def _forward(kind: str, plan: _Plan, w, xs_BTD, carry0, lengths_B, *, save: bool, restart=None):
     """The forward loop. Returns ``(hs [B, T, H] masked, final carry)`` and the residuals.
 
     Stacks are ``[B, T, ...]`` (``[T, B, ...]`` with ``plan.time_major``).
@@ -194,6 +194,9 @@ def _forward(kind: str, plan: _Plan, w, xs_BTD, carry0, lengths_B, *, save: bool
     a loop whose every read of a buffer follows its in-place update is one that XLA
     runs without copying the buffer (a read that may come after the update forces a
     copy of the whole buffer per step).
+
+    ``restart``: None, or ``(resets_BT, initial)``: bool ``[B, T]`` (``[T, B]``) and a
+    carry with leaves ``[B, ...]`` that replaces the carry before each marked step.
     """
     axis = plan.axis
     steps = xs_BTD.shape[axis]
@@ -212,6 +215,9 @@ def _forward(kind: str, plan: _Plan, w, xs_BTD, carry0, lengths_B, *, save: bool
         carry, final, xp_BG, buf_BTG, hs_BTH, extra_BTH = state
         if not hoist:
             xp_BG = xp_BG @ w["W_i"]  # xp_BG holds x_t [B, D] here
+        if restart is not None:
+            reset_B1 = _at(restart[0], t, axis)[:, None]
+            carry = jax.tree.map(lambda i, c: jnp.where(reset_B1, i, c), restart[1], carry)
         carry, h_BH, act_BG, extra_BH = step(w, carry, xp_BG)
         valid_B1, last_B1 = _steps(t, lengths_B)
         if save and act_BG is not None:
@@ -253,6 +259,17 @@ def _previous(t, stack_BTH, first_BH, axis: int):
     return jnp.where(t == 0, first_BH, _at(stack_BTH, jnp.maximum(t - 1, 0), axis))
 
 
+def _restart_at(t, restart, axis: int):
+    """``reset [B, 1]`` at step t (the carry restarted before it)."""
+    return _at(restart[0], t, axis)[:, None]
+
+
+def _cut(reset_B1, d_BH, dinit_BH):
+    """At a restart, the state gradient leaves for the initial carry: ``(d, dinit)``."""
+    zero = jnp.zeros((), d_BH.dtype)
+    return jnp.where(reset_B1, zero, d_BH), dinit_BH + jnp.where(reset_B1, d_BH, zero)
+
+
 def _output_cotangent(t, lengths_B, dhs_BTH, dfinal_BH, axis: int):
     """d loss / d h_t from the outputs (valid steps only) and the final carry (at its step)."""
     valid_B1, last_B1 = _steps(t, lengths_B)
@@ -261,7 +278,8 @@ def _output_cotangent(t, lengths_B, dhs_BTH, dfinal_BH, axis: int):
     return jnp.where(valid_B1, dout_BH, zero) + jnp.where(last_B1, dfinal_BH, zero)
 
 
-def _elman_backward(plan, w, carry0, lengths_B, residuals, cotangents):
+def _elman_backward(plan, w, carry0, lengths_B, residuals, cotangents, restart=None):
+    """The reverse loop; with ``restart`` also returns the initial carry's gradient."""
     buf_BTG, hs_BTH, _ = residuals
     dhs_BTH, dfinal_BH = cotangents
     w_hT = w["W_h"].T
@@ -272,11 +290,21 @@ def _elman_backward(plan, w, carry0, lengths_B, residuals, cotangents):
         da_BH = dh_BH * (1.0 - h_BH * h_BH)
         return da_BH @ w_hT, da_BH
 
-    dh0_BH, da_BTG = _reverse_loop(body, jnp.zeros_like(carry0), buf_BTG, plan)
-    return da_BTG, da_BTG, dh0_BH, dfinal_BH
+    if restart is None:
+        dh0_BH, da_BTG = _reverse_loop(body, jnp.zeros_like(carry0), buf_BTG, plan)
+        return da_BTG, da_BTG, dh0_BH, dfinal_BH
+
+    def restart_body(t, state, act_BG):
+        dh_BH, dinit_BH = state
+        dh_BH, da_BH = body(t, dh_BH, act_BG)
+        return _cut(_restart_at(t, restart, plan.axis), dh_BH, dinit_BH), da_BH
+
+    zeros = jnp.zeros_like(carry0)
+    (dh0_BH, dinit_BH), da_BTG = _reverse_loop(restart_body, (zeros, zeros), buf_BTG, plan)
+    return da_BTG, da_BTG, dh0_BH, dfinal_BH, dinit_BH
 
 
-def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents):
+def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents, restart=None):
     act_BTG, hs_BTH, hp_n_BTH = residuals
     dhs_BTH, dfinal_BH = cotangents
     size = carry0.shape[-1]
@@ -287,13 +315,17 @@ def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents):
     steps = act_BTG.shape[axis]
 
     def loop_body(j, state):
-        dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH = state
+        dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH = state[:5]
         t = steps - 1 - j
         r, z, n = act_BG[:, :size], act_BG[:, size : 2 * size], act_BG[:, 2 * size :]
         dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_BTH, dfinal_BH, axis)
         # h' = n + z (h - n)
         d_n = dh_BH * (1.0 - z) * (1.0 - n * n)
-        d_z = dh_BH * (_previous(t, hs_BTH, carry0, axis) - n) * z * (1.0 - z)
+        h_prev_BH = _previous(t, hs_BTH, carry0, axis)
+        if restart is not None:
+            reset_B1 = _restart_at(t, restart, axis)
+            h_prev_BH = jnp.where(reset_B1, restart[1], h_prev_BH)
+        d_z = dh_BH * (h_prev_BH - n) * z * (1.0 - z)
         d_r = d_n * hp_n_BH * r * (1.0 - r)
         d_hn = d_n * r
         dh_BH = dh_BH * z + jnp.concatenate([d_r, d_z, d_hn], axis=1) @ w_hT
@@ -301,7 +333,10 @@ def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents):
         hp_n_BTH = _put(hp_n_BTH, t, d_hn, axis)
         previous = jnp.maximum(t - 1, 0)
         act_BG, hp_n_BH = _at(act_BTG, previous, axis), _at(hp_n_BTH, previous, axis)
-        return dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH
+        if restart is None:
+            return dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH
+        dh_BH, dinit_BH = _cut(reset_B1, dh_BH, state[5])
+        return dh_BH, act_BG, hp_n_BH, act_BTG, hp_n_BTH, dinit_BH
 
     state = (
         jnp.zeros_like(carry0),
@@ -310,14 +345,17 @@ def _gru_backward(plan, w, carry0, lengths_B, residuals, cotangents):
         act_BTG,
         hp_n_BTH,
     )
-    dh0_BH, _, _, dxp_BTG, d_hn_BTH = jax.lax.fori_loop(
-        0, steps, loop_body, state, unroll=plan.unroll
-    )
+    if restart is not None:
+        state += (jnp.zeros_like(carry0),)
+    state = jax.lax.fori_loop(0, steps, loop_body, state, unroll=plan.unroll)
+    dh0_BH, _, _, dxp_BTG, d_hn_BTH = state[:5]
     dhp_BTG = jnp.concatenate([dxp_BTG[..., : 2 * size], d_hn_BTH], axis=-1)
-    return dxp_BTG, dhp_BTG, dh0_BH, dfinal_BH
+    if restart is None:
+        return dxp_BTG, dhp_BTG, dh0_BH, dfinal_BH
+    return dxp_BTG, dhp_BTG, dh0_BH, dfinal_BH, state[5]
 
 
-def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
+def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents, restart=None):
     act_BTG, hs_BTH, cs_BTH = residuals
     dhs_BTH, (dh_final_BH, dc_final_BH) = cotangents
     h0_BH, c0_BH = carry0
@@ -327,10 +365,13 @@ def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
     zero = jnp.zeros((), h0_BH.dtype)
 
     def body(t, carry, act_BG):
-        dh_BH, dc_BH = carry
+        dh_BH, dc_BH = carry[:2]
         i, f, g, o = (act_BG[:, j * size : (j + 1) * size] for j in range(4))
         c_BH = _at(cs_BTH, t, plan.axis)
         c_prev_BH = _previous(t, cs_BTH, c0_BH, plan.axis)
+        if restart is not None:
+            reset_B1 = _restart_at(t, restart, plan.axis)
+            c_prev_BH = jnp.where(reset_B1, restart[1][1], c_prev_BH)
         _, last_B1 = _steps(t, lengths_B)
         dh_BH = dh_BH + _output_cotangent(t, lengths_B, dhs_BTH, dh_final_BH, plan.axis)
         tc = jnp.tanh(c_BH)
@@ -339,11 +380,19 @@ def _lstm_backward(plan, w, carry0, lengths_B, residuals, cotangents):
         dact_BG = jnp.concatenate([dc_BH * g, dc_BH * c_prev_BH, dc_BH * i, dh_BH * tc], axis=1)
         u = (act_BG - m) * inv_s
         da_BG = dact_BG * sk * (1.0 - u * u)
-        return (da_BG @ w_hT, dc_BH * f), da_BG
+        if restart is None:
+            return (da_BG @ w_hT, dc_BH * f), da_BG
+        dh_BH, dinit_h_BH = _cut(reset_B1, da_BG @ w_hT, carry[2])
+        dc_BH, dinit_c_BH = _cut(reset_B1, dc_BH * f, carry[3])
+        return (dh_BH, dc_BH, dinit_h_BH, dinit_c_BH), da_BG
 
     zeros = jnp.zeros_like(h0_BH)
-    (dh0_BH, dc0_BH), da_BTG = _reverse_loop(body, (zeros, zeros), act_BTG, plan)
-    return da_BTG, da_BTG, (dh0_BH, dc0_BH), (dh_final_BH, dc_final_BH)
+    init = (zeros, zeros) if restart is None else (zeros,) * 4
+    dstate, da_BTG = _reverse_loop(body, init, act_BTG, plan)
+    dcarry0 = (dstate[0], dstate[1])
+    if restart is None:
+        return da_BTG, da_BTG, dcarry0, (dh_final_BH, dc_final_BH)
+    return da_BTG, da_BTG, dcarry0, (dh_final_BH, dc_final_BH), (dstate[2], dstate[3])
 
 
 _BACKWARDS = {"elman": _elman_backward, "gru": _gru_backward, "lstm": _lstm_backward}
@@ -383,6 +432,57 @@ def _core(kind: str, plan: _Plan):
             prev_BTH = jnp.concatenate([h0_BH[:, None], hs_BTH[:, :-1]], axis=1)
         grads, dxs_BTD = _weight_grads(w, xs_BTD, prev_BTH, dxp_BTG, dhp_BTG)
         return grads, dxs_BTD, dcarry0, None
+
+    core = jax.custom_vjp(run)
+    core.defvjp(run_fwd, run_bwd)
+    return core
+
+
+@functools.cache
+def _restart_core(kind: str, plan: _Plan):
+    """``core(w, xs_BTD, carry0, lengths_B, resets_BT, initial) -> (hs_BTH, final_carry)``.
+
+    :func:`_core` where the carry is replaced by ``initial`` (leaves ``[B, ...]``)
+    before every step marked in ``resets_BT`` (bool ``[B, T]``, ``[T, B]`` with
+    ``plan.time_major``). The backward pass cuts the state gradient there and sends it
+    to ``initial`` instead.
+    """
+
+    def run(w, xs_BTD, carry0, lengths_B, resets_BT, initial):
+        restart = (resets_BT, initial)
+        return _forward(kind, plan, w, xs_BTD, carry0, lengths_B, save=False, restart=restart)[0]
+
+    def run_fwd(w, xs_BTD, carry0, lengths_B, resets_BT, initial):
+        restart = (resets_BT, initial)
+        outputs, residuals = _forward(
+            kind, plan, w, xs_BTD, carry0, lengths_B, save=True, restart=restart
+        )
+        return outputs, (w, xs_BTD, carry0, lengths_B, restart, residuals)
+
+    def run_bwd(saved, cotangents):
+        w, xs_BTD, carry0, lengths_B, restart, residuals = saved
+        dxp_BTG, dhp_BTG, dcarry0, dfinal, dinitial = _BACKWARDS[kind](
+            plan, w, carry0, lengths_B, residuals, cotangents, restart
+        )
+        # The final carry is carry0 itself where a sequence is empty.
+        empty_B1 = (lengths_B == 0)[:, None]
+        dcarry0 = jax.tree.map(
+            lambda d, df: d + jnp.where(empty_B1, df, jnp.zeros((), df.dtype)), dcarry0, dfinal
+        )
+        hs_BTH = residuals[1]
+        resets_BT, initial = restart
+        h0_BH = carry0[0] if kind == "lstm" else carry0
+        h_init_BH = initial[0] if kind == "lstm" else initial
+        if plan.time_major:
+            prev_BTH = jnp.concatenate([h0_BH[None], hs_BTH[:-1]], axis=0)
+            h_init_BTH = h_init_BH[None]
+        else:
+            prev_BTH = jnp.concatenate([h0_BH[:, None], hs_BTH[:, :-1]], axis=1)
+            h_init_BTH = h_init_BH[:, None]
+        # The state before a restarted step is the initial carry.
+        prev_BTH = jnp.where(resets_BT[..., None], h_init_BTH, prev_BTH)
+        grads, dxs_BTD = _weight_grads(w, xs_BTD, prev_BTH, dxp_BTG, dhp_BTG)
+        return grads, dxs_BTD, dcarry0, None, None, dinitial
 
     core = jax.custom_vjp(run)
     core.defvjp(run_fwd, run_bwd)
@@ -455,7 +555,17 @@ def _call(core, *args):
         ) from e
 
 
-def rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan = DEFAULT_PLAN):
+def rnn(
+    cell,
+    params,
+    xs_BTD,
+    lengths_B,
+    carry,
+    *,
+    reverse: bool,
+    plan: _Plan = DEFAULT_PLAN,
+    resets=None,
+):
     """The batched recurrence of an elman, gru or lstm cell, unchecked (the front-end checks).
 
     Args:
@@ -466,6 +576,10 @@ def rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan = 
       carry: None (the cell's initial carry) or leaves ``[B, ...]``.
       reverse: run each sequence backwards within its own length.
       plan: how the loops run (speed only).
+      resets: None, or bool ``[B, T]``: the carry is replaced by
+        ``cell.initial_carry(params)`` before each marked step, in the original time
+        order and already in the meaning of the direction (the front-end's
+        ``_step_resets``: masked, and shifted for ``reverse``).
 
     Returns:
       ``(final carry, hs [B, T, H])``.
@@ -485,13 +599,23 @@ def rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, plan: _Plan = 
     if reverse:
         index_BT = jax.vmap(lambda n: masks.reverse_index(n, steps))(lengths_B)
         xs_BTD = _flip(xs_BTD, index_BT)
-    core = _core(cell.name, plan)
+        if resets is not None:
+            resets = jnp.take_along_axis(resets, index_BT, axis=1)
     weights = _weights(cell.name, params, dtype)
+    extra: tuple = ()
+    if resets is None:
+        core = _core(cell.name, plan)
+    else:
+        core = _restart_core(cell.name, plan)
+        initial = jax.vmap(lambda _: cell.initial_carry(params, dtype))(jnp.arange(batch))
+        extra = (jnp.swapaxes(resets, 0, 1) if plan.time_major else resets, initial)
     if plan.time_major:
-        hs_TBH, final_carry = _call(core, weights, jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B)
+        hs_TBH, final_carry = _call(
+            core, weights, jnp.swapaxes(xs_BTD, 0, 1), carry, lengths_B, *extra
+        )
         hs_BTH = jnp.swapaxes(hs_TBH, 0, 1)
     else:
-        hs_BTH, final_carry = _call(core, weights, xs_BTD, carry, lengths_B)
+        hs_BTH, final_carry = _call(core, weights, xs_BTD, carry, lengths_B, *extra)
     if reverse:
         hs_BTH = _flip(hs_BTH, index_BT)
     return final_carry, hs_BTH

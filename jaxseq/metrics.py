@@ -196,16 +196,66 @@ def add(a: Mapping, b: Mapping) -> dict:
     return jax.tree.map(lambda x, y: x + y, dict(a), dict(b))
 
 
+def _kind(value) -> str:
+    shape = getattr(value, "shape", None)
+    return f"an array of shape {tuple(shape)}" if shape is not None else type(value).__name__
+
+
+def _is_scalar(value) -> bool:
+    return (
+        value is not None
+        and not isinstance(value, (tuple, Mapping, str, bytes))
+        and np.ndim(value) == 0
+    )
+
+
+def check_sums(sums: Mapping, what: str = "metric sums") -> None:
+    """Check the types of metric sums (see the module doc) without reading their values
+    (no device-to-host transfer): ``TypeError`` naming the key of a value
+    :func:`summarize` cannot report."""
+    if not isinstance(sums, Mapping):
+        raise TypeError(f"{what} must be a dict name -> metric sum, got {type(sums).__name__}")
+    for name, value in sums.items():
+        _check_sum(name, value)
+
+
+def _check_sum(name, value) -> None:
+    if isinstance(value, Ratio):
+        for part in ("total", "count"):
+            item = getattr(value, part)
+            if not _is_scalar(item):
+                raise TypeError(
+                    f"metric {name!r} is a {type(value).__name__} whose {part} is "
+                    f"{_kind(item)}; summarize reports host scalars: sum a vmapped "
+                    "Ratio's total and count over the mapped axes first"
+                )
+    elif isinstance(value, Confusion):
+        if np.ndim(value.counts) != 2:
+            raise TypeError(
+                f"metric {name!r} is a Confusion of {_kind(value.counts)}; its counts "
+                "must be [C, C] (sum a vmapped Confusion over the mapped axes first)"
+            )
+    elif not _is_scalar(value):
+        raise TypeError(
+            f"metric {name!r} is {_kind(value)}; a metric sum is a jaxseq.metrics.Ratio, "
+            f"Perplexity, Confusion (confusion counts [C, C]) or a scalar"
+        )
+
+
 def summarize(sums: Mapping) -> dict[str, float]:
     """Host-side values of metric sums, each under its own key, as its type says
     (see the module doc): :class:`Perplexity` -> ``exp(total / count)``,
     :class:`Ratio` -> ``total / count`` (0 for a count of 0), :class:`Confusion`
-    -> macro-F1, a plain scalar -> itself.
+    -> macro-F1 (NaN when a count is not finite, as :func:`confusion_matrix` makes
+    it for an out-of-range label, like :func:`accuracy`'s NaN), a plain scalar ->
+    itself. For host scalars: a vmapped Ratio (arrays) is summed first.
 
     Raises:
       TypeError: a value of another kind (e.g. a bare confusion matrix: wrap it
-        in :class:`Confusion`), naming its key.
+        in :class:`Confusion`; a Ratio of arrays; None), naming its key.
+      ValueError: a Confusion with negative counts, naming its key.
     """
+    check_sums(sums)
     out: dict[str, float] = {}
     for name, value in sums.items():
         if isinstance(value, Ratio):
@@ -213,16 +263,14 @@ def summarize(sums: Mapping) -> dict[str, float]:
             mean = total / count if count else 0.0
             out[name] = perplexity(mean) if isinstance(value, Perplexity) else mean
         elif isinstance(value, Confusion):
-            out[name] = macro_f1(np.asarray(value.counts))
-        elif np.ndim(value) == 0 and not isinstance(value, (tuple, Mapping, str)):
-            out[name] = float(np.asarray(value))
+            counts = np.asarray(value.counts, np.float64)
+            if not np.all(np.isfinite(counts)):
+                out[name] = math.nan
+                continue
+            try:
+                out[name] = macro_f1(counts)
+            except ValueError as e:
+                raise ValueError(f"metric {name!r}: {e}") from e
         else:
-            shape = getattr(value, "shape", None)
-            kind = (
-                f"an array of shape {tuple(shape)}" if shape is not None else type(value).__name__
-            )
-            raise TypeError(
-                f"metric {name!r} is {kind}; a metric sum is a jaxseq.metrics.Ratio, "
-                f"Perplexity, Confusion (confusion counts [C, C]) or a scalar"
-            )
+            out[name] = float(np.asarray(value))
     return out

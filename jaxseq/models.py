@@ -13,6 +13,11 @@ with ``y_hat = softmax(V s + c)`` in the notation of ``docs/semantics.md``. The 
 layer is an embedding table for token ids, and for dense features either an
 affine layer ``x W + b`` or nothing.
 
+The labeler's output layer is a per-step softmax, or with ``config.crf`` a
+linear-chain CRF (:mod:`jaxseq.crf`) over the logits as its emissions. Either
+way :func:`labeler_loss` is its negative log-likelihood and
+:func:`labeler_predict` its tags (per-step argmax, or the Viterbi path).
+
 Everything is a pure function of a params pytree (nested dicts and lists of
 arrays, see :func:`classifier_init`) and a :class:`SequenceModelConfig`, which
 is static: pass it with ``static_argnames="config"`` or close over it::
@@ -21,7 +26,8 @@ is static: pass it with ``static_argnames="config"`` or close over it::
 
 The logits feed :func:`jaxseq.sequence_classification_loss` and
 :func:`jaxseq.sequence_labeling_loss` (with ``where=length_mask(lengths, T)``)
-directly.
+directly, or :func:`labeler_loss` and :func:`labeler_predict`, which also cover
+the CRF output layer.
 
 Padding: whatever the inputs hold at padded steps (any token id, NaN features)
 changes neither the outputs at valid steps nor any gradient: padded ids are
@@ -50,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import _checks, cells, masks, methods, parallel_cells, pooling, recurrence
+from jaxseq import _checks, cells, crf, losses, masks, methods, parallel_cells, pooling, recurrence
 
 CELLS = ("elman", "gru", "lstm", "mingru", "minlstm", "lru")
 POOLINGS = ("last", "mean", "max")
@@ -64,6 +70,8 @@ __all__ = [
     "encode",
     "labeler_apply",
     "labeler_init",
+    "labeler_loss",
+    "labeler_predict",
     "make_cell",
 ]
 
@@ -111,6 +119,10 @@ class SequenceModelConfig:
         ``jaxseq.Fused()``, ``jaxseq.Parallel(...)`` or None for the fastest
         correct engine for the cell and backend. Speed and memory only: the
         values and gradients agree up to float rounding.
+      crf: the labeler's output layer is a linear-chain CRF over its logits
+        (:mod:`jaxseq.crf`; :func:`labeler_init` adds its params under
+        ``"crf"``) instead of a per-step softmax. Only for the labeler: the
+        classifier rejects a config that sets it.
     """
 
     num_classes: int
@@ -126,6 +138,7 @@ class SequenceModelConfig:
     pooling: str | None = None
     forget_bias: float | None = None
     method: methods.Method | None = None
+    crf: bool = False
 
     def __post_init__(self):
         _checks.check_int(self.num_classes, "num_classes", 2)
@@ -157,6 +170,7 @@ class SequenceModelConfig:
                     f"`forget_bias` is an option of the lstm cell, got cell={self.cell!r}; "
                     "leave it unset"
                 )
+        _checks.check_flag(self.crf, "crf")
         methods.resolve_method(make_cell(self), self.method)
 
     @property
@@ -224,6 +238,14 @@ def _init(key, config: SequenceModelConfig) -> dict:
     return params
 
 
+def _check_classifier_config(config) -> None:
+    if isinstance(config, SequenceModelConfig) and config.crf:
+        raise ValueError(
+            "a sequence classifier has no CRF output layer, got crf=True; leave `crf` "
+            "unset (it is an option of the labeler)"
+        )
+
+
 def classifier_init(key: jax.Array, config: SequenceModelConfig) -> dict:
     """Initial parameters of a sequence classifier, float32.
 
@@ -239,6 +261,7 @@ def classifier_init(key: jax.Array, config: SequenceModelConfig) -> dict:
       * ``"rnn"``: the list of layer params of :func:`jaxseq.recurrence.init_stack`;
       * ``"output": {"V": [H', C], "c": [C]}``.
     """
+    _check_classifier_config(config)
     return _init(key, config)
 
 
@@ -251,9 +274,18 @@ def _check_labeler_config(config) -> None:
 
 
 def labeler_init(key: jax.Array, config: SequenceModelConfig) -> dict:
-    """Initial parameters of a sequence labeler (the layout of :func:`classifier_init`)."""
+    """Initial parameters of a sequence labeler, float32.
+
+    The layout of :func:`classifier_init`; with ``config.crf`` also ``"crf":
+    {"transitions": [C, C], "start": [C], "end": [C]}`` (:func:`jaxseq.crf_init`,
+    from a key of its own: the other params are those of the same config without
+    ``crf``).
+    """
     _check_labeler_config(config)
-    return _init(key, config)
+    params = _init(key, config)
+    if config.crf:
+        params["crf"] = crf.crf_init(jax.random.fold_in(key, 1), config.num_classes)
+    return params
 
 
 def _affine(x, w, b):
@@ -423,6 +455,7 @@ def classifier_apply(
     >>> jm.classifier_apply(params, cfg, ids, lengths).shape
     (2, 3)
     """
+    _check_classifier_config(config)
     final_carries, hs_BTH, lengths, bad_B = _encode(
         params, config, inputs, lengths, key=key, train=train
     )
@@ -461,7 +494,9 @@ def labeler_apply(
 
     Returns:
       float ``[B, T, C]`` logits, for :func:`jaxseq.sequence_labeling_loss` with
-      ``where=jaxseq.length_mask(lengths, T)``.
+      ``where=jaxseq.length_mask(lengths, T)``, or :func:`jaxseq.models.labeler_loss`
+      and :func:`jaxseq.models.labeler_predict` (with ``config.crf`` they are the CRF's
+      emissions).
 
     >>> import jax, jax.numpy as jnp, jaxseq as js, jaxseq.models as jm
     >>> cfg = jm.SequenceModelConfig(num_classes=3, hidden_size=4, cell="gru", input_size=2)
@@ -478,3 +513,127 @@ def labeler_apply(
     _, hs_BTH, _, bad_B = _encode(params, config, inputs, lengths, key=key, train=train)
     logits_BTC = _affine(hs_BTH, params["output"]["V"], params["output"]["c"])
     return masks.poison(logits_BTC, bad_B)
+
+
+def _check_logits_lengths(config: SequenceModelConfig, logits, lengths):
+    """``(logits [B, T, C], where [B, T])``: shapes checked against ``config``, and the
+    prefix mask of ``lengths`` (host values outside ``[0, T]`` are a ``ValueError``)."""
+    if not isinstance(config, SequenceModelConfig):
+        raise TypeError(f"`config` must be a SequenceModelConfig, got {type(config).__name__}")
+    _check_labeler_config(config)
+    logits = _checks.as_array(logits, "logits")
+    _checks.check_rank(logits, 3, "logits", "[B, T, C]")
+    _checks.check_shape(
+        logits,
+        (None, None, config.num_classes),
+        "logits",
+        f"[B, T, C] with C = config.num_classes = {config.num_classes}",
+    )
+    lengths = _checks.as_array(lengths, "lengths")
+    _checks.check_integer(lengths, "lengths")
+    _checks.check_shape(lengths, (logits.shape[0],), "lengths", "[B] (B from `logits`)")
+    return logits, masks.length_mask(lengths, logits.shape[1])
+
+
+def _crf_params(params) -> dict:
+    if not isinstance(params, dict) or "crf" not in params:
+        raise ValueError(
+            "`params` has no 'crf' entry, but config.crf is True: initialise them with "
+            "labeler_init(key, config) for that config"
+        )
+    return params["crf"]
+
+
+def labeler_loss(
+    params: dict,
+    config: SequenceModelConfig,
+    logits: jax.Array,
+    labels: jax.Array,
+    lengths: jax.Array,
+    *,
+    reduction: str = "sum_over_time",
+) -> jax.Array:
+    """The labeler's negative log-likelihood of ``labels``, for either output layer.
+
+    * softmax (``config.crf`` False): the per-step cross-entropy,
+      :func:`jaxseq.sequence_labeling_loss`;
+    * CRF: ``-log p(labels | logits)`` of each sequence, :func:`jaxseq.crf_loss`
+      with ``params["crf"]``.
+
+    Both with ``where=jaxseq.length_mask(lengths, T)``. The reductions are the names
+    of ``jaxseq.REDUCTIONS`` and mean the same for both layers (a sequence's NLL is
+    the sum of its per-step losses for the softmax): ``"sum_over_time"`` the mean over
+    sequences of their NLL, ``"mean_over_tokens"`` the NLL per valid token, ``"sum"``
+    the total. Only ``"none"`` differs in shape: ``[B, T]`` per step for the softmax,
+    ``[B]`` per sequence for the CRF.
+
+    Args:
+      params: from :func:`labeler_init` (with ``"crf"`` when ``config.crf``).
+      config: the architecture (static under ``jit``).
+      logits: float ``[B, T, C]``, from :func:`labeler_apply`; padded steps may hold
+        anything.
+      labels: integer ``[B, T]``, in ``[0, C)`` at valid steps (host values outside
+        are a ``ValueError`` naming ``labels``); padded steps may hold anything (e.g. -1).
+      lengths: integer ``[B]`` in ``[0, T]``, the valid steps of each sequence.
+      reduction: one of ``jaxseq.REDUCTIONS``.
+
+    Returns:
+      float32 scalar (``"none"``: as above).
+
+    >>> import jax, jax.numpy as jnp, jaxseq.models as jm
+    >>> cfg = jm.SequenceModelConfig(num_classes=3, hidden_size=4, input_size=2, crf=True)
+    >>> params = jm.labeler_init(jax.random.key(0), cfg)
+    >>> xs, lengths = jnp.ones((2, 4, 2)), jnp.array([4, 1])
+    >>> logits = jm.labeler_apply(params, cfg, xs, lengths)
+    >>> labels = jnp.array([[0, 1, 2, 1], [2, -1, -1, -1]])
+    >>> bool(jm.labeler_loss(params, cfg, logits, labels, lengths) > 0)
+    True
+    """
+    logits, where = _check_logits_lengths(config, logits, lengths)
+    crf_params = _crf_params(params) if config.crf else None
+    labels = _checks.as_array(labels, "labels")
+    if _checks.is_concrete(labels) and _checks.is_concrete(where):
+        # Host labels, for both output layers: a label outside [0, C) at a valid step
+        # is a ValueError naming `labels`.
+        _checks.check_integer(labels, "labels")
+        _checks.check_shape(labels, where.shape, "labels", "[B, T] (= logits.shape[:2])")
+        host = np.where(np.asarray(where), np.asarray(labels), 0)
+        high, what = config.num_classes - 1, " (num_classes - 1) at valid steps"
+        _checks.index_array(host, "labels", low=0, high=high, what=what)
+    if crf_params is None:
+        return losses.sequence_labeling_loss(logits, labels, where=where, reduction=reduction)
+    return crf.crf_loss(logits, labels, crf_params, where=where, reduction=reduction)
+
+
+def labeler_predict(
+    params: dict,
+    config: SequenceModelConfig,
+    logits: jax.Array,
+    lengths: jax.Array,
+) -> jax.Array:
+    """The labeler's predicted tags: each step's argmax for the softmax, the Viterbi
+    path (:func:`jaxseq.crf_decode` with ``params["crf"]``) for the CRF.
+
+    Args:
+      params: from :func:`labeler_init` (with ``"crf"`` when ``config.crf``).
+      config: the architecture (static under ``jit``).
+      logits: float ``[B, T, C]``, from :func:`labeler_apply`; padded steps may hold
+        anything.
+      lengths: integer ``[B]`` in ``[0, T]``.
+
+    Returns:
+      int32 ``[B, T]``, in ``[0, C)`` at valid steps and -1 at padded steps.
+
+    >>> import jax, jax.numpy as jnp, jaxseq.models as jm
+    >>> cfg = jm.SequenceModelConfig(num_classes=3, hidden_size=4, input_size=2, crf=True)
+    >>> params = jm.labeler_init(jax.random.key(0), cfg)
+    >>> xs, lengths = jnp.ones((2, 4, 2)), jnp.array([4, 1])
+    >>> tags = jm.labeler_predict(params, cfg, jm.labeler_apply(params, cfg, xs, lengths), lengths)
+    >>> tags.dtype, (tags[1, 1:] == -1).all().item()
+    (dtype('int32'), True)
+    """
+    logits, where = _check_logits_lengths(config, logits, lengths)
+    if config.crf:
+        return crf.crf_decode(logits, _crf_params(params), where=where)[0]
+    predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jnp.where(where, predicted, jnp.asarray(-1, jnp.int32))

@@ -7,7 +7,10 @@ pure params pytree (``nnx.state(module)`` paths are the pytree's paths, under
 
 * :class:`RNN` runs :func:`jaxseq.recurrence.stack`;
 * :class:`SequenceClassifier` runs :func:`jaxseq.models.classifier_apply`;
-* :class:`SequenceLabeler` runs :func:`jaxseq.models.labeler_apply`;
+* :class:`SequenceLabeler` runs :func:`jaxseq.models.labeler_apply`, and its
+  ``loss`` and ``predict`` :func:`jaxseq.models.labeler_loss` and
+  :func:`jaxseq.models.labeler_predict` (a softmax or, with ``config.crf``, a CRF
+  output layer);
 
 so a module and its pure function give identical outputs from the same weights
 (and the same dropout key). Build a module from existing pure params with
@@ -220,6 +223,11 @@ class _SequenceModel(nnx.Module):
                     "existing weights use from_params"
                 )
             params = type(self)._init(rngs.params(), config)
+        elif config.crf and "crf" not in params:
+            raise ValueError(
+                "`params` has no 'crf' entry, but config.crf is True: initialise them with "
+                "models.labeler_init(key, config) for that config"
+            )
         self.config = config
         self.deterministic = deterministic
         for name in ("embed", "input"):
@@ -227,6 +235,8 @@ class _SequenceModel(nnx.Module):
                 setattr(self, name, _wrap(dict(params[name])))
         self.rnn = _wrap(list(params["rnn"]))
         self.output = _wrap(dict(params["output"]))
+        if config.crf:
+            self.crf = _wrap(dict(params["crf"]))
         self.rngs = _dropout_stream(rngs)
 
     @classmethod
@@ -252,6 +262,8 @@ class _SequenceModel(nnx.Module):
                 params[name] = _unwrap(getattr(self, name))
         params["rnn"] = _unwrap(self.rnn)
         params["output"] = _unwrap(self.output)
+        if self.config.crf:
+            params["crf"] = _unwrap(self.crf)
         return params
 
     def __call__(
@@ -286,11 +298,47 @@ class SequenceClassifier(_SequenceModel):
 
     _init = staticmethod(models.classifier_init)
     _apply = staticmethod(models.classifier_apply)
+    _check_config = staticmethod(models._check_classifier_config)
 
 
 class SequenceLabeler(_SequenceModel):
-    """:func:`jaxseq.models.labeler_apply` as a module: logits ``[B, T, C]``."""
+    """:func:`jaxseq.models.labeler_apply` as a module: logits ``[B, T, C]``.
+
+    With ``config.crf`` the module also holds the CRF's ``crf`` params
+    (``transitions`` ``[C, C]``, ``start`` and ``end`` ``[C]``, as ``nnx.Param``).
+    :meth:`loss` and :meth:`predict` take the module's logits: the negative
+    log-likelihood and the predicted tags of its output layer (softmax or CRF).
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxseq import models, nnx as jnnx
+    >>> cfg = models.SequenceModelConfig(num_classes=3, hidden_size=4, input_size=2, crf=True)
+    >>> model = jnnx.SequenceLabeler(cfg, rngs=nnx.Rngs(0))
+    >>> xs, lengths = jnp.ones((2, 4, 2)), jnp.array([4, 1])
+    >>> logits, labels = model(xs, lengths), jnp.zeros((2, 4), int)
+    >>> model.predict(logits, lengths).shape, model.loss(logits, labels, lengths).shape
+    ((2, 4), ())
+    """
 
     _init = staticmethod(models.labeler_init)
     _apply = staticmethod(models.labeler_apply)
     _check_config = staticmethod(models._check_labeler_config)
+
+    def loss(
+        self,
+        logits: jax.Array,
+        labels: jax.Array,
+        lengths: jax.Array,
+        *,
+        reduction: str = "sum_over_time",
+    ) -> jax.Array:
+        """:func:`jaxseq.models.labeler_loss` with the module's params: ``logits``
+        ``[B, T, C]`` (the module's output), ``labels`` ``[B, T]``, ``lengths`` ``[B]``."""
+        return models.labeler_loss(
+            self.to_params(), self.config, logits, labels, lengths, reduction=reduction
+        )
+
+    def predict(self, logits: jax.Array, lengths: jax.Array) -> jax.Array:
+        """:func:`jaxseq.models.labeler_predict` with the module's params: int32
+        ``[B, T]`` tags (argmax or Viterbi), -1 at padded steps."""
+        return models.labeler_predict(self.to_params(), self.config, logits, lengths)

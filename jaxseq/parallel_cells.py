@@ -89,6 +89,7 @@ __all__ = [
     "lru",
     "mingru",
     "minlstm",
+    "segmented_log_linear_scan",
 ]
 
 # log(0) stand-in for the identity element of the log-space scan: finite, so that no
@@ -189,6 +190,41 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, *, reverse: bool = False
       ``(log A, log B)`` with ``s_t = exp(log A_t) s_init + exp(log B_t)``.
     """
     return jax.lax.associative_scan(_log_combine, (log_a, log_b), reverse=reverse)
+
+
+def _segmented_log_combine(earlier, later):
+    f1, la1, lb1 = earlier
+    f2, la2, lb2 = later
+    # A later restart discards what came before it.
+    log_a = jnp.where(f2, la2, la1 + la2)
+    log_b = jnp.where(f2, lb2, jnp.logaddexp(la2 + lb1, lb2))
+    return f1 | f2, log_a, log_b
+
+
+def segmented_log_linear_scan(
+    restart: jax.Array, log_a: jax.Array, log_b: jax.Array, *, reverse: bool = False
+):
+    """:func:`log_linear_scan` with restarts: a marked step starts from a fixed state.
+
+    At a step where ``restart`` is True the recurrence ignores the incoming state and
+    starts from a given state ``s_r`` (the cell's initial state):
+    ``s_t = a_t * s_r + b_t``. ``s_r`` may have any sign, so it stays out of the log
+    space: the scan composes the pairs of each segment only (a restart element
+    discards everything before it) and reports where a restart occurred.
+
+    Args:
+      restart: bool ``[T, ...]`` broadcastable against ``log_a`` (e.g. ``[T, B, 1]``).
+      log_a, log_b: real ``[T, ...]``, as in :func:`log_linear_scan`.
+      reverse: as in :func:`linear_scan`.
+
+    Returns:
+      ``(restarted, log A, log B)``: ``restarted_t`` is True when a restart lies
+      between the first step processed and ``t`` (inclusive), and
+      ``s_t = exp(log A_t) * (s_r if restarted_t else s_init) + exp(log B_t)``.
+    """
+    return jax.lax.associative_scan(
+        _segmented_log_combine, (restart, log_a, log_b), reverse=reverse
+    )
 
 
 # ---------------------------------------------------------------------------- shared pieces

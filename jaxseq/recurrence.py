@@ -16,6 +16,11 @@ Semantics (every function here):
   first step processed is the last valid one (``length - 1``), never padding,
   and ``hs`` is returned in the original time order (``hs[t]`` is the state
   after reading ``xs[length-1], ..., xs[t]``).
+* ``resets`` (optional bool ``[B, T]``) packs several segments into a row: before a
+  marked step the carry is replaced by ``cell.initial_carry(params)``, so each segment
+  gives what it gives alone (outputs, gradients; the final carry is the last
+  segment's). Resets at padded steps are ignored; with ``reverse`` each segment runs
+  backwards within itself (see :func:`rnn`).
 * Dtypes: the carry and ``hs`` are float32 (float64 if ``xs`` or the params
   are float64). bfloat16/float16 inputs and params are upcast, so the state
   is always accumulated in float32.
@@ -79,6 +84,40 @@ def _check_lengths(
     return lengths, bad
 
 
+_RESETS_DOC = "[B, T] (B, T from `xs`)"
+
+
+def _check_resets(resets, shape: tuple[int, ...], doc: str):
+    """``resets`` as a bool array of ``shape`` (checked, naming ``resets``), or None."""
+    if resets is None:
+        return None
+    resets = _checks.as_array(resets, "resets")
+    if resets.dtype != jnp.bool_:
+        raise TypeError(
+            f"`resets` must be boolean (True = the carry restarts from the cell's initial "
+            f"carry before that step), got dtype {resets.dtype}; convert with "
+            "`resets.astype(bool)`"
+        )
+    _checks.check_shape(resets, shape, "resets", doc)
+    return resets
+
+
+def _step_resets(resets_BT, mask_BT, *, reverse: bool):
+    """Where the carry restarts before a step is computed, in the direction of the run.
+
+    ``resets_BT`` marks the first step of each segment; resets at padded steps are
+    dropped. Forward, the carry restarts at those steps. Reversed, a segment is entered
+    at its LAST step, so the carry restarts at ``t`` when ``t + 1`` is a segment start
+    inside the length; the row's last valid step starts from ``carry`` (the initial
+    carry by default), as without resets, and a reset at step 0 has no effect.
+    Returns bool ``[B, T]``.
+    """
+    resets_BT = resets_BT & mask_BT
+    if reverse and resets_BT.shape[1] > 0:
+        resets_BT = jnp.concatenate([resets_BT[:, 1:], jnp.zeros_like(resets_BT[:, :1])], axis=1)
+    return resets_BT
+
+
 def _check_input_width(cell, params, x, name: str, doc: str, layer: int | None = None) -> None:
     """The cell's input width against ``x``'s last axis, at trace time (nothing runs).
 
@@ -125,10 +164,11 @@ def _check_carry(cell, params, carry, batch: int | None, name: str = "carry"):
 # ---------------------------------------------------------------------------- core
 
 
-def _scan(cell, params, xs_TD, mask_T, carry, *, reverse: bool, method: Scan):
+def _scan(cell, params, xs_TD, mask_T, carry, *, reverse: bool, method: Scan, resets_T=None):
     """The unchecked masked ``lax.scan`` of ONE sequence through a non-linear cell.
 
-    Returns (final carry, hs [T, H]).
+    ``resets_T``: None, or bool ``[T]`` from :func:`_step_resets`: the carry is replaced by
+    ``cell.initial_carry(params)`` before each marked step. Returns (final carry, hs [T, H]).
     """
     hoist_projection = bool(method.hoist_projection)
     dtype = cells.compute_dtype(xs_TD.dtype, *cells.param_dtypes(params))
@@ -148,15 +188,28 @@ def _scan(cell, params, xs_TD, mask_T, carry, *, reverse: bool, method: Scan):
         h_t = cell.output(new)
         return carry, jnp.where(valid, h_t, jnp.zeros_like(h_t))
 
+    scanned: tuple = (inputs_T, mask_T)
+    if resets_T is not None:
+        initial = cell.initial_carry(params, dtype)
+        plain = body
+
+        def body(carry, inputs):  # the carry restarts before a marked step
+            x_t, valid, reset = inputs
+            carry = jax.tree.map(lambda i, c: jnp.where(reset, i, c), initial, carry)
+            return plain(carry, (x_t, valid))
+
+        scanned = (inputs_T, mask_T, resets_T)
     if method.remat:
         body = jax.checkpoint(body, prevent_cse=False)
     # reverse=True scans t = T-1 .. 0: the padded steps come first and hold the initial
     # carry, so the first step that changes it is the last valid one, as if the sequence
     # had been reversed within its length; lax.scan returns hs in the original order.
-    return jax.lax.scan(body, carry, (inputs_T, mask_T), reverse=reverse, unroll=method.unroll)
+    return jax.lax.scan(body, carry, scanned, reverse=reverse, unroll=method.unroll)
 
 
-def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, reverse: bool, method: Scan | Parallel):
+def _linear_rnn(
+    cell, params, xs_BTD, mask_BT, carry, *, reverse: bool, method: Scan | Parallel, resets_BT=None
+):
     """The masked scan of a batch through a linear cell (``s_t = a_t s_{t-1} + b_t``).
 
     Batched by hand (not a ``vmap`` of one example) and time-major inside:
@@ -172,7 +225,12 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, reverse: bool, method: 
       (``parallel``) or a ``lax.scan`` of ``s = a * s + b`` over contiguous
       ``[B, S]`` slices;
     * the final carry is picked at the last valid step processed (the initial
-      carry when there is none).
+      carry when there is none);
+    * ``resets_BT`` (None, or bool ``[B, T]`` from :func:`_step_resets`): a marked step
+      ignores the incoming state and starts from the initial state ``s0`` of
+      ``cell.initial_carry(params)``: ``s_t = a_t s0 + b_t``, i.e. its element becomes
+      ``(0, a_t s0 + b_t)``; in log space (where ``s0`` may have any sign) a segmented
+      scan restarts the composition there and adds ``s0`` afterwards, linearly.
 
     Returns (final carry with leaves ``[B, ...]``, hs ``[B, T, H]``).
     """
@@ -194,17 +252,32 @@ def _linear_rnn(cell, params, xs_BTD, mask_BT, carry, *, reverse: bool, method: 
         xp_TBG = jnp.swapaxes(xp_NG.reshape((batch, steps, xp_NG.shape[-1])), 0, 1)
         s0_BS = jax.vmap(linear.to_state)(carry)
         valid_TB1 = jnp.swapaxes(mask_BT, 0, 1)[:, :, None]
+        if resets_BT is not None:
+            reset_TB1 = jnp.swapaxes(resets_BT, 0, 1)[:, :, None]
+            h0_11S = linear.to_state(cell.initial_carry(params, dtype))[None, None]
         if parallel and linear.log_coefficients is not None:
             log_a, log_b = linear.log_coefficients(params, xp_TBG, dtype)
             log_a = jnp.where(valid_TB1, log_a, jnp.zeros((), log_a.dtype))
             log_b = jnp.where(valid_TB1, log_b, jnp.full((), parallel_cells._LOG_ZERO, log_b.dtype))
-            log_A, log_B = parallel_cells.log_linear_scan(log_a, log_b, reverse=reverse)
-            # The initial state enters linearly, so it may have any sign (or be 0).
-            s_TBS = jnp.exp(log_A) * s0_BS[None] + jnp.exp(log_B)
+            if resets_BT is None:
+                log_A, log_B = parallel_cells.log_linear_scan(log_a, log_b, reverse=reverse)
+                # The initial state enters linearly, so it may have any sign (or be 0).
+                s_TBS = jnp.exp(log_A) * s0_BS[None] + jnp.exp(log_B)
+            else:
+                restarted_TB1, log_A, log_B = parallel_cells.segmented_log_linear_scan(
+                    reset_TB1, log_a, log_b, reverse=reverse
+                )
+                # After a restart the composition starts from the cell's initial state.
+                start_TBS = jnp.where(restarted_TB1, h0_11S, s0_BS[None])
+                s_TBS = jnp.exp(log_A) * start_TBS + jnp.exp(log_B)
         else:
             a_TBS, b_TBS = linear.coefficients(params, xp_TBG, dtype)
             a_TBS = jnp.where(valid_TB1, a_TBS, jnp.ones((), a_TBS.dtype))
             b_TBS = jnp.where(valid_TB1, b_TBS, jnp.zeros((), b_TBS.dtype))
+            if resets_BT is not None:
+                # A restart step ignores the incoming state: s_t = a_t s0 + b_t.
+                b_TBS = jnp.where(reset_TB1, a_TBS * h0_11S + b_TBS, b_TBS)
+                a_TBS = jnp.where(reset_TB1, jnp.zeros((), a_TBS.dtype), a_TBS)
             if parallel:
                 A_TBS, B_TBS = parallel_cells.linear_scan(a_TBS, b_TBS, reverse=reverse)
                 s_TBS = A_TBS * s0_BS[None] + B_TBS
@@ -258,8 +331,11 @@ def _check_params(cell, params, xs_BTD) -> None:
     jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs_BTD.shape[2:], xs_BTD.dtype))
 
 
-def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Method):
-    """The unchecked batched recurrence; ``method`` is resolved. Returns (final, hs [B, T, H])."""
+def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Method, resets=None):
+    """The unchecked batched recurrence; ``method`` is resolved; ``resets`` None or bool
+    ``[B, T]`` (segment starts, unmasked). Returns (final, hs [B, T, H])."""
+    if resets is not None:
+        return _rnn_resets(cell, params, xs_BTD, lengths_B, carry, reverse, method, resets)
     if isinstance(method, Fused):
         _check_params(cell, params, xs_BTD)
         return _fused.rnn(cell, params, xs_BTD, lengths_B, carry, reverse=reverse)
@@ -273,6 +349,34 @@ def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Metho
     return jax.vmap(one, in_axes=(0, 0, None if carry is None else 0))(xs_BTD, mask_BT, carry)
 
 
+def _rnn_resets(cell, params, xs_BTD, lengths_B, carry, reverse, method, resets_BT):
+    """:func:`_rnn` with segment starts ``resets_BT`` (bool ``[B, T]``, unmasked)."""
+    mask_BT = masks._mask(lengths_B, xs_BTD.shape[1])
+    step_resets_BT = _step_resets(resets_BT, mask_BT, reverse=reverse)
+    if isinstance(method, Fused):
+        _check_params(cell, params, xs_BTD)
+        return _fused.rnn(
+            cell, params, xs_BTD, lengths_B, carry, reverse=reverse, resets=step_resets_BT
+        )
+    if parallel_cells.is_linear(cell):
+        return _linear_rnn(
+            cell,
+            params,
+            xs_BTD,
+            mask_BT,
+            carry,
+            reverse=reverse,
+            method=method,
+            resets_BT=step_resets_BT,
+        )
+
+    def one(x_TD, m_T, r_T, c):
+        return _scan(cell, params, x_TD, m_T, c, reverse=reverse, method=method, resets_T=r_T)
+
+    in_axes = (0, 0, 0, None if carry is None else 0)
+    return jax.vmap(one, in_axes=in_axes)(xs_BTD, mask_BT, step_resets_BT, carry)
+
+
 def scan_rnn(
     cell: cells.Cell,
     params: Params,
@@ -282,6 +386,7 @@ def scan_rnn(
     carry=None,
     reverse: bool = False,
     method: Method | None = None,
+    resets: jax.Array | None = None,
 ):
     """Run a cell over ONE padded sequence: :func:`rnn` for a single example.
 
@@ -302,6 +407,8 @@ def scan_rnn(
         ``hs`` stays in the original time order.
       method: how the recurrence runs (:mod:`jaxseq.methods`); None picks the
         fastest correct engine for the cell and backend.
+      resets: optional bool ``[T]``, the first step of each packed segment: see
+        :func:`rnn`.
 
     Returns:
       ``(final_carry, hs)``: the carry after the last valid step (the initial
@@ -320,16 +427,30 @@ def scan_rnn(
     xs = _check_xs(xs, 2, "[T, D]")
     method = resolve_method(cell, method)
     length, bad = _check_lengths(length, 1, xs.shape[0], "length", "(a scalar)")
+    resets = _check_resets(resets, xs.shape[:1], "[T] (T from `xs`)")
     _check_input_width(cell, params, xs, "xs", "[T, D]")
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
     if isinstance(method, Scan) and not parallel_cells.is_linear(cell):
         mask_T = masks._mask(length, xs.shape[0])
-        out = _scan(cell, params, xs, mask_T, carry, reverse=reverse, method=method)
+        resets_T = None
+        if resets is not None:
+            resets_T = _step_resets(resets[None], mask_T[None], reverse=reverse)[0]
+        out = _scan(
+            cell, params, xs, mask_T, carry, reverse=reverse, method=method, resets_T=resets_T
+        )
         return masks.poison(out, bad)
     carry_1 = None if carry is None else jax.tree.map(lambda c: jnp.asarray(c)[None], carry)
+    resets_1 = None if resets is None else resets[None]
     final, hs = _rnn(
-        cell, params, xs[None], length.reshape(1), carry_1, reverse=reverse, method=method
+        cell,
+        params,
+        xs[None],
+        length.reshape(1),
+        carry_1,
+        reverse=reverse,
+        method=method,
+        resets=resets_1,
     )
     return masks.poison((jax.tree.map(lambda c: c[0], final), hs[0]), bad)
 
@@ -343,6 +464,7 @@ def rnn(
     carry=None,
     reverse: bool = False,
     method: Method | None = None,
+    resets: jax.Array | None = None,
 ):
     """Run a cell over a batch of padded sequences.
 
@@ -358,9 +480,19 @@ def rnn(
       method: how the recurrence runs: ``jaxseq.Scan(...)``, ``jaxseq.Fused()``,
         ``jaxseq.Parallel(...)`` (:mod:`jaxseq.methods`), or None for the fastest
         correct engine for the cell and backend (:func:`jaxseq.resolve_method`).
+      resets: optional bool ``[B, T]``, True at the first step of each segment packed
+        in a row (streaming, packed batches): the carry is replaced by
+        ``cell.initial_carry(params)`` (not ``carry``) before that step, so each
+        segment gives exactly what running it alone gives, in values and gradients.
+        Resets at padded steps are ignored. With ``reverse``, each segment runs
+        backwards within itself: the carry restarts at the last step of every
+        segment but the row's last one, which starts from ``carry`` (the initial
+        carry by default); a reset at step 0 then changes nothing. None (the
+        default) and all-False are the plain recurrence.
 
     Returns:
-      ``(final_carry, hs)``: the final carries (leaves ``[B, ...]``) and
+      ``(final_carry, hs)``: the final carries (leaves ``[B, ...]``; with
+      ``resets``, the carry at the end of the last segment processed) and
       ``hs [B, T, H]``, zero at padded steps.
 
     >>> import jax, jax.numpy as jnp, jaxseq as js
@@ -379,10 +511,11 @@ def rnn(
     xs = _check_xs(xs, 3, "[B, T, D]")
     method = resolve_method(cell, method)
     lengths, bad = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    resets = _check_resets(resets, xs.shape[:2], _RESETS_DOC)
     _check_input_width(cell, params, xs, "xs", "[B, T, D]")
     if carry is not None:
         carry = _check_carry(cell, params, carry, xs.shape[0])
-    out = _rnn(cell, params, xs, lengths, carry, reverse=reverse, method=method)
+    out = _rnn(cell, params, xs, lengths, carry, reverse=reverse, method=method, resets=resets)
     return masks.poison(out, bad)
 
 
@@ -395,13 +528,27 @@ def _check_bidirectional_params(params, name: str = "params") -> None:
         )
 
 
-def _bidirectional(cell, params, xs_BTD, lengths_B, carry, *, method: Method):
+def _bidirectional(cell, params, xs_BTD, lengths_B, carry, *, method: Method, resets=None):
     carry_f, carry_b = (None, None) if carry is None else carry
     final_f, hs_f = _rnn(
-        cell, params["forward"], xs_BTD, lengths_B, carry_f, reverse=False, method=method
+        cell,
+        params["forward"],
+        xs_BTD,
+        lengths_B,
+        carry_f,
+        reverse=False,
+        method=method,
+        resets=resets,
     )
     final_b, hs_b = _rnn(
-        cell, params["backward"], xs_BTD, lengths_B, carry_b, reverse=True, method=method
+        cell,
+        params["backward"],
+        xs_BTD,
+        lengths_B,
+        carry_b,
+        reverse=True,
+        method=method,
+        resets=resets,
     )
     return (final_f, final_b), jnp.concatenate([hs_f, hs_b], axis=-1)
 
@@ -414,6 +561,7 @@ def bidirectional(
     *,
     carry=None,
     method: Method | None = None,
+    resets: jax.Array | None = None,
 ):
     """A forward and a backward (within-length reversed) :func:`rnn`, concatenated.
 
@@ -425,18 +573,23 @@ def bidirectional(
         whose length is outside ``[0, T]`` is NaN in every output and final carry).
       carry: optional ``(carry_f, carry_b)``, leaves with a leading B.
       method: as in :func:`rnn`.
+      resets: optional bool ``[B, T]``, the first step of each packed segment, as in
+        :func:`rnn`: both directions run within each segment (the backward one from
+        the segment's last step to its first), as if each segment ran alone.
 
     Returns:
       ``((carry_f, carry_b), hs [B, T, 2H])``: ``hs[..., :H]`` are the forward
       outputs, ``hs[..., H:]`` the backward ones (each in the original time
       order); 0 at padded steps. ``carry_b`` is the backward state after reading
-      the whole valid sequence (i.e. at step 0).
+      the whole valid sequence (i.e. at step 0; with ``resets``, after reading the
+      first segment).
     """
     _check_cell(cell)
     _check_bidirectional_params(params)
     xs = _check_xs(xs, 3, "[B, T, D]")
     method = resolve_method(cell, method)
     lengths, bad = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    resets = _check_resets(resets, xs.shape[:2], _RESETS_DOC)
     _check_input_width(cell, params["forward"], xs, "xs", "[B, T, D]")
     _check_input_width(cell, params["backward"], xs, "xs", "[B, T, D]")
     if carry is not None:
@@ -446,7 +599,8 @@ def bidirectional(
             _check_carry(cell, params["forward"], carry[0], xs.shape[0], "carry[0]"),
             _check_carry(cell, params["backward"], carry[1], xs.shape[0], "carry[1]"),
         )
-    return masks.poison(_bidirectional(cell, params, xs, lengths, carry, method=method), bad)
+    out = _bidirectional(cell, params, xs, lengths, carry, method=method, resets=resets)
+    return masks.poison(out, bad)
 
 
 # ---------------------------------------------------------------------------- stacks
@@ -515,6 +669,7 @@ def stack(
     key: jax.Array | None = None,
     train: bool = False,
     method: Method | None = None,
+    resets: jax.Array | None = None,
 ):
     """Stacked (optionally bidirectional) layers with variational dropout between them.
 
@@ -536,6 +691,9 @@ def stack(
       key: PRNG key for dropout; required when ``train`` and ``dropout_rate > 0``.
       train: apply dropout.
       method: as in :func:`rnn` (every layer runs with it).
+      resets: optional bool ``[B, T]``, the first step of each packed segment, as in
+        :func:`rnn`: every layer (both directions when bidirectional) restarts there,
+        so each segment goes through the stack as if it ran alone.
 
     Returns:
       ``(final_carries, hs)``: a list with each layer's final carry (a pair
@@ -559,6 +717,7 @@ def stack(
     xs = _check_xs(xs, 3, "[B, T, D]")
     method = resolve_method(cell, method)
     lengths, bad = _check_lengths(lengths, xs.shape[0], xs.shape[1])
+    resets = _check_resets(resets, xs.shape[:2], _RESETS_DOC)
     if bidirectional:
         for layer, params in enumerate(layer_params):
             _check_bidirectional_params(params, f"layer_params[{layer}]")
@@ -571,8 +730,12 @@ def stack(
             assert key is not None  # checked above: use_dropout requires a key
             hs = variational_dropout(hs, rate=dropout_rate, key=jax.random.fold_in(key, layer))
         if bidirectional:
-            final, hs = _bidirectional(cell, params, hs, lengths, None, method=method)
+            final, hs = _bidirectional(
+                cell, params, hs, lengths, None, method=method, resets=resets
+            )
         else:
-            final, hs = _rnn(cell, params, hs, lengths, None, reverse=False, method=method)
+            final, hs = _rnn(
+                cell, params, hs, lengths, None, reverse=False, method=method, resets=resets
+            )
         finals.append(final)
     return masks.poison((finals, hs), bad)

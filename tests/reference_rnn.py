@@ -116,3 +116,50 @@ def run_bidirectional(name: str, params: dict, xs, lengths, hidden_size: int):
     finals_f, hs_f = run_batch(name, params["forward"], xs, lengths, hidden_size)
     finals_b, hs_b = run_batch(name, params["backward"], xs, lengths, hidden_size, reverse=True)
     return finals_f, finals_b, np.concatenate([hs_f, hs_b], axis=-1)
+
+
+# ---------------------------------------------------------------------------- packed segments
+
+
+def segments(length: int, resets_row) -> list[tuple[int, int]]:
+    """The ``[start, end)`` spans of the segments packed in one row's valid prefix.
+
+    A segment starts at step 0 and at every valid step ``t`` with ``resets_row[t]``;
+    resets at padded steps (``t >= length``) are ignored.
+    """
+    starts = [0] + [t for t in range(1, length) if resets_row[t]]
+    return [(s, e) for s, e in zip(starts, starts[1:] + [length]) if e > s]
+
+
+def run_packed(run_sequence, xs, lengths, resets, hidden_size: int, *, reverse=False, carries=None):
+    """Padded rows of packed segments, each segment run ALONE by ``run_sequence``.
+
+    ``run_sequence(xs_seg [n, D], *, reverse, carry) -> (final, hs [n, H])`` runs one
+    unpadded sequence (``carry=None``: the cell's initial carry). Each segment starts
+    from the initial carry, except the one that meets the row's ``carries[b]``: forward,
+    the first segment when ``resets[b, 0]`` is False; reversed, the last segment (the
+    first one processed). The row's final carry is that of the last segment processed
+    (forward: the last; reversed: the first); for an empty row, ``carries[b]`` (or the
+    initial carry).
+
+    Returns (list of final carries, hs [B, T, H] with zeros at padded steps).
+    """
+    xs = np.asarray(xs, np.float64)
+    batch, max_len = xs.shape[:2]
+    finals = []
+    hs = np.zeros((batch, max_len, hidden_size), np.float64)
+    for b in range(batch):
+        n = int(lengths[b])
+        given = None if carries is None else carries[b]
+        spans = segments(n, resets[b])
+        final = run_sequence(xs[b, :0], reverse=reverse, carry=given)[0]
+        for i, (s, e) in enumerate(spans):
+            if reverse:
+                carry = given if i == len(spans) - 1 else None
+            else:
+                carry = given if i == 0 and not resets[b][0] else None
+            seg_final, hs[b, s:e] = run_sequence(xs[b, s:e], reverse=reverse, carry=carry)
+            if (i == 0) if reverse else (i == len(spans) - 1):
+                final = seg_final
+        finals.append(final)
+    return finals, hs

@@ -39,10 +39,18 @@ METRIC_LABELS = {
     "turkish_upos": "token accuracy",
     "cmudict_g2p_ctc": "per",
     "long_range": "test MSE (minGRU)",
+    "char_lm": "bpc",
+    "turkish_upos_crf": "token accuracy",
 }
 # The key of the test numbers each reports (default "accuracy").
-REPORTED = {"cmudict_g2p_ctc": "per", "long_range": "mingru_mse"}
-SUPERVISED = ("japanese_vowels", "cmudict_stress", "cmudict_syllables", "turkish_upos")
+REPORTED = {"cmudict_g2p_ctc": "per", "long_range": "mingru_mse", "char_lm": "bpc"}
+SUPERVISED = (
+    "japanese_vowels",
+    "cmudict_stress",
+    "cmudict_syllables",
+    "turkish_upos",
+    "turkish_upos_crf",
+)
 # Explicit flags win over the --smoke values (checked in config.json); --method reaches
 # the model as its method value.
 EXTRA_ARGS = {
@@ -244,7 +252,8 @@ def test_resume_reaches_the_uninterrupted_params(name, smoke_runs, tmp_path):
     for folder in folders:  # fit wrote the schema; the test record waits for the last step
         records = loop.read_metrics(folder / "metrics.jsonl")
         assert records and all(tuple(r)[: len(harness.SCHEMA)] == harness.SCHEMA for r in records)
-        assert "test" not in {r["split"] for r in records} and records[-1]["step"] == 5
+        # stop-after is an interruption: no extra record at step 5 (its window is saved)
+        assert "test" not in {r["split"] for r in records} and records[-1]["step"] <= 5
     first = {folder: read_json(folder / "config.json") for folder in folders}
     result = experiment.main([*args, "--resume"])
 
@@ -700,3 +709,51 @@ def test_run_all_two_seeds_of_a_smoke_run(tmp_path):
     mean, std = harness.mean_std([r.jaxseq for r in results])
     assert (row["jaxseq_mean"], row["jaxseq_std"]) == (mean, std)
     assert f"{mean:.4f} ± {std:.4f}" in (tmp_path / "results.md").read_text()
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+@pytest.mark.roundtrip
+def test_stop_after_resume_extend_keep_the_straight_record_and_add_up_the_time(
+    smoke_runs, tmp_path, capsys
+):
+    """--train.stop-after is an interruption (no result, no extra record: the resumed
+    metrics.jsonl is the straight run's, byte for byte); result.json's time sums the
+    sessions that trained (a no-op resume adds nothing); extending a finished run drops
+    its old test record and config.json records the step the change applies from."""
+    name = "cmudict_g2p_ctc"
+    straight = smoke_runs(name)
+    experiment = EXPERIMENTS[name]
+    args = smoke_args(name, tmp_path)
+    assert experiment.main([*args, "--train.stop-after", "5"]) is None
+    assert f"{name}: stopped at step 5" in capsys.readouterr().out
+    for output in ("result.json", "curves.png"):
+        assert not (tmp_path / output).exists(), output
+    [stopped] = read_json(tmp_path / "sessions.json")
+    assert stopped["status"] == "stopped" and stopped["step"] == 5
+
+    result = experiment.main([*args, "--resume"])
+    assert (tmp_path / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    assert not (tmp_path / "sessions.json").exists()  # moved into result.json
+    saved = read_json(tmp_path / "result.json")
+    assert [s["status"] for s in saved["sessions"]] == ["stopped", "finished"]
+    assert saved["seconds"] == pytest.approx(sum(s["seconds"] for s in saved["sessions"]))
+    assert saved["seconds"] > saved["sessions"][1]["seconds"] == result.seconds - stopped["seconds"]
+
+    again = experiment.main([*args, "--resume"])  # finished: trains nothing, adds no time
+    resaved = read_json(tmp_path / "result.json")
+    assert [s["status"] for s in resaved["sessions"]][-1] == "already finished"
+    assert resaved["seconds"] == saved["seconds"] and again.seconds == result.seconds
+
+    config = read_json(tmp_path / "config.json")
+    epochs, finished = config["config"]["train"]["num_epochs"], result.step
+    longer = ["--train.num-epochs", str(2 * epochs), "--train.max-steps", str(finished + 4)]
+    extended = experiment.main([*args, "--resume", "--allow-config-change", *longer])
+    assert extended.step == finished + 4
+    records = loop.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "test"] == [extended.step]
+    assert records[-1]["split"] == "test"
+    [change] = read_json(tmp_path / "config.json")["config_changes"]
+    assert change["from_step"] == finished
+    assert change["changes"]["train.max_steps"][1] == finished + 4

@@ -246,3 +246,65 @@ def test_sigint_on_a_checkpoint_step_saves_once_and_a_second_resume_adds_nothing
     assert int(state.step) == 6
     sessions = json.loads((tmp_path / loop.PROVENANCE_FILE).read_text())
     assert [s["start_step"] for s in sessions] == [0, 4]
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+@pytest.mark.roundtrip
+@pytest.mark.parametrize("stop_after", [5, 4])  # mid-window; on a checkpoint step
+def test_stop_after_then_resume_equals_a_straight_run(tmp_path, stop_after):
+    """FitConfig.stop_after stops as Ctrl-C does: no extra record or evaluation, the
+    unfinished window saved; resuming gives the straight run's params and file, bytewise."""
+    straight, _ = toy_fit(tmp_path / "straight", epoch_batches, max_steps=13)
+    with pytest.raises(loop.FitStopped, match=f"stopped at step {stop_after}") as caught:
+        toy_fit(tmp_path / "cut", epoch_batches, max_steps=13, stop_after=stop_after)
+    assert caught.value.step == stop_after and int(caught.value.state.step) == stop_after
+    cut = records(tmp_path / "cut")
+    assert cut == [r for r in records(tmp_path / "straight") if r["step"] <= stop_after]
+    resumed, _ = toy_fit(tmp_path / "cut", epoch_batches, max_steps=13, resume=True)
+    assert float(resumed.params["w"]) == float(straight.params["w"])
+    assert (tmp_path / "cut" / loop.METRICS_FILE).read_bytes() == (
+        tmp_path / "straight" / loop.METRICS_FILE
+    ).read_bytes()
+    # At or past the last step, stop_after changes nothing.
+    toy_fit(tmp_path / "late", epoch_batches, max_steps=13, stop_after=13)
+    assert (tmp_path / "late" / loop.METRICS_FILE).read_bytes() == (
+        tmp_path / "straight" / loop.METRICS_FILE
+    ).read_bytes()
+
+
+@pytest.mark.reference
+def test_a_one_shot_iterator_is_never_read_past_max_steps(tmp_path):
+    taken = []
+
+    def stream():
+        for batch in epoch_batches(0):
+            taken.append(batch)
+            yield batch
+
+    state, _ = toy_fit(tmp_path, stream(), num_epochs=1, max_steps=3)
+    assert int(state.step) == 3 and len(taken) == 3  # was 4: one read ahead
+    # The epoch's end is still known when it coincides with max_steps (len()).
+    toy_fit(tmp_path / "list", epoch_batches(0), num_epochs=1, max_steps=5, eval_every=None)
+    assert [(r["step"], r["epoch"]) for r in records(tmp_path / "list") if r["split"] == "dev"] == [
+        (5, 1.0)
+    ]
+
+
+@pytest.mark.bad_input
+def test_eval_sets_without_an_eval_step_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"`eval_sets` \(\['dev'\]\) needs `eval_step`"):
+        loop.fit(
+            toy_state(),
+            train_step=Recorder(),
+            eval_step=None,
+            train_batches=epoch_batches,
+            eval_sets={"dev": [np.zeros(4, np.float32)]},
+            key=jax.random.key(0),
+            config=loop.FitConfig(max_steps=2, progress=False),
+            out_dir=str(tmp_path),
+        )
+    assert not (tmp_path / loop.METRICS_FILE).exists()
+    with pytest.raises(ValueError, match=r"best_metric='loss' needs an eval set"):
+        toy_fit(tmp_path / "b", epoch_batches, eval_sets=None, best_metric="loss")

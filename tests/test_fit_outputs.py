@@ -15,7 +15,14 @@ import pytest
 
 from jaxseq import metrics
 from jaxseq.training import checkpoint, loop, provenance, steps
-from tests.test_fit_data import epoch_batches, generator_batches, records, toy_fit
+from tests.test_fit_data import (
+    _toy_step,
+    epoch_batches,
+    generator_batches,
+    records,
+    toy_fit,
+    toy_state,
+)
 
 # ----------------------------------------------------------------------------- best checkpoints
 
@@ -340,3 +347,166 @@ def test_the_progress_total_is_known_when_the_length_is(
     toy_fit(tmp_path, batches, max_steps=max_steps, eval_sets={})
     (bar,) = RecordingBar.made
     assert bar.total == total and bar.n == (max_steps or (9 if total == 9 else 15))
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+@pytest.mark.bad_input
+def test_overwrite_keeps_a_symlinked_checkpoints_folder_and_empties_it(tmp_path):
+    bigger_disk = tmp_path / "bigger_disk"
+    bigger_disk.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / loop.CHECKPOINTS_DIR).symlink_to(bigger_disk, target_is_directory=True)
+    (run / "notes.txt").write_text("mine")
+    toy_fit(run, epoch_batches, max_steps=4)
+    assert on_disk(run) == [4] and sorted(p.name for p in bigger_disk.iterdir())
+    toy_fit(run, epoch_batches, max_steps=6, overwrite=True)  # was: OSError from rmtree
+    assert (run / loop.CHECKPOINTS_DIR).is_symlink() and on_disk(run) == [4, 6]
+    assert sorted(int(p.name) for p in bigger_disk.iterdir() if p.name.isdigit()) == [4, 6]
+    assert [r["step"] for r in records(run)][-1] == 6 and (run / "notes.txt").exists()
+    # A linked file output is removed as a link, never what it points to.
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("[]")
+    (run / loop.PROVENANCE_FILE).unlink()
+    (run / loop.PROVENANCE_FILE).symlink_to(elsewhere)
+    toy_fit(run, epoch_batches, max_steps=2, overwrite=True)
+    assert elsewhere.read_text() == "[]" and not (run / loop.PROVENANCE_FILE).is_symlink()
+
+
+@pytest.mark.bad_input
+def test_overwrite_deletes_nothing_unless_it_can_delete_everything(tmp_path, monkeypatch):
+    toy_fit(tmp_path, epoch_batches, max_steps=4)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    denied = str(tmp_path / loop.CHECKPOINTS_DIR)
+    real_access = loop.os.access
+    monkeypatch.setattr(
+        loop.os, "access", lambda path, mode: path != denied and real_access(path, mode)
+    )  # as root, permissions cannot make a folder undeletable
+    with pytest.raises(PermissionError, match=r"nothing was deleted") as caught:
+        toy_fit(tmp_path, epoch_batches, max_steps=4, overwrite=True)
+    assert denied in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.bad_input
+def test_a_run_that_failed_before_any_record_is_not_a_run(tmp_path):
+    def failing_step(state, batch, key):
+        raise RuntimeError("a bug in the first step")
+
+    with pytest.raises(RuntimeError, match="a bug in the first step"):
+        toy_fit(tmp_path, epoch_batches, step=failing_step, max_steps=4)
+    toy_fit(tmp_path, epoch_batches, max_steps=4)  # was: FileExistsError (empty metrics.jsonl)
+    toy_fit(tmp_path / "straight", epoch_batches, max_steps=4)
+    assert (tmp_path / loop.METRICS_FILE).read_bytes() == (
+        tmp_path / "straight" / loop.METRICS_FILE
+    ).read_bytes()
+
+
+@pytest.mark.bad_input
+def test_metric_types_and_best_metric_are_checked_before_anything_is_written(tmp_path):
+    calls = []
+
+    def bare_confusion_step(state, batch, key):
+        calls.append(batch)
+        state, sums = counting_step(state, batch, key)
+        return state, {**sums, "confusion": jnp.ones((2, 2))}
+
+    with pytest.raises(TypeError, match=r"metric 'confusion' is an array of shape \(2, 2\)"):
+        toy_fit(tmp_path / "a", epoch_batches, step=bare_confusion_step, log_every=50)
+    assert len(calls) == 1  # after the first step, not when the first log window closes
+    assert not (tmp_path / "a" / loop.METRICS_FILE).read_text()  # no record, no checkpoint
+    assert not loop._committed_checkpoints(str(tmp_path / "a"))
+
+    with pytest.raises(ValueError, match=r"best_metric='f1' is not a metric of eval set 'dev'"):
+        best_fit(tmp_path / "b", best_metric="f1", max_steps=40)
+    assert not (tmp_path / "b" / loop.METRICS_FILE).exists()  # failed before writing
+
+
+@pytest.mark.roundtrip
+def test_tensorboard_events_survive_a_crash_and_the_resume(tmp_path):
+    """A run killed inside the save of step 8 (after 4's was committed), then resumed,
+    holds every event of a straight run (the crashed session's flushed before each
+    checkpoint; the resume rewrites the steps after 4, hiding the older ones)."""
+    pytest.importorskip("tensorboardX")
+    import subprocess
+
+    from tests.subprocesses import REPO, worker_env
+
+    code = (
+        "import sys; from tests.test_fit_data import toy_fit, epoch_batches; "
+        "toy_fit(sys.argv[1], epoch_batches, max_steps=12, tensorboard=True)"
+    )
+    env = worker_env(**{checkpoint.FAULT_ENV: "mid_write@8"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "crashed")],
+        cwd=REPO, env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == checkpoint.FAULT_EXIT_CODE, done.stderr[-2000:]
+    crashed = read_events(tmp_path / "crashed" / loop.TENSORBOARD_DIR)
+    assert 4 in [s for s, _ in crashed["dev/epoch"]]  # flushed with step 4's checkpoint
+    toy_fit(tmp_path / "crashed", epoch_batches, max_steps=12, tensorboard=True, resume=True)
+    toy_fit(tmp_path / "straight", epoch_batches, max_steps=12, tensorboard=True)
+    resumed = read_events(tmp_path / "crashed" / loop.TENSORBOARD_DIR)
+    straight = read_events(tmp_path / "straight" / loop.TENSORBOARD_DIR)
+    assert set(resumed) == set(straight)
+    for tag, values in straight.items():
+        got = dict(resumed[tag])  # the latest event of each step, as TensorBoard shows it
+        assert sorted(got) == [s for s, _ in values], tag
+        np.testing.assert_allclose([got[s] for s, _ in values], [v for _, v in values])
+
+
+@pytest.mark.roundtrip
+def test_resuming_a_finished_run_writes_nothing(tmp_path):
+    toy_fit(tmp_path, epoch_batches, max_steps=8, tensorboard=True)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    _, last_eval = toy_fit(tmp_path, epoch_batches, max_steps=8, tensorboard=True, resume=True)
+    after = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # no provenance session, no new events file
+    assert last_eval["dev"]["loss"] == records(tmp_path)[-1]["loss"]
+
+
+@pytest.mark.reference
+def test_the_console_line_shows_the_loss_first(tmp_path, capsys):
+    def eval_step(params, batch):
+        one = jnp.ones((), jnp.float32)
+        return {"accuracy": metrics.Ratio(one, one), "loss": metrics.Ratio(one + one, one)}
+
+    loop.fit(
+        steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=()),
+        train_step=counting_step,
+        eval_step=eval_step,
+        train_batches=[None, None],
+        eval_sets={"dev": [None]},
+        key=jax.random.key(0),
+        config=loop.FitConfig(progress=False, console=True),
+        out_dir=str(tmp_path),
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert lines == ["step 2 (epoch 1.00) dev: loss 2.0000 accuracy 1.0000"]
+
+
+@pytest.mark.reference
+def test_the_progress_bar_shows_tokens_per_second_only_with_tokens_in(tmp_path, monkeypatch):
+    shown: list[dict] = []
+
+    class PostfixBar(RecordingBar):
+        def set_postfix(self, **kwargs):
+            shown.append(kwargs)
+
+    monkeypatch.setattr(loop, "tqdm", PostfixBar)
+    toy_fit(tmp_path / "a", epoch_batches, max_steps=2)
+    assert shown and all(set(s) == {"loss"} for s in shown)
+    shown.clear()
+    loop.fit(
+        toy_state(),
+        train_step=_toy_step,
+        eval_step=None,
+        train_batches=epoch_batches,
+        key=jax.random.key(0),
+        config=loop.FitConfig(max_steps=2, log_every=1, progress=False),
+        out_dir=str(tmp_path / "b"),
+        tokens_in=lambda batch: batch.size,
+    )
+    assert shown and all(set(s) == {"loss", "tok_s"} for s in shown)

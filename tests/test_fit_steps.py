@@ -240,3 +240,73 @@ def test_the_training_package_imports_no_flax():
         timeout=120, check=True,
     )  # fmt: skip
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+
+def _empty_state():
+    return steps.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=())
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("rate", [0.0, -0.1])
+def test_fit_refuses_a_learning_rate_make_optimizer_refuses(tmp_path, rate):
+    with pytest.raises(ValueError, match=f"`learning_rate` must be > 0, got {rate}"):
+        steps.make_optimizer(learning_rate=rate)
+    with pytest.raises(ValueError, match=f"`learning_rate` must be > 0, got {rate}"):
+        loop.fit(
+            _empty_state(),
+            train_step=None,
+            eval_step=None,
+            train_batches=[None],
+            key=jax.random.key(0),
+            config=loop.FitConfig(progress=False),
+            out_dir=str(tmp_path),
+            learning_rate=rate,
+        )
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.numerics
+def test_a_nan_confusion_gives_nan_macro_f1_and_the_loop_names_the_step(tmp_path):
+    nan_counts = jnp.full((2, 2), jnp.nan)
+    summary = metrics.summarize({"f1": metrics.Confusion(nan_counts)})
+    assert np.isnan(summary["f1"])  # as accuracy's NaN, not a ValueError without the key
+    with pytest.raises(ValueError, match=r"metric 'f1': `confusion` must hold .* >= 0"):
+        metrics.summarize({"f1": metrics.Confusion(-jnp.ones((2, 2)))})
+
+    def nan_step(state, batch, key):  # an out-of-range label: NaN loss and confusion
+        one = jnp.ones((), jnp.float32)
+        sums = {
+            "loss": metrics.Ratio(jnp.float32(np.nan), one),
+            "f1": metrics.Confusion(nan_counts),
+        }
+        return state.replace(step=state.step + 1), sums
+
+    with pytest.raises(loop.NonFiniteLossError, match="training loss became nan at step 1"):
+        loop.fit(
+            _empty_state(),
+            train_step=nan_step,
+            eval_step=None,
+            train_batches=[None, None],
+            key=jax.random.key(0),
+            config=loop.FitConfig(log_every=1, progress=False),
+            out_dir=str(tmp_path),
+        )
+
+
+@pytest.mark.bad_input
+def test_summarize_names_the_key_of_a_value_that_is_not_a_host_scalar():
+    ones = jnp.ones(3, jnp.float32)
+    with pytest.raises(TypeError, match=r"metric 'acc' is a Ratio whose total is an array of "
+                       r"shape \(3,\); summarize reports host scalars"):  # fmt: skip
+        metrics.summarize({"acc": metrics.Ratio(ones, ones)})
+    with pytest.raises(TypeError, match=r"metric 'ppl' is a Perplexity whose count is NoneType"):
+        metrics.summarize({"ppl": metrics.Perplexity(jnp.float32(1), None)})
+    with pytest.raises(TypeError, match=r"metric 'n' is NoneType; a metric sum is"):
+        metrics.summarize({"n": None})
+    with pytest.raises(TypeError, match=r"metric 'f1' is a Confusion of an array of shape \(3,\)"):
+        metrics.summarize({"f1": metrics.Confusion(ones)})
+    summed = metrics.Ratio(jnp.sum(ones), jnp.sum(ones))  # a vmapped Ratio, summed first
+    assert metrics.summarize({"acc": summed}) == {"acc": 1.0}

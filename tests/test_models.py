@@ -576,3 +576,202 @@ def test_every_method_gives_the_same_model(cell_name, method):
         pair = (dataclasses.replace(pair[0], method=resolved), pair[1])
         pair = (pair[0], dataclasses.replace(pair[1], method=resolved))
         chex.assert_trees_all_equal((logits, grads), _model_values_and_grads(params, pair, xs))
+
+
+# ----------------------------------------------------------------------------- CRF output layer
+
+CRF_REDUCTIONS = ("sum_over_time", "mean_over_time", "mean_over_tokens", "sum", "none")
+
+
+def crf_labels(seed=0):
+    labels = jax.random.randint(jax.random.key(seed), (B, T), 0, C)
+    return jnp.where(MASK, labels, -1)
+
+
+def _crf_model(seed=20):
+    config = token_config(cell="gru", bidirectional=True, crf=True)
+    return config, models.labeler_init(jax.random.key(seed), config)
+
+
+@pytest.mark.reference
+def test_crf_labeler_init_adds_crf_params_and_keeps_the_rest():
+    config, params = _crf_model()
+    assert {k: v.shape for k, v in params["crf"].items()} == {
+        "transitions": (C, C),
+        "start": (C,),
+        "end": (C,),
+    }
+    assert all(v.dtype == jnp.float32 for v in params["crf"].values())
+    # The encoder and the output layer are those of the same config without crf.
+    plain = models.labeler_init(jax.random.key(20), dataclasses.replace(config, crf=False))
+    assert set(params) == set(plain) | {"crf"}
+    _assert_trees_equal({k: v for k, v in params.items() if k != "crf"}, plain)
+    np.testing.assert_array_equal(
+        models.labeler_apply(params, config, token_ids(), LENGTHS),
+        models.labeler_apply(plain, dataclasses.replace(config, crf=False), token_ids(), LENGTHS),
+    )
+
+
+@pytest.mark.parametrize("reduction", CRF_REDUCTIONS)
+@pytest.mark.reference
+def test_crf_labeler_loss_and_predict_are_the_crf_functions_on_the_logits(reduction):
+    config, params = _crf_model()
+    logits = models.labeler_apply(params, config, token_ids(), LENGTHS)
+    labels = crf_labels()
+    got = models.labeler_loss(params, config, logits, labels, LENGTHS, reduction=reduction)
+    want = js.crf_loss(logits, labels, params["crf"], where=MASK, reduction=reduction)
+    np.testing.assert_array_equal(got, want)
+    tags = models.labeler_predict(params, config, logits, LENGTHS)
+    assert tags.dtype == jnp.int32
+    np.testing.assert_array_equal(tags, js.crf_decode(logits, params["crf"], where=MASK)[0])
+    # Under jit too (config static).
+    loss_jit = jax.jit(models.labeler_loss, static_argnames=("config", "reduction"))
+    np.testing.assert_allclose(
+        loss_jit(params, config, logits, labels, LENGTHS, reduction=reduction), want, rtol=1e-6
+    )
+    predict_jit = jax.jit(models.labeler_predict, static_argnames="config")
+    np.testing.assert_array_equal(predict_jit(params, config, logits, LENGTHS), tags)
+
+
+@pytest.mark.parametrize("reduction", CRF_REDUCTIONS)
+@pytest.mark.reference
+def test_softmax_labeler_loss_and_predict(reduction):
+    config = token_config(cell="gru")
+    params = models.labeler_init(jax.random.key(21), config)
+    logits = models.labeler_apply(params, config, token_ids(), LENGTHS)
+    labels = crf_labels()
+    got = models.labeler_loss(params, config, logits, labels, LENGTHS, reduction=reduction)
+    want = js.sequence_labeling_loss(logits, labels, where=MASK, reduction=reduction)
+    np.testing.assert_array_equal(got, want)
+    tags = models.labeler_predict(params, config, logits, LENGTHS)
+    want_tags = np.where(MASK, np.argmax(np.asarray(logits), axis=-1), -1)
+    np.testing.assert_array_equal(tags, want_tags)
+    assert tags.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("reduction", CRF_REDUCTIONS[:4])
+@pytest.mark.reference
+def test_crf_with_zero_scores_is_the_softmax_labeler(reduction):
+    # With zero transition, start and end scores the CRF factorises over the steps: a
+    # sequence's NLL is the sum of its per-step cross-entropies, so every reduction
+    # means the same for both output layers, and Viterbi is each step's argmax.
+    config, params = _crf_model(22)
+    params["crf"] = jax.tree.map(jnp.zeros_like, params["crf"])
+    softmax = dataclasses.replace(config, crf=False)
+    logits = models.labeler_apply(params, config, token_ids(), LENGTHS)
+    labels = crf_labels(1)
+    crf_loss = models.labeler_loss(params, config, logits, labels, LENGTHS, reduction=reduction)
+    ce = models.labeler_loss(params, softmax, logits, labels, LENGTHS, reduction=reduction)
+    np.testing.assert_allclose(crf_loss, ce, rtol=1e-5)
+    np.testing.assert_array_equal(
+        models.labeler_predict(params, config, logits, LENGTHS),
+        models.labeler_predict(params, softmax, logits, LENGTHS),
+    )
+    # Nonzero transitions change the loss: the comparison above can fail.
+    params["crf"]["transitions"] = params["crf"]["transitions"].at[0, 1].set(2.0)
+    moved = models.labeler_loss(params, config, logits, labels, LENGTHS, reduction=reduction)
+    assert abs(float(moved) - float(ce)) > 1e-3
+
+
+@pytest.mark.padding_invariance
+def test_crf_labeler_padding_poison_changes_nothing():
+    config, params = _crf_model(23)
+    ids, labels = token_ids(), crf_labels(2)
+    junk_ids = garbage_padding_ids(ids)
+    junk_labels = jnp.where(MASK, labels, jnp.array([[-100, 10**6, C, -1, 7]] * B))
+
+    def loss(params, ids, labels):
+        logits = models.labeler_apply(params, config, ids, LENGTHS)
+        return models.labeler_loss(params, config, logits, labels, LENGTHS)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    clean, poisoned = (
+        value_and_grad(params, ids, labels),
+        value_and_grad(params, junk_ids, junk_labels),
+    )
+    _assert_trees_equal(poisoned, clean)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(poisoned))
+    assert float(jnp.abs(poisoned[1]["crf"]["transitions"]).sum()) > 0  # the CRF trains
+    # NaN/inf logits at padded steps: the same loss and tags, -1 at padding.
+    logits = models.labeler_apply(params, config, ids, LENGTHS)
+    nan_pad = jnp.where(MASK[..., None], logits, jnp.array([jnp.nan, jnp.inf, -1e30]))
+    for reduction in CRF_REDUCTIONS:
+        np.testing.assert_array_equal(
+            models.labeler_loss(params, config, nan_pad, junk_labels, LENGTHS, reduction=reduction),
+            models.labeler_loss(params, config, logits, labels, LENGTHS, reduction=reduction),
+        )
+    tags = models.labeler_predict(params, config, nan_pad, LENGTHS)
+    np.testing.assert_array_equal(tags, models.labeler_predict(params, config, logits, LENGTHS))
+    assert bool(jnp.all((tags == -1) == ~MASK))
+
+
+@pytest.mark.bad_input
+def test_crf_on_a_classifier_is_an_error_naming_the_field():
+    config = token_config(crf=True)  # a valid labeler config
+    plain = models.classifier_init(jax.random.key(0), token_config())
+    with pytest.raises(ValueError, match="classifier has no CRF.*`crf`"):
+        models.classifier_init(jax.random.key(0), config)
+    with pytest.raises(ValueError, match="classifier has no CRF.*`crf`"):
+        models.classifier_apply(plain, config, token_ids(), LENGTHS)
+    with pytest.raises(TypeError, match="`crf`"):
+        token_config(crf=1)
+
+
+@pytest.mark.bad_input
+def test_labeler_loss_and_predict_reject_bad_arguments():
+    config, params = _crf_model()
+    logits = models.labeler_apply(params, config, token_ids(), LENGTHS)
+    labels = crf_labels()
+    no_crf = {k: v for k, v in params.items() if k != "crf"}
+    with pytest.raises(ValueError, match="`params` has no 'crf'"):
+        models.labeler_loss(no_crf, config, logits, labels, LENGTHS)
+    with pytest.raises(ValueError, match="`params` has no 'crf'"):
+        models.labeler_predict(no_crf, config, logits, LENGTHS)
+    for head in (config, dataclasses.replace(config, crf=False)):
+        with pytest.raises(ValueError, match="`labels`"):
+            models.labeler_loss(params, head, logits, labels.at[0, 0].set(C), LENGTHS)
+        with pytest.raises(AssertionError, match="`logits`"):
+            models.labeler_loss(params, head, logits[..., :2], labels, LENGTHS)
+        with pytest.raises(AssertionError, match="`lengths`"):
+            models.labeler_predict(params, head, logits, LENGTHS[:2])
+        with pytest.raises(ValueError, match="`lengths`"):
+            models.labeler_predict(params, head, logits, jnp.array([5, 2, T + 1]))
+        with pytest.raises(TypeError, match="`config`"):
+            models.labeler_predict(params, {"crf": True}, logits, LENGTHS)
+    with pytest.raises(ValueError, match="labeler does not pool"):
+        models.labeler_loss(
+            params, dataclasses.replace(config, pooling="mean"), logits, labels, LENGTHS
+        )
+
+
+@pytest.mark.training_smoke
+def test_crf_labeler_training_reduces_the_loss_and_learns_transitions():
+    # Tags that alternate 0, 1, 0, 1 whatever the tokens: only the transitions can tell.
+    config = token_config(cell="gru", num_classes=2, crf=True)
+    params = models.labeler_init(jax.random.key(24), config)
+    ids = jax.random.randint(jax.random.key(25), (8, T), 0, V)
+    lengths = jnp.array([5, 4, 3, 2, 1, 5, 3, 0])
+    labels = jnp.broadcast_to(jnp.arange(T) % 2, (8, T))
+    optimizer = optax.adam(0.05)
+
+    def loss_fn(params):
+        logits = models.labeler_apply(params, config, ids, lengths)
+        return models.labeler_loss(params, config, logits, labels, lengths)
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    before = loss_fn(params)
+    opt_state = optimizer.init(params)
+    for _ in range(30):
+        params, opt_state, _ = step(params, opt_state)
+    assert float(loss_fn(params)) < 0.5 * float(before)
+    transitions = params["crf"]["transitions"]
+    assert transitions[0, 1] > transitions[0, 0] and transitions[1, 0] > transitions[1, 1]
+    logits = models.labeler_apply(params, config, ids, lengths)
+    tags = models.labeler_predict(params, config, logits, lengths)
+    np.testing.assert_array_equal(tags, jnp.where(js.length_mask(lengths, T), labels, -1))

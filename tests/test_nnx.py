@@ -303,3 +303,77 @@ def test_modules_lengths_dtypes_and_range():
         for leaf in jax.tree.leaves(tree):
             assert np.isnan(np.asarray(leaf)[[0, 2]]).all()
             assert np.isfinite(np.asarray(leaf)[1]).all()
+
+
+# ----------------------------------------------------------------------------- CRF labeler
+
+CRF_CONFIG = dataclasses.replace(CONFIGS[0], crf=True)
+CRF_LABELS = jnp.where(MASK, jnp.arange(B * T, dtype=jnp.int32).reshape(B, T) % C, -1)
+
+
+@pytest.mark.reference
+def test_crf_labeler_module_equals_the_pure_functions():
+    module = jnnx.SequenceLabeler(CRF_CONFIG, rngs=nnx.Rngs(params=3, dropout=4))
+    params = module.to_params()
+    _assert_trees_equal(params, models.labeler_init(nnx.Rngs(params=3).params(), CRF_CONFIG))
+    paths = {path for path, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+    assert {("crf", "transitions"), ("crf", "start"), ("crf", "end")} <= paths
+    key = jax.random.key(5)
+    for train in (False, True):
+        logits = module(IDS, LENGTHS, deterministic=not train, key=key)
+        want = models.labeler_apply(params, CRF_CONFIG, IDS, LENGTHS, key=key, train=train)
+        np.testing.assert_array_equal(np.asarray(logits), np.asarray(want))
+        for reduction in ("sum_over_time", "mean_over_tokens", "none"):
+            np.testing.assert_array_equal(
+                module.loss(logits, CRF_LABELS, LENGTHS, reduction=reduction),
+                models.labeler_loss(
+                    params, CRF_CONFIG, logits, CRF_LABELS, LENGTHS, reduction=reduction
+                ),
+            )
+        np.testing.assert_array_equal(
+            module.predict(logits, LENGTHS),
+            models.labeler_predict(params, CRF_CONFIG, logits, LENGTHS),
+        )
+    # The same for the softmax labeler's methods.
+    softmax = jnnx.SequenceLabeler(CONFIGS[0], deterministic=True, rngs=nnx.Rngs(3))
+    logits = softmax(IDS, LENGTHS)
+    np.testing.assert_array_equal(
+        softmax.loss(logits, CRF_LABELS, LENGTHS),
+        js.sequence_labeling_loss(logits, CRF_LABELS, where=MASK),
+    )
+    np.testing.assert_array_equal(
+        softmax.predict(logits, LENGTHS), jnp.where(MASK, jnp.argmax(logits, axis=-1), -1)
+    )
+    # Pure params -> module -> the same pure params.
+    other = models.labeler_init(jax.random.key(6), CRF_CONFIG)
+    _assert_trees_equal(jnnx.SequenceLabeler.from_params(CRF_CONFIG, other).to_params(), other)
+
+
+@pytest.mark.variants
+def test_crf_labeler_nnx_grad_matches_the_pure_gradient():
+    module = jnnx.SequenceLabeler(CRF_CONFIG, deterministic=True, rngs=nnx.Rngs(0))
+
+    def module_loss(model):
+        return model.loss(model(IDS, LENGTHS), CRF_LABELS, LENGTHS)
+
+    def pure_loss(params):
+        logits = models.labeler_apply(params, CRF_CONFIG, IDS, LENGTHS)
+        return models.labeler_loss(params, CRF_CONFIG, logits, CRF_LABELS, LENGTHS)
+
+    grads = nnx.jit(nnx.grad(module_loss))(module)
+    got = nnx.clone(module)
+    nnx.update(got, grads)
+    want = jax.jit(jax.grad(pure_loss))(module.to_params())
+    assert float(jnp.abs(want["crf"]["transitions"]).sum()) > 0
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6), got.to_params(), want)
+
+
+@pytest.mark.bad_input
+def test_crf_modules_reject_a_crf_classifier_and_missing_crf_params():
+    with pytest.raises(ValueError, match="classifier has no CRF.*`crf`"):
+        jnnx.SequenceClassifier(CRF_CONFIG, rngs=nnx.Rngs(0))
+    plain = models.labeler_init(jax.random.key(0), CONFIGS[0])
+    with pytest.raises(ValueError, match="classifier has no CRF.*`crf`"):
+        jnnx.SequenceClassifier.from_params(CRF_CONFIG, plain)
+    with pytest.raises(ValueError, match="`params` has no 'crf'"):
+        jnnx.SequenceLabeler.from_params(CRF_CONFIG, plain)

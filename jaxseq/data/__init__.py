@@ -4,13 +4,14 @@ Batching: :func:`pad_sequences`, :func:`bucket_boundaries`, :func:`iterate_batch
 (fixed-shape batches ``[B, bucket_len, ...]``), :class:`Batch`.
 Containers: :class:`SequenceDataset`, :class:`Splits`.
 Data sets, each a module with ``load(...)`` and ``SHA256``: :mod:`.japanese_vowels`,
-:mod:`.cmudict`, :mod:`.turkish_upos`. Readers for your own files:
+:mod:`.cmudict`, :mod:`.turkish_upos`, :mod:`.char_text` (English text for character
+language models, from the running Python's standard library). Readers for your own files:
 :func:`read_conllu`, :func:`read_tagged`, :func:`read_ts`, then :func:`tagging_splits`.
 A malformed line raises :class:`ParseError` (a ``ValueError``): ``"<source>:<line>:
 <field>: <problem>"``.
 """
 
-from jaxseq.data import cmudict, japanese_vowels, turkish_upos
+from jaxseq.data import char_text, cmudict, japanese_vowels, turkish_upos
 from jaxseq.data._files import DataFileError, ParseError, sha256_file
 from jaxseq.data.batching import (
     Batch,
@@ -46,6 +47,7 @@ __all__ = [
     "TsData",
     "bucket_boundaries",
     "build_vocab",
+    "char_text",
     "cmudict",
     "count_batches",
     "feature_stats",

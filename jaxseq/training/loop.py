@@ -51,12 +51,15 @@ it and raises :class:`FitInterrupted` (a ``KeyboardInterrupt``); ``fit(...,
 resume=True)`` continues to the same result as an uninterrupted run. A second
 Ctrl-C aborts at once; one during the run's last step lets the run finish and
 return. Only the main thread of a single-process run installs the handler.
+``FitConfig(stop_after=N)`` stops the same way after update ``N`` (raising
+:class:`FitStopped`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import json
 import math
 import os
@@ -117,6 +120,19 @@ class FitInterrupted(KeyboardInterrupt):
         self.step, self.out_dir, self.state = step, out_dir, state
 
 
+class FitStopped(FitInterrupted):
+    """``fit`` stopped after update ``FitConfig.stop_after`` and saved a checkpoint of it,
+    exactly as Ctrl-C does (the unfinished log window included, no extra record):
+    ``fit(..., resume=True)`` continues to the same result as an uninterrupted run."""
+
+    def __init__(self, step: int, out_dir: str, state: Any = None):
+        super().__init__(step, out_dir, state)
+        self.args = (
+            f"stopped at step {step} (stop_after); checkpoint saved in "
+            f"{os.path.join(out_dir, CHECKPOINTS_DIR)}; rerun with resume=True to continue",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """How long to train, how often to log, evaluate and checkpoint (in steps), and
@@ -150,6 +166,11 @@ class FitConfig:
       profile_steps: ``(first, last)``: record a ``jax.profiler`` trace of the
         updates that produce steps ``first`` to ``last`` (1-based, inclusive) into
         ``out_dir/profile`` (open it with TensorBoard's profile plugin or Perfetto).
+      stop_after: stop after this update as an interruption does (Ctrl-C): save a
+        checkpoint of it with the unfinished log window, write no extra record, and
+        raise :class:`FitStopped`; ``fit(..., resume=True)`` then continues to the
+        result of an uninterrupted run (None: no stop; a value at or after the run's
+        last step changes nothing).
     """
 
     num_epochs: int = 1
@@ -165,11 +186,12 @@ class FitConfig:
     best_split: str | None = None
     tensorboard: bool | None = None
     profile_steps: tuple[int, int] | None = None
+    stop_after: int | None = None
 
     def __post_init__(self):
         for field in ("num_epochs", "log_every", "max_to_keep"):
             _checks.check_int(getattr(self, field), field, 1)
-        for field in ("max_steps", "eval_every", "checkpoint_every"):
+        for field in ("max_steps", "eval_every", "checkpoint_every", "stop_after"):
             _checks.check_int(getattr(self, field), field, 1, optional=True)
         _checks.check_flag(self.progress, "progress")
         for field in ("console", "tensorboard"):
@@ -250,13 +272,17 @@ def _import_tensorboard_writer(*, required: bool):
     return SummaryWriter
 
 
-def _tensorboard_writer(mode: bool | None, directory: str):
+def _tensorboard_writer(mode: bool | None, directory: str, purge_step: int | None = None):
     """A tensorboardX ``SummaryWriter`` for ``directory``, or None (see
-    :attr:`FitConfig.tensorboard`)."""
+    :attr:`FitConfig.tensorboard`). ``purge_step``: a resumed run's first new step;
+    TensorBoard hides the events of that step and later ones written before it (by the
+    session that crashed), so every step shows the resumed run's value once."""
     if mode is False:
         return None
     writer_class = _import_tensorboard_writer(required=bool(mode))
-    return None if writer_class is None else writer_class(directory)
+    if writer_class is None:
+        return None
+    return writer_class(directory, purge_step=purge_step)
 
 
 def _keep_lines_up_to(path: str, step: int) -> None:
@@ -274,7 +300,10 @@ class MetricsWriter:
     instead of starting an empty file. ``tensorboard``: also write the records'
     scalars (``<split>/<metric>`` at ``step``) to ``<folder of path>/tensorboard``
     with tensorboardX (see :attr:`FitConfig.tensorboard`: None, when installed;
-    True, required). Only process 0 writes.
+    True, required); :meth:`flush` puts them on disk (``fit`` flushes before every
+    checkpoint, so a crash loses no event of a committed step; a resumed run's writer
+    purges the crashed session's events after the restored step, tensorboardX's
+    ``purge_step``). Only process 0 writes.
     """
 
     def __init__(
@@ -295,7 +324,8 @@ class MetricsWriter:
         else:
             open(path, "w").close()
         directory = os.path.join(os.path.dirname(os.path.abspath(path)), TENSORBOARD_DIR)
-        self._tb = _tensorboard_writer(tensorboard, directory)
+        purge = None if keep_up_to_step is None else keep_up_to_step + 1
+        self._tb = _tensorboard_writer(tensorboard, directory, purge)
 
     def write(
         self,
@@ -315,6 +345,12 @@ class MetricsWriter:
             for name, value in record.items():
                 if name not in ("step", "split") and value is not None:
                     self._tb.add_scalar(f"{split}/{name}", value, int(step))
+
+    def flush(self) -> None:
+        """Put the TensorBoard events written so far on disk (the metrics file is
+        written line by line already)."""
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
@@ -403,6 +439,25 @@ def evaluate(eval_step, params, batches: Iterable[Any]) -> dict[str, float]:
         sums = eval_step(params, batch)
         total = sums if total is None else metrics.add(total, sums)
     return metrics.summarize(total) if total is not None else {}
+
+
+def _check_best_metric(
+    name: str, split: str, eval_step: Callable, state: Any, eval_data: Mapping[str, Any]
+) -> None:
+    """Before anything is written or trained: ``eval_step`` on the first batch of eval
+    set ``split`` returns metric sums of known types, ``name`` among them
+    (``FitConfig.best_metric``), or ``ValueError``/``TypeError``."""
+    none = object()
+    batch = next(iter(eval_data[split]()), none)
+    if batch is none:  # no batches: nothing to check (evaluations report no metrics)
+        return
+    sums = eval_step(state.params, batch)
+    metrics.check_sums(sums, f"eval_step's metric sums (eval set {split!r})")
+    if name not in sums:
+        raise ValueError(
+            f"FitConfig.best_metric={name!r} is not a metric of eval set {split!r}, whose "
+            f"metrics are {sorted(sums)}"
+        )
 
 
 def _check_finite(step: int, values: Mapping[str, float]) -> None:
@@ -512,16 +567,23 @@ def _updates(
     """The updates after ``start_step`` in order, as ``(update, epoch_end, last)``:
     ``epoch_end`` marks the last batch of an epoch (its data ends there), ``last``
     the run's final update (``max_steps``, or the last batch of the last non-empty
-    epoch). One batch is read ahead to know whether the current one ends its epoch."""
+    epoch). One batch is read ahead to know whether the current one ends its epoch,
+    except after the ``max_steps``-th update: nothing past the run's last update is
+    read (its ``epoch_end`` then comes from the epoch's ``len()``; without one it is
+    False)."""
     if config.max_steps is not None and start_step >= config.max_steps:
         return
     stream = _batches_after(train_data, config, start_step)
     current, step = next(stream, None), start_step
     while current is not None:
         step += 1
+        if config.max_steps is not None and step >= config.max_steps:
+            length = current.length
+            yield current, length is not None and current.position + 1 == length, True
+            return
         following = next(stream, None)
         epoch_end = following is None or following.epoch != current.epoch
-        last = following is None or (config.max_steps is not None and step >= config.max_steps)
+        last = following is None
         yield current, epoch_end, last
         if last:
             return
@@ -572,20 +634,83 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _removal_plan(out_dir: str) -> list[tuple[str, str]]:
+    """What ``overwrite=True`` deletes: ``(path, how)`` for each of :data:`FIT_OUTPUTS`
+    present, ``how`` one of ``"file"`` (a file, or a link to one: the link),
+    ``"tree"`` (a folder) and ``"contents"`` (a link to a folder, e.g. ``checkpoints``
+    on a bigger disk: the link is kept and what its folder holds is deleted)."""
+    plan = []
+    for name in FIT_OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.islink(path):
+            plan.append((path, "contents" if os.path.isdir(path) else "file"))
+        elif os.path.isdir(path):
+            plan.append((path, "tree"))
+        elif os.path.lexists(path):
+            plan.append((path, "file"))
+    return plan
+
+
+def _check_removable(out_dir: str, plan: Sequence[tuple[str, str]]) -> None:
+    """``PermissionError`` naming the folders whose entries ``plan`` cannot delete,
+    before anything is deleted (never a half-deleted run folder)."""
+    folders = []
+    for path, how in plan:
+        if how in ("file", "tree"):
+            folders.append(os.path.dirname(path) or ".")
+        if how in ("tree", "contents"):
+            for root, subdirs, files in os.walk(path):
+                if subdirs or files:
+                    folders.append(root)
+    denied = sorted({f for f in folders if not os.access(f, os.W_OK | os.X_OK)})
+    if denied:
+        raise PermissionError(
+            errno.EACCES,
+            f"overwrite=True cannot delete fit's outputs in {out_dir!r}: no permission to "
+            f"delete entries of {denied}; nothing was deleted",
+            out_dir,
+        )
+
+
+def _remove_outputs(out_dir: str) -> None:
+    """Delete fit's outputs in ``out_dir`` (:func:`_removal_plan`), after checking that
+    all of them can be deleted (:func:`_check_removable`)."""
+    plan = _removal_plan(out_dir)
+    _check_removable(out_dir, plan)
+    for path, how in plan:
+        if how == "file":
+            os.remove(path)
+        elif how == "tree":
+            shutil.rmtree(path)
+        else:
+            for entry in os.listdir(path):
+                inner = os.path.join(path, entry)
+                if os.path.isdir(inner) and not os.path.islink(inner):
+                    shutil.rmtree(inner)
+                else:
+                    os.remove(inner)
+
+
+def _has_records(path: str) -> bool:
+    """``path`` exists and holds a non-blank line (an empty metrics file is no run)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return any(line.strip() for line in f)
+
+
 def _prepare_run_folder(out_dir: str, *, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber an existing run (see :func:`fit`); with ``overwrite``
-    delete fit's own outputs (:data:`FIT_OUTPUTS`) first. In a multi-process run
-    every process checks before any of them writes (one sync point)."""
+    delete fit's own outputs (:data:`FIT_OUTPUTS`; a symbolic link to a folder is
+    kept and emptied, any other link removed, never what it points to) first, all or
+    nothing. An existing run is a ``metrics.jsonl`` with records or committed
+    checkpoints (a run that failed before writing either is not one). In a
+    multi-process run every process checks before any of them writes (one sync point)."""
     if overwrite and jax.process_index() == 0:
-        for name in FIT_OUTPUTS:
-            path = os.path.join(out_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+        _remove_outputs(out_dir)
     found = []
     if not (resume or overwrite):
-        if os.path.exists(os.path.join(out_dir, METRICS_FILE)):
+        if _has_records(os.path.join(out_dir, METRICS_FILE)):
             found.append(METRICS_FILE)
         steps = sorted(int(s) for s in _committed_checkpoints(out_dir))
         if steps:
@@ -684,7 +809,10 @@ class _Profiler:
 
 
 def _console_line(step: int, epoch: float, split: str, values: Mapping[str, float]) -> str:
-    shown = " ".join(f"{name} {value:.4f}" for name, value in values.items())
+    """``step 120 (epoch 2.50) dev: loss 0.4100 accuracy 0.8700``: ``loss`` first, then
+    the other metrics in the order of the records (:func:`metrics_record`)."""
+    names = sorted(values, key=lambda name: name != "loss")
+    shown = " ".join(f"{name} {values[name]:.4f}" for name in names)
     return f"step {step} (epoch {epoch:.2f}) {split}: {shown}"
 
 
@@ -717,7 +845,8 @@ def fit(
         fraction), never required.
       eval_sets: name -> that set's batches: a callable returning them (called at
         every evaluation) or a re-iterable collection; a one-shot iterator is a
-        ``TypeError`` (it could be evaluated only once).
+        ``TypeError`` (it could be evaluated only once); eval sets without an
+        ``eval_step`` are a ``ValueError``.
       key: the run's base PRNG key (per-step keys are ``fold_in(key, step)``).
       config: a :class:`FitConfig`.
       out_dir: the run folder (see the module doc). Checked before the first
@@ -729,18 +858,30 @@ def fit(
         corrupted one raises :class:`jaxseq.training.checkpoint.CheckpointCorruptError`;
         one of another model, checked against ``state`` before any array is read,
         :class:`jaxseq.training.checkpoint.CheckpointMismatchError` naming the leaves).
-        A run that is already finished trains and writes nothing more.
+        A run that is already finished evaluates its eval sets (the returned
+        evaluation) and writes nothing: no file is created, appended or rewritten.
       overwrite: delete fit's outputs in ``out_dir`` (:data:`FIT_OUTPUTS`) and
-        start over. Without ``resume`` or ``overwrite``, an ``out_dir`` that holds
-        ``metrics.jsonl`` or committed checkpoints raises ``FileExistsError``.
+        start over: all of them or, if one cannot be deleted, none
+        (``PermissionError``); a symbolic link to a folder (``checkpoints`` on
+        another disk) is kept and emptied, any other link removed, never followed.
+        Without ``resume`` or ``overwrite``, an ``out_dir`` that holds records in
+        ``metrics.jsonl`` or committed checkpoints raises ``FileExistsError`` (an
+        empty ``metrics.jsonl``, left by a run that failed before its first record,
+        is not a run).
       tokens_in: counts the tokens of a batch, for tokens/s (progress bar and
         ``timing.jsonl``).
-      learning_rate: the optimizer's learning rate or schedule (``count -> rate``,
-        e.g. :func:`jaxseq.training.steps.make_schedule`), for the records'
-        ``learning_rate`` only (None: written as null).
+      learning_rate: the schedule the optimizer uses (``count -> rate``, e.g. the
+        :func:`jaxseq.training.steps.make_schedule` object given to ``make_optimizer``),
+        or its rate when that is constant, for the records' ``learning_rate`` only
+        (None: written as null). A float given to ``make_optimizer`` with
+        ``warmup_steps``/``total_steps`` is shaped into a schedule: pass that schedule
+        here, not the float. Checked by :func:`jaxseq.training.steps.check_schedule`
+        (a float must be finite and > 0).
 
     Raises:
       FitInterrupted: Ctrl-C (SIGINT): the current step was finished and saved.
+      FitStopped: ``config.stop_after`` was reached: that step was saved as by Ctrl-C.
+      TypeError: a metric sum of an unknown type (after the first step, naming it).
       NonFiniteLossError: the train loss became NaN or infinite (nothing of that
         step is saved).
     """
@@ -751,27 +892,33 @@ def fit(
     if resume and overwrite:
         raise ValueError("`resume` and `overwrite` are exclusive: continue the run or delete it")
     if learning_rate is not None:
-        if callable(learning_rate):
-            check_schedule(learning_rate, "learning_rate")
-        else:
-            _checks.check_float(learning_rate, "learning_rate")
+        check_schedule(learning_rate, "learning_rate")  # a float: finite and > 0
     train_data = _train_data(train_batches, config)
+    if eval_step is None and eval_sets:
+        raise ValueError(
+            f"`eval_sets` ({sorted(eval_sets)}) needs `eval_step`, which is None: pass an "
+            "eval step (e.g. steps.make_eval_step(loss_fn)) or no eval_sets"
+        )
     eval_data = _eval_data(eval_sets) if eval_step is not None else {}
     best_split = config.best_split
     if config.best_metric is not None:
         if best_split is None:
             if len(eval_data) != 1:
-                raise ValueError(
-                    f"FitConfig.best_metric={config.best_metric!r} needs `best_split`, the "
-                    f"eval set to read it from, with {len(eval_data)} eval sets "
-                    f"({sorted(eval_data)})"
+                needs = (
+                    "an eval set (eval_step and eval_sets) to read it from"
+                    if not eval_data
+                    else f"`best_split`, the eval set to read it from, with {len(eval_data)} "
+                    f"eval sets ({sorted(eval_data)})"
                 )
+                raise ValueError(f"FitConfig.best_metric={config.best_metric!r} needs {needs}")
             (best_split,) = eval_data
         elif best_split not in eval_data:
             raise ValueError(
                 f"FitConfig.best_split={best_split!r} is not an eval set: the eval sets are "
                 f"{sorted(eval_data) or 'none (eval_step and eval_sets are needed)'}"
             )
+    if config.best_metric is not None and best_split is not None and eval_step is not None:
+        _check_best_metric(config.best_metric, best_split, eval_step, state, eval_data)
     kept = config.max_to_keep + (1 if config.best_metric is not None else 0)
     check_writable(out_dir, required_bytes=checkpoint_bytes_needed(state, max_to_keep=kept))
     _prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
@@ -789,6 +936,16 @@ def fit(
         state = checkpoint.restore(mngr, state)
         start_step = int(state.step)
         saved_window = checkpoint.step_metadata(mngr, start_step).get(WINDOW_KEY)
+    pending = _updates(train_data, config, start_step)
+    first_update = next(pending, None)
+    if resume and first_update is None:  # finished: evaluate, write nothing
+        finished_eval = {}
+        try:
+            for name, batches in eval_data.items():
+                finished_eval[name] = evaluate(eval_step, state.params, batches())
+        finally:
+            mngr.close()
+        return state, finished_eval
     _write_provenance(out_dir, start_step, resume)
     show = jax.process_index() == 0
     writer = MetricsWriter(
@@ -812,7 +969,10 @@ def fit(
         nonlocal window, window_steps, window_tokens, window_start
         if window is None:
             return {}
-        values = metrics.summarize(window)
+        try:
+            values = metrics.summarize(window)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"the train metrics of step {step}: {e}") from e
         _check_finite(step, values)
         write("train", values)  # no timing in the file: a resumed run writes the same bytes
         record = timing.write(
@@ -821,7 +981,8 @@ def fit(
             time.perf_counter() - window_start,
             window_tokens if tokens_in is not None else None,
         )
-        values["tokens_per_s"] = record["tokens_per_s"] or 0.0
+        if record["tokens_per_s"] is not None:
+            values["tokens_per_s"] = record["tokens_per_s"]
         window, window_steps, window_tokens = None, 0, 0
         window_start = time.perf_counter()
         return values
@@ -854,7 +1015,8 @@ def fit(
         with _SigintHandler(show) as interrupt:
             # A step's records are all written before its checkpoint, so a resumed run
             # never writes a record of the step it restored.
-            for update, epoch_end, last in _updates(train_data, config, start_step):
+            updates = [] if first_update is None else itertools.chain([first_update], pending)
+            for update, epoch_end, last in updates:
                 epoch, index, length = update.epoch, update.position, update.length
                 if epoch != current_epoch and length is not None:
                     # The run's length, as far as it is known: exact when epochs are equal.
@@ -864,6 +1026,8 @@ def fit(
                 current_epoch = epoch
                 profiler.before(step + 1)
                 state, sums = train_step(state, update.batch, key)
+                if step == start_step:  # before the first record: fail fast, naming the key
+                    metrics.check_sums(sums, "train_step's metric sums")
                 step += 1
                 profiler.after(step, state)
                 if length is not None:
@@ -892,9 +1056,10 @@ def fit(
                 if step % config.log_every == 0 or evaluate_now or save_now:
                     values = close_window()
                     if "loss" in values:
-                        bar.set_postfix(
-                            loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.0f}"
-                        )
+                        shown = {"loss": f"{values['loss']:.4f}"}
+                        if "tokens_per_s" in values:  # only with tokens_in
+                            shown["tok_s"] = f"{values['tokens_per_s']:.0f}"
+                        bar.set_postfix(**shown)
                 if evaluate_now:
                     run_evals()
                 if save_now:
@@ -903,9 +1068,12 @@ def fit(
                         best = {}
                         if evaluate_now:
                             best[config.best_metric] = last_eval[best_split][config.best_metric]
+                    writer.flush()  # every event up to a committed step is on disk
                     checkpoint.save(mngr, step, state, metrics=best)
-                if interrupt.received and not last:
+                stopped = config.stop_after is not None and step == config.stop_after
+                if (interrupt.received or stopped) and not last:
                     if not save_now:
+                        writer.flush()
                         extra = {}
                         if window is not None:
                             extra = _window_metadata(window, window_tokens, window_steps)
@@ -913,7 +1081,9 @@ def fit(
                             mngr, step, state, metrics={} if config.best_metric else None,
                             extra_metadata=extra,
                         )  # fmt: skip
-                    raise FitInterrupted(step, out_dir, state)
+                    if interrupt.received:
+                        raise FitInterrupted(step, out_dir, state)
+                    raise FitStopped(step, out_dir, state)
         if step == start_step:  # nothing left to train: the final evaluation is on file already
             run_evals(record=False)
     finally:
