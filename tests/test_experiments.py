@@ -29,6 +29,7 @@ from experiments import config as configs
 from experiments import harness, long_range, run_all
 from jaxseq.training import loop
 from tests.subprocesses import REPO, worker_env
+from tests.test_fit_outputs import read_events
 
 EXPERIMENTS = run_all.EXPERIMENTS
 # The metric each experiment reports in the results table.
@@ -184,6 +185,18 @@ def test_smoke_run_writes_everything_and_learns(name, smoke_runs):
         assert all(math.isfinite(v) for r in records for k, v in r.items() if k != "split")
         assert train[-1]["step"] == total_steps
         assert train[-1]["loss"] < train[0]["loss"], [r["loss"] for r in train]
+        if name != "char_lm":  # char_lm trains with its own TBPTT loop, not fit
+            # fit's observability files: the TensorBoard events hold every train record
+            # (read back from the event file), the timing log a line per train record.
+            events = read_events(folder / loop.TENSORBOARD_DIR)
+            assert [step for step, _ in events["train/loss"]] == [r["step"] for r in train]
+            np.testing.assert_allclose(
+                [value for _, value in events["train/loss"]], [r["loss"] for r in train], 1e-6
+            )
+            assert [step for step, _ in events["train/learning_rate"]] == [r["step"] for r in train]
+            timing = loop.read_metrics(folder / loop.TIMING_FILE)
+            assert [t["step"] for t in timing] == [r["step"] for r in train]
+            assert all(t["wall_time_s"] > 0 and t["steps_per_s"] > 0 for t in timing)
 
     if name == "japanese_vowels":
         saved = read_json(out_dir / "config.json")
