@@ -78,3 +78,46 @@ def test_stack_training_without_dropout_needs_no_key():
     _, trained = js.stack(cell, layers, xs, lengths, train=True, dropout_rate=0.0)
     _, evaluated = js.stack(cell, layers, xs, lengths)
     np.testing.assert_array_equal(np.asarray(trained), np.asarray(evaluated))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("max_len", [True, False, -1, 3.0, np.float32(3)])
+def test_length_mask_rejects_a_max_len_that_is_not_a_non_negative_int(max_len):
+    """Kills masks.py:91 (full run) ReplaceOrWithAnd in ``not isinstance(max_len, int) or
+    isinstance(max_len, bool) or max_len < 0``: each of the three conditions alone must
+    reject ``max_len`` (a bool is an int to Python; -1; floats), with the error naming it."""
+    with pytest.raises(ValueError, match="`max_len` must be a non-negative Python int"):
+        js.length_mask(jnp.array([1, 2]), max_len)
+
+
+@pytest.mark.bad_input
+def test_mask_lengths_of_a_scalar_mask_names_mask():
+    """Kills masks.py:107 (full run) NumberReplacer ``check_min_rank(mask, 1, ...)`` -> 0:
+    a 0-d mask has no time axis; the error must name ``mask`` and its ``[..., T]`` shape
+    (the mutant reaches ``jnp.sum(axis=-1)`` and fails inside JAX)."""
+    with pytest.raises(AssertionError, match=r"`mask` must have rank >= 1 \[\.\.\., T\]"):
+        js.mask_lengths(jnp.bool_(True))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("trailing", [(), (3,), (2, 3)], ids=["BT", "BTH", "BTHW"])
+def test_last_valid_picks_the_last_valid_step_for_every_rank(trailing):
+    """Kills masks.py:135 (full run) NumberReplacer ``check_min_rank(hs, 2, ...)`` -> 3
+    (rank-2 ``hs`` [B, T] rejected; every other test used [B, T, H]) and checks the result
+    against plain NumPy indexing: the element at step ``length - 1``, 0 for length 0."""
+    rng = np.random.default_rng(135)
+    hs = rng.normal(size=(4, 5, *trailing)).astype(np.float32)
+    lengths = np.array([5, 1, 0, 3])
+    want = np.stack(
+        [hs[b, n - 1] if n else np.zeros(trailing, np.float32) for b, n in enumerate(lengths)]
+    )
+    got = js.last_valid(jnp.asarray(hs), jnp.asarray(lengths))
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.bad_input
+def test_last_valid_of_rank_1_hs_names_hs():
+    """Kills masks.py:135 (full run) NumberReplacer ``check_min_rank(hs, 2, ...)`` -> 1: a
+    [T] array has no batch axis; the error must name ``hs`` and its ``[B, T, ...]`` shape."""
+    with pytest.raises(AssertionError, match=r"`hs` must have rank >= 2 \[B, T, \.\.\.\]"):
+        js.last_valid(jnp.zeros((5,)), jnp.array([2]))
