@@ -100,14 +100,17 @@ def test_mask_lengths_of_a_scalar_mask_names_mask():
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("trailing", [(), (3,), (2, 3)], ids=["BT", "BTH", "BTHW"])
-def test_last_valid_picks_the_last_valid_step_for_every_rank(trailing):
+def test_last_valid_picks_the_last_valid_step_for_every_rank(trailing, steps):
     """Kills masks.py:135 (full run) NumberReplacer ``check_min_rank(hs, 2, ...)`` -> 3
-    (rank-2 ``hs`` [B, T] rejected; every other test used [B, T, H]) and checks the result
-    against plain NumPy indexing: the element at step ``length - 1``, 0 for length 0."""
+    (rank-2 ``hs`` [B, T] rejected; every other test used [B, T, H]) and masks.py:142
+    NumberReplacer ``if steps == 0`` -> ``steps == 1`` (T = 1 returned zeros; no test had
+    T = 1), checked against plain NumPy indexing: the element at step ``length - 1``, 0 for
+    length 0."""
     rng = np.random.default_rng(135)
-    hs = rng.normal(size=(4, 5, *trailing)).astype(np.float32)
-    lengths = np.array([5, 1, 0, 3])
+    hs = rng.normal(size=(4, steps, *trailing)).astype(np.float32)
+    lengths = np.array([steps, 1, 0, min(3, steps)])
     want = np.stack(
         [hs[b, n - 1] if n else np.zeros(trailing, np.float32) for b, n in enumerate(lengths)]
     )
