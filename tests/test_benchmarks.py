@@ -72,3 +72,32 @@ def test_gpu_check_script_dry_run_runs_every_stage(tmp_path):
         timeout=120,
     )
     assert refused.returncode == 2 and "not gpu" in refused.stdout, refused.stdout
+
+
+@pytest.mark.training_smoke
+def test_crf_benchmark_runs_the_equivalence_gate_and_times_all_three(tmp_path):
+    # benchmarks/crf.py at its tiny shape, 1 repeat, in a fresh process (it pins the
+    # process's threads): the float64 gate passes for all three implementations
+    # before anything is timed, and the report has a row for each.
+    pytest.importorskip("torch")
+    pytest.importorskip("torchcrf")
+    from tests.subprocesses import REPO, worker_env
+
+    out = tmp_path / "RESULTS_crf.md"
+    args = ["--shapes", "tiny", "--repeats", "1", "--threads", "1", "--write", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.crf", *args],
+        cwd=REPO,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "B=4 T=8 K=5: equivalence check passed" in done.stdout, done.stdout
+    text = out.read_text()
+    assert "python -m benchmarks.crf --shapes tiny --repeats 1" in text
+    assert ", pytorch-crf " in text and "equivalence gate" in text
+    for impl in ("jaxseq-sequential", "jaxseq-parallel", "pytorch-crf"):
+        assert f"| B=4 T=8 K=5 | {impl} |" in text, text
+    assert "| B=4 T=8 K=5 | pytorch-crf | " in text and "**1.00x**" in text
