@@ -11,13 +11,14 @@ Task: next-character prediction as sequence labeling, ``inputs[t] = s[t]``,
 the mean over tokens of the cross-entropy (nats); metric: bits per character (the
 same mean in base 2) on test, every character of the split scored once.
 
-Truncated BPTT (:func:`train_windows`, :func:`tbptt_carry`, :func:`make_train_step`):
-the training stream is cut into ``B = train.batch_size`` contiguous rows, each walked
-in windows of ``window`` steps; one update per window, and the final carry of a
-window is the initial carry of the next with the gradient stopped at the boundary.
-Every epoch restarts the rows from the zero carry. Evaluation (:func:`evaluate`)
-reads a whole split as ONE stream from the zero carry, in windows of
-``eval_window`` steps with the state carried across (no reset inside the split).
+Truncated BPTT (:mod:`jaxseq.streaming`): the training stream is cut into ``B =
+train.batch_size`` contiguous rows, each walked in windows of ``window`` steps
+(:func:`train_windows`, with ``streaming.windows``); one update per window
+(``streaming.make_tbptt_train_step`` of :func:`window_loss`), and the final carry of a
+window is the initial carry of the next with the gradient stopped at the boundary
+(``streaming.tbptt_carry``). Every epoch restarts the rows from the zero carry.
+Evaluation (:func:`evaluate`) reads a whole split as ONE stream from the zero carry, in
+windows of ``eval_window`` steps with the state carried across (no reset inside the split).
 This does not fit ``fit``'s contract (a batch in, metric sums out, nothing carried
 from step to step), so the loop is here (:func:`train`); it writes the run folder the
 harness way: ``config.json`` (:func:`experiments.harness.prepare_run_dir`, with
@@ -54,18 +55,16 @@ import functools
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxseq as js
 from experiments import config as configs
 from experiments import harness, plots
-from jaxseq import metrics
+from jaxseq import metrics, streaming
 from jaxseq.data import char_text, vocab
 from jaxseq.training import checkpoint, loop, steps
 
@@ -320,9 +319,6 @@ def summarize(sums) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- TBPTT
-# The carried-state logic, local to this experiment. With jaxseq.streaming:
-# train_windows -> streaming.windows, tbptt_carry -> streaming.tbptt_carry,
-# make_train_step -> streaming.make_tbptt_train_step.
 
 
 def stream_rows(ids: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,67 +333,44 @@ def stream_rows(ids: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return inputs, labels
 
 
-def train_windows(ids: np.ndarray, batch: int, window: int) -> list[tuple[np.ndarray, ...]]:
-    """The windows of one training epoch, in order: ``(inputs [B, k], labels [B, k],
-    lengths [B])``, window j holding steps ``j k .. j k + k - 1`` of every row; the rows'
-    last ``L mod k`` steps are dropped (every window is full)."""
+def train_windows(ids: np.ndarray, batch: int, window: int) -> tuple[jax.Array, ...]:
+    """The windows of one training epoch, stacked: ``(inputs [N, B, k], labels [N, B, k],
+    lengths [N, B], fresh [N, B])``, window j holding steps ``j k .. j k + k - 1`` of
+    every row of :func:`stream_rows` (cut by :func:`jaxseq.streaming.windows`; the rows'
+    last ``L mod k`` steps are dropped first, so every window is full); ``fresh`` is True
+    in the first window only (every epoch restarts the rows from the zero carry)."""
     inputs, labels = stream_rows(ids, batch)
     count = inputs.shape[1] // window
     if count < 1:
         raise ValueError(f"rows of {inputs.shape[1]} steps hold no window of {window}")
-    lengths = np.full((batch,), window, np.int32)
-    return [
-        (
-            inputs[:, j * window : (j + 1) * window],
-            labels[:, j * window : (j + 1) * window],
-            lengths,
-        )
-        for j in range(count)
-    ]
+    keep = count * window
+    (inputs, labels), lengths = streaming.windows((inputs[:, :keep], labels[:, :keep]), window)
+    fresh = jnp.zeros((count, batch), jnp.bool_).at[0].set(True)
+    return inputs, labels, lengths, fresh
 
 
-def eval_windows(ids: np.ndarray, window: int) -> Iterator[tuple[np.ndarray, ...]]:
-    """ONE stream ``[1, ...]`` over all of ``ids`` (targets ``ids[1:]``) in windows of
-    ``window`` steps, the last padded (its ``lengths`` says how many are valid)."""
-    inputs, labels = ids[:-1], ids[1:]
-    for start in range(0, len(inputs), window):
-        x, y = inputs[start : start + window], labels[start : start + window]
-        pad = window - len(x)
-        yield (
-            np.pad(x, (0, pad))[None],
-            np.pad(y, (0, pad))[None],
-            np.array([len(x)], np.int32),
-        )
+def window_loss(model: ModelConfig, params: dict, window, carry, key=None):
+    """The loss function of :func:`jaxseq.streaming.make_tbptt_train_step`: one training
+    window ``(inputs [B, k], labels [B, k], lengths [B], fresh [B])`` from
+    ``streaming.tbptt_carry(carry, zero carry, fresh)`` (gradient stopped at the window's
+    first step; the ``fresh`` rows start from the zero carry), as ``(LossTerms, (final
+    carry, {}))``; the windowed objective of the window is ``terms.total / terms.count``.
+    ``key`` is unused (no dropout)."""
+    del key
+    inputs_BT, labels_BT, lengths_B, fresh_B = window
+    initial = make_cell(model).initial_carry(params["rnn"])
+    carry = streaming.tbptt_carry(carry, initial, fresh_B)
+    carry, terms = window_terms(model, params, carry, (inputs_BT, labels_BT, lengths_B))
+    return terms, (carry, {})
 
 
-def tbptt_carry(carry):
-    """The carry the next window starts from: the previous window's final carry, its
-    gradient stopped (the truncation)."""
-    return jax.tree.map(jax.lax.stop_gradient, carry)
-
-
-def window_objective(model: ModelConfig, params: dict, carry, window):
-    """The loss of one window (mean over its tokens) from ``tbptt_carry(carry)``,
-    with ``(final carry, LossTerms)`` as auxiliary output."""
-    carry, terms = window_terms(model, params, tbptt_carry(carry), window)
-    return terms.total / terms.count, (carry, terms)
-
-
-def make_train_step(model: ModelConfig, optimizer: optax.GradientTransformation):
-    """The jitted TBPTT step ``(state, carry, window) -> (state, final carry, metric
-    sums)``: one optimizer update on the gradient of the window's loss, which reaches
-    back to the window's first step only."""
-    grad_fn = jax.grad(lambda p, c, w: window_objective(model, p, c, w), has_aux=True)
-
-    def step(state: steps.TrainState, carry, window):
-        grads, (carry, terms) = grad_fn(state.params, carry, window)
-        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and ints
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return state, tbptt_carry(carry), sums_of(terms)
-
-    return jax.jit(step)
+def make_train_step(model: ModelConfig, optimizer):
+    """The jitted TBPTT step ``(state, carry, window, key) -> (state, final carry, metric
+    sums)``: :func:`jaxseq.streaming.make_tbptt_train_step` of :func:`window_loss`, one
+    optimizer update on the gradient of the window's mean loss, which reaches back to the
+    window's first step only (``state`` is donated; the sums hold ``loss`` and
+    ``grad_norm``)."""
+    return streaming.make_tbptt_train_step(functools.partial(window_loss, model), optimizer)
 
 
 def make_eval_step(model: ModelConfig):
@@ -411,11 +384,15 @@ def make_eval_step(model: ModelConfig):
 
 
 def evaluate(eval_step, model: ModelConfig, params: dict, ids: np.ndarray, window: int) -> dict:
-    """``{"loss", "bpc"}`` over a whole split read as one stream from the zero carry."""
+    """``{"loss", "bpc"}`` over a whole split read as ONE stream ``[1, ...]`` (targets
+    ``ids[1:]``) from the zero carry, in windows of ``window`` steps
+    (:func:`jaxseq.streaming.windows`; the last padded, its length saying how many steps
+    are valid)."""
+    (inputs, labels), lengths = streaming.windows((ids[None, :-1], ids[None, 1:]), window)
     carry = initial_carry(make_cell(model), params, 1)
     total = None
-    for win in eval_windows(ids, window):
-        carry, sums = eval_step(params, carry, win)
+    for n in range(lengths.shape[0]):
+        carry, sums = eval_step(params, carry, (inputs[n], labels[n], lengths[n]))
         total = sums if total is None else metrics.add(total, sums)
     return summarize(total)
 
@@ -473,7 +450,7 @@ def train(config: Config, data: dict[str, np.ndarray], vocab_size: int, out_dir:
     sampling key)``."""
     tc, model = config.train, config.model
     windows = train_windows(data["train"], tc.batch_size, config.window)
-    steps_per_epoch = len(windows)
+    steps_per_epoch = int(windows[2].shape[0])
     total_steps = harness.total_steps_of(tc, steps_per_epoch)
     harness.prepare_run_dir(
         out_dir,
@@ -499,9 +476,9 @@ def train(config: Config, data: dict[str, np.ndarray], vocab_size: int, out_dir:
     key_init, key_sample = jax.random.split(jax.random.key(tc.seed))
     params = init_params(key_init, model, vocab_size)
     state = steps.create_train_state(params, optimizer)
-    cell = make_cell(model)
-    carry = initial_carry(cell, params, tc.batch_size)
+    carry = initial_carry(make_cell(model), params, tc.batch_size)
     train_step, eval_step = make_train_step(model, optimizer), make_eval_step(model)
+    step_key = jax.random.key(tc.seed)  # unused by window_loss (no dropout)
 
     mngr = checkpoint.manager(os.path.join(os.path.abspath(out_dir), "checkpoints"))
     start = 0
@@ -526,10 +503,10 @@ def train(config: Config, data: dict[str, np.ndarray], vocab_size: int, out_dir:
 
     window_sums = None
     for step in range(start, stop):
-        j = step % steps_per_epoch
-        if j == 0:  # a new epoch: every row starts again from the zero carry
-            carry = initial_carry(cell, state.params, tc.batch_size)
-        state, carry, sums = train_step(state, carry, windows[j])
+        # window j of the epoch; its `fresh` restarts every row from the zero carry at j = 0
+        window = tuple(x[step % steps_per_epoch] for x in windows)
+        state, carry, sums = train_step(state, carry, window, step_key)
+        sums = {"loss": sums["loss"]}  # the step's grad_norm is not logged here
         window_sums = sums if window_sums is None else metrics.add(window_sums, sums)
         done = step + 1
         if done % tc.log_every == 0 or done == stop:

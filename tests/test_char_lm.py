@@ -220,14 +220,20 @@ def test_carried_windows_equal_one_long_pass():
     assert windowed["loss"] == pytest.approx(float(terms.total / terms.count), rel=1e-5)
     # training: B rows walked in windows of k, the carry passed on == each row in one pass
     windows = char_lm.train_windows(ids, 3, 5)  # rows of 17 steps: 3 windows, 2 dropped
-    assert len(windows) == 3 and all(w[0].shape == (3, 5) for w in windows)
+    w_inputs, w_labels, w_lengths, w_fresh = windows
+    assert w_inputs.shape == w_labels.shape == (3, 3, 5)
+    np.testing.assert_array_equal(w_lengths, np.full((3, 3), 5))
+    np.testing.assert_array_equal(w_fresh, [[True] * 3, [False] * 3, [False] * 3])
     inputs, labels = char_lm.stream_rows(ids, 3)
     np.testing.assert_array_equal(inputs[1], ids[17:34])
     np.testing.assert_array_equal(labels[1], ids[18:35])
+    for j in range(3):
+        np.testing.assert_array_equal(w_inputs[j], inputs[:, 5 * j : 5 * j + 5])
+        np.testing.assert_array_equal(w_labels[j], labels[:, 5 * j : 5 * j + 5])
     carry = char_lm.initial_carry(char_lm.make_cell(MODEL), params, 3)
     logits = []
-    for window in windows:
-        carry, out = char_lm.apply(MODEL, params, carry, window[0], window[2])
+    for j in range(3):
+        carry, out = char_lm.apply(MODEL, params, carry, w_inputs[j], w_lengths[j])
         logits.append(out)
     full_carry, full = char_lm.apply(
         MODEL, params, char_lm.initial_carry(char_lm.make_cell(MODEL), params, 3),
@@ -259,6 +265,13 @@ def _explicit_window_loss(params, ids_BT, labels_BT, start, k, carry0, *, stop=T
     return total / (ids_BT.shape[0] * k)
 
 
+def _window_objective(params, carry, window):
+    """The windowed objective of one training window: its mean loss from
+    ``tbptt_carry(carry)``, as the experiment's loss function computes it."""
+    terms, _ = char_lm.window_loss(MODEL, params, window, carry)
+    return terms.total / terms.count
+
+
 def _assert_trees_close(actual, desired, **tolerances):
     for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
         np.testing.assert_allclose(a, d, **tolerances)
@@ -272,31 +285,41 @@ def test_tbptt_gradient_is_the_windowed_objectives():
     ids = np.append(rows.ravel(), 5).astype(np.int32)
     params, k, batch = _params(vocab_size=9), 5, 2
     windows = char_lm.train_windows(ids, batch, k)  # 2 windows, 1 step dropped
+    first, second = (tuple(x[j] for x in windows) for j in range(2))
     inputs, labels = char_lm.stream_rows(ids, batch)
     zero = char_lm.initial_carry(char_lm.make_cell(MODEL), params, batch)
     # the train step with SGD(1): its update is minus the gradient
     step = char_lm.make_train_step(MODEL, optax.sgd(1.0))
-    state = harness.steps.create_train_state(params, optax.sgd(1.0))
-    state1, carry1, sums = step(state, zero, windows[0])
+    key = jax.random.key(0)
+
+    def state_of(p):  # the step donates its state: start from a copy of the params
+        return harness.steps.create_train_state(jax.tree.map(jnp.copy, p), optax.sgd(1.0))
+
+    state1, carry1, sums = step(state_of(params), zero, first, key)
     assert float(sums["loss"].count) == batch * k
     grad0 = jax.grad(_explicit_window_loss)(params, inputs, labels, 0, k, zero)
     minus_update = jax.tree.map(lambda old, new: old - new, params, state1.params)
     _assert_trees_close(minus_update, grad0, rtol=2e-4, atol=1e-6)
+    # the first window is `fresh`: any incoming carry restarts from zero (a new epoch)
+    junk = jax.tree.map(lambda c: jnp.full_like(c, 3.0), zero)
+    state1_junk, carry1_junk, _ = step(state_of(params), junk, first, key)
+    _assert_trees_close(state1_junk.params, state1.params, rtol=0, atol=0)
+    _assert_trees_close(carry1_junk, carry1, rtol=0, atol=0)
     # the carry passed on is the first window's final carry (computed with the old params)
-    carry, _ = char_lm.apply(MODEL, params, zero, windows[0][0], windows[0][2])
+    carry, _ = char_lm.apply(MODEL, params, zero, first[0], first[2])
     _assert_trees_close(carry1, carry, rtol=1e-6)
     # the second update: the gradient of the second window's loss from that carry, a constant
-    state2, _, _ = step(state1, carry1, windows[1])
+    params1 = jax.tree.map(jnp.copy, state1.params)
+    state2, _, _ = step(state1, carry1, second, key)
     explicit = jax.grad(
         lambda p: _explicit_window_loss(p, inputs[:, k:], labels[:, k:], 0, k, carry1)
-    )(state1.params)
-    minus_update = jax.tree.map(lambda old, new: old - new, state1.params, state2.params)
+    )(params1)
+    minus_update = jax.tree.map(lambda old, new: old - new, params1, state2.params)
     _assert_trees_close(minus_update, explicit, rtol=2e-4, atol=1e-6)
     # with the carry recomputed from the stream's start, the window's gradient is the one
     # of the objective written over the whole stream with the stop at step k ...
-    params1 = state1.params
-    carry_p1, _ = char_lm.apply(MODEL, params1, zero, windows[0][0], windows[0][2])
-    windowed = jax.grad(lambda p: char_lm.window_objective(MODEL, p, carry_p1, windows[1])[0])
+    carry_p1, _ = char_lm.apply(MODEL, params1, zero, first[0], first[2])
+    windowed = jax.grad(lambda p: _window_objective(p, carry_p1, second))
     cut = jax.grad(lambda p: _explicit_window_loss(p, inputs, labels, k, k, zero))
     _assert_trees_close(windowed(params1), cut(params1), rtol=2e-4, atol=1e-6)
     # ... which differs from the untruncated gradient (through the first window too)
@@ -306,7 +329,7 @@ def test_tbptt_gradient_is_the_windowed_objectives():
     only_in_first = sorted(set(inputs[:, :k].ravel().tolist()))  # read in window 1 only
     assert not np.any(w_cut[only_in_first]) and np.all(np.any(w_through[only_in_first], axis=1))
     # and no gradient flows into the incoming carry
-    carry_grad = jax.grad(lambda c: char_lm.window_objective(MODEL, params1, c, windows[1])[0])
+    carry_grad = jax.grad(lambda c: _window_objective(params1, c, second))
     assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(carry_grad(carry1)))
 
 

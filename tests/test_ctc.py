@@ -562,9 +562,49 @@ def test_validate_accepts_good_data_and_names_the_sequence():
 
 @pytest.mark.training_smoke
 def test_g2p_decoding_and_edit_distance():
-    from experiments.cmudict_g2p_ctc import edit_distance, greedy_decode
+    from experiments import cmudict_g2p_ctc as g2p
 
-    assert greedy_decode(np.array([0, 3, 3, 0, 3, 5, 5, 0, 9]), 8) == [3, 3, 5]
+    edit_distance = g2p.edit_distance
     assert edit_distance([1, 2, 3], [1, 3]) == 1
     assert edit_distance([], [4, 5]) == 2
     assert edit_distance([1, 2, 3, 4], [2, 1, 3, 5]) == 3
+    # the experiment's decoding path (make_predict -> js.ctc_greedy_decode -> error_rates)
+    # on hand-made argmax paths; "params" are the logits themselves. Frames past a row's
+    # length and the padding row (index -1) hold NaN: never read.
+    assert g2p.BLANK == 0
+    paths = [
+        [0, 3, 3, 0, 3, 5, 5, 0, 9],  # length 8: 3 3 5 (the 9 is past the end)
+        [2, 2, 0, 4, 4, 1, 1, 1, 1],  # length 5: 2 4
+        [6, 6, 6, 6, 6, 6, 6, 6, 6],  # length 0: nothing
+        [0, 7, 7, 7, 0, 0, 8, 0, 7],  # length 9: 7 8 7
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],  # padding
+    ]
+    lengths = np.array([8, 5, 0, 9, 3], np.int32)
+    logits = np.eye(10, dtype=np.float32)[np.array(paths)]  # one-hot [5, 9, 10]
+    for row, n in enumerate(lengths):
+        logits[row, n:] = np.nan
+    logits[4] = np.nan
+    batch = g2p.CTCBatch(
+        inputs=np.zeros((5, 9), np.int32),
+        lengths=lengths,
+        targets=np.zeros((5, 1), np.int32),  # not read by error_rates
+        target_lengths=np.zeros((5,), np.int32),
+        indices=np.array([2, 0, 3, 1, -1], np.int32),
+    )
+    # the words by index: index 0 is row 1, 1 row 3, 2 row 0, 3 row 2
+    phonemes = ([2, 4], [7, 8], [3, 5], [1])
+    words = g2p.Words(("ab", "cd", "ef", "gh"), tuple(np.array(p, np.int32) for p in phonemes))
+    # distances: row 0 [3 3 5] vs [3 5]: 1; row 1 [2 4] vs [2 4]: 0; row 2 [] vs [1]: 1;
+    # row 3 [7 8 7] vs [7 8]: 1 -> PER 3 / (2 + 2 + 1 + 2), WER 3 / 4
+    predict = g2p.make_predict(lambda params, inputs, lengths: params)
+    tokens, counts = predict(logits, batch.inputs, lengths, batch.indices >= 0)
+    assert counts.tolist() == [3, 2, 0, 3, 0] and tokens.shape == (5, 9)
+    assert tokens[0, :3].tolist() == [3, 3, 5] and tokens[3, :3].tolist() == [7, 8, 7]
+    assert not np.any(tokens[4] != -1)
+    rates = g2p.error_rates(predict, logits, [batch], words)
+    assert rates == {"per": 3 / 7, "wer": 3 / 4, "words": 4}
+    # NaN in a valid frame of a word: loud, not a silent argmax
+    bad = logits.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN logits for the word 'ab'"):
+        g2p.error_rates(predict, bad, [batch], words)

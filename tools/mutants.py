@@ -789,6 +789,107 @@ JUDGEMENTS: dict[tuple[str, str, str], str] = {
 }
 
 
+KILL_TESTS = "tests/test_mutant_kills.py"
+
+
+def _changed_lines(result) -> tuple[list[str], list[str]]:
+    """The removed and added lines of a mutant's diff (without the ``-``/``+``)."""
+    lines = (result.diff or "").splitlines()
+    removed = [x[1:] for x in lines if x.startswith("-") and not x.startswith("---")]
+    added = [x[1:] for x in lines if x.startswith("+") and not x.startswith("+++")]
+    return removed, added
+
+
+def recheck(modules: list[str], workdir: Path, timeout: float = 600.0) -> None:
+    """Run the surviving mutants of a finished (or partial) run again, against the kill
+    tests of the current checkout (``tests/test_mutant_kills.py``, written for the
+    survivors): each mutant's changed line is replaced in a scratch copy of the current
+    ``jaxseq/`` (it must occur there exactly once), the kill tests run there (``-x``, a
+    fresh process), and the outcome goes to ``<module>.recheck.json`` with the commit;
+    the report prints it beside the judgement. The working tree is never touched."""
+    import shutil
+    import tempfile
+
+    commit = _source_info()
+    for module in modules:
+        s = summarize(module, workdir)
+        if s is None or not s["survivors"]:
+            continue
+        outcomes = {}
+        source = Path(module).read_text()
+        for spec, result, _ in s["survivors"]:
+            removed, added = _changed_lines(result)
+            key = f"{spec.start_pos[0]}:{spec.operator_name}:{spec.occurrence}"
+            if len(removed) != 1 or len(added) != 1 or source.count(removed[0]) != 1:
+                outcomes[key] = {"outcome": "line not found once in the current source"}
+                say(f"recheck {module}:{key}: line not found once; skipped")
+                continue
+            with tempfile.TemporaryDirectory() as scratch:
+                root = Path(scratch)
+                for part in ("jaxseq", "tests"):
+                    shutil.copytree(part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copy("pyproject.toml", root / "pyproject.toml")
+                (root / module).write_text(source.replace(removed[0], added[0]))
+                report = root / "junit.xml"
+                try:
+                    done = subprocess.run(
+                        [
+                            sys.executable,
+                            "-m",
+                            "pytest",
+                            "-x",
+                            "-q",
+                            "-p",
+                            "no:cacheprovider",
+                            "-n",
+                            "0",
+                            f"--junitxml={report}",
+                            KILL_TESTS,
+                        ],
+                        cwd=root,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        check=False,
+                    )
+                    code = done.returncode
+                except subprocess.TimeoutExpired:
+                    code = None
+                failed = []
+                if report.exists():
+                    import xml.etree.ElementTree as ET
+
+                    for case in ET.parse(report).getroot().iter("testcase"):
+                        if case.find("failure") is not None or case.find("error") is not None:
+                            failed.append(f"{case.get('classname')}::{case.get('name')}")
+            if code is None:
+                outcome = {"outcome": "timeout"}
+            elif code == 1 and failed:
+                outcome = {"outcome": "killed", "by": failed[0].split(".")[-1]}
+            elif code == 0:
+                outcome = {"outcome": "survived"}
+            else:
+                outcome = {"outcome": f"pytest exit {code}"}
+            outcomes[key] = outcome
+            say(f"recheck {module}:{key}: {outcome}")
+        path = workdir / f"{Path(module).stem}.recheck.json"
+        path.write_text(json.dumps({"commit": commit, "mutants": outcomes}, indent=1))
+
+
+def _recheck_note(module: str, workdir: Path, spec) -> str:
+    path = workdir / f"{Path(module).stem}.recheck.json"
+    if not path.exists():
+        return ""
+    data = json.loads(path.read_text())
+    got = data["mutants"].get(f"{spec.start_pos[0]}:{spec.operator_name}:{spec.occurrence}")
+    if got is None:
+        return ""
+    where = f"rechecked against `{KILL_TESTS}` at {data['commit']}"
+    if got["outcome"] == "killed":
+        return f" *({where}: killed by `{got['by']}`.)*"
+    return f" *({where}: {got['outcome']}.)*"
+
+
 def render_section(label: str, modules: list[str], workdir: Path, info: dict) -> str:
     rows, blocks, sets, sampled, partial = [], [], [], [], []
     total_run = total_killed = 0
@@ -844,7 +945,8 @@ def render_section(label: str, modules: list[str], workdir: Path, info: dict) ->
             lines.extend(removed + added)
             key = (module, *(x[1:].strip() for x in removed[:1] + added[:1]))
             verdict = JUDGEMENTS.get(key, "not judged yet")
-            judged.append(f"- `{module}:{spec.start_pos[0]}` ({op}): {verdict}")
+            note = _recheck_note(module, workdir, spec)
+            judged.append(f"- `{module}:{spec.start_pos[0]}` ({op}): {verdict}{note}")
         if lines:
             blocks.append(
                 f"#### `{module}`: {c['survived']} surviving\n\n```diff\n"
@@ -980,6 +1082,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="discard a previous run's results")
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument("--report-only", action="store_true", help="rewrite the report section")
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run the label's surviving mutants against tests/test_mutant_kills.py of the "
+        "current checkout (in a scratch copy), then rewrite the report section",
+    )
     args = parser.parse_args(argv)
 
     os.nice(max(0, 19 - os.nice(0)))
@@ -1007,6 +1115,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote the '{args.label}' section of {args.report}")
 
     if args.report_only:
+        report()
+        return 0
+    if args.recheck:
+        recheck(modules, workdir)
         report()
         return 0
 
