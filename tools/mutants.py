@@ -876,6 +876,14 @@ def recheck(modules: list[str], workdir: Path, timeout: float = 600.0) -> None:
         path.write_text(json.dumps({"commit": commit, "mutants": outcomes}, indent=1))
 
 
+def _recheck_killed(module: str, workdir: Path, spec) -> bool:
+    path = workdir / f"{Path(module).stem}.recheck.json"
+    if not path.exists():
+        return False
+    key = f"{spec.start_pos[0]}:{spec.operator_name}:{spec.occurrence}"
+    return json.loads(path.read_text())["mutants"].get(key, {}).get("outcome") == "killed"
+
+
 def _recheck_note(module: str, workdir: Path, spec) -> str:
     path = workdir / f"{Path(module).stem}.recheck.json"
     if not path.exists():
@@ -944,7 +952,14 @@ def render_section(label: str, modules: list[str], workdir: Path, info: dict) ->
             lines.append(f"# {module}:{spec.start_pos[0]} ({op}{note})")
             lines.extend(removed + added)
             key = (module, *(x[1:].strip() for x in removed[:1] + added[:1]))
-            verdict = JUDGEMENTS.get(key, "not judged yet")
+            verdict = JUDGEMENTS.get(key)
+            if verdict is None:
+                verdict = (
+                    "**gap**, closed: a test of `tests/test_mutant_kills.py` written for the "
+                    "survivors kills it (the recheck below)"
+                    if _recheck_killed(module, workdir, spec)
+                    else "not judged yet"
+                )
             note = _recheck_note(module, workdir, spec)
             judged.append(f"- `{module}:{spec.start_pos[0]}` ({op}): {verdict}{note}")
         if lines:
