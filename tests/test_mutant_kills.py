@@ -124,3 +124,30 @@ def test_last_valid_of_rank_1_hs_names_hs():
     [T] array has no batch axis; the error must name ``hs`` and its ``[B, T, ...]`` shape."""
     with pytest.raises(AssertionError, match=r"`hs` must have rank >= 2 \[B, T, \.\.\.\]"):
         js.last_valid(jnp.zeros((5,)), jnp.array([2]))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("trailing", [(), (3,), (2, 3)], ids=["BT", "BTH", "BTHW"])
+def test_reverse_within_length_for_every_rank(trailing):
+    """Kills masks.py:197 (full run) ``(1,) * (xs.ndim - 2)`` -> ``xs.ndim ^ 2`` and
+    ``xs.ndim % 2`` (equal for rank 2 and 3, the ranks other tests used; different for
+    rank 4), against a plain loop: ``out[b, t] = xs[b, n_b - 1 - t]`` for ``t < n_b``,
+    else ``xs[b, t]``."""
+    rng = np.random.default_rng(197)
+    xs = rng.normal(size=(4, 5, *trailing)).astype(np.float32)
+    lengths = np.array([5, 0, 2, 3])
+    want = xs.copy()
+    for b, n in enumerate(lengths):
+        for t in range(n):
+            want[b, t] = xs[b, n - 1 - t]
+    got = js.reverse_within_length(jnp.asarray(xs), jnp.asarray(lengths))
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.bad_input
+def test_reverse_within_length_of_rank_1_xs_names_xs():
+    """Kills masks.py:186 (full run) NumberReplacer ``check_min_rank(xs, 2, ...)`` -> 1: a
+    [T] array has no batch axis; the error must name ``xs`` and its ``[B, T, ...]`` shape
+    (the mutant fails later, on ``xs.shape[1]``)."""
+    with pytest.raises(AssertionError, match=r"`xs` must have rank >= 2 \[B, T, \.\.\.\]"):
+        js.reverse_within_length(jnp.zeros((5,)), jnp.array([2]))

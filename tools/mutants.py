@@ -697,6 +697,57 @@ def summarize(module: str, workdir: Path) -> dict | None:
     }
 
 
+# Reasons shared by several equivalent mutants of masks.py (see JUDGEMENTS).
+_MASKS_EQUIVALENT_0 = (
+    "**equivalent**: the upper bound of `clip(lengths - 1, 0, ...)` only has to be at "
+    "least `T - 1`: a length in `[0, T]` gives an index of at most `T - 1` anyway; a "
+    "traced length above `T` gathers elsewhere, but `has_step` is False for it (the row "
+    "becomes 0, then NaN by `poison`) and the `where` gives that gather a zero cotangent."
+)
+_MASKS_EQUIVALENT_1 = (
+    "**equivalent**: the lower bound only matters for length 0, whose gathered value "
+    "`has_step` (False) replaces by 0, and the `where` gives that gather a zero "
+    "cotangent."
+)
+_MASKS_EQUIVALENT_2 = (
+    "**equivalent**: `+` of two bool arrays is a logical or in JAX (bool result), and the"
+    " two conditions are never both True (`max_len >= 0`)."
+)
+_MASKS_EQUIVALENT_3 = (
+    "**equivalent**: `steps` is a Python int >= 0, so `steps <= 0` is `steps == 0`; for T"
+    " = 0 the general path gives the same zeros (nothing valid: `has_step` is False, the "
+    "empty gather is replaced) and the same NaN rows for out-of-range traced lengths "
+    "(checked by hand: values and gradients)."
+)
+_MASKS_EQUIVALENT_4 = (
+    "**equivalent**: `steps` is a Python int >= 0, so the early return is never taken; "
+    "for T = 0 the general path gives the same zeros (nothing valid: `has_step` is False,"
+    " the empty gather is replaced) and the same NaN rows for out-of-range traced lengths"
+    " (checked by hand: values and gradients)."
+)
+_MASKS_EQUIVALENT_5 = (
+    "**equivalent**: `*` of two bool arrays is a logical and in JAX (bool result)."
+)
+_MASKS_EQUIVALENT_6 = (
+    "**equivalent**: reversing the first 1 step is the identity, as reversing 0 steps is,"
+    " so clipping a length of 0 up to 1 changes no index."
+)
+_MASKS_EQUIVALENT_7 = (
+    "**equivalent**: `reverse_index` is internal and its callers pass lengths in `[0, T]`"
+    " (out-of-range traced rows are set to 0 first), so the lower bound is never reached."
+)
+_MASKS_EQUIVALENT_8 = (
+    "**equivalent**: the filler length of an out-of-range row only has to leave the row "
+    "as it is: reversing the first step alone is the identity, as reversing none is; a "
+    "floating row is NaN by `poison` either way."
+)
+_MASKS_EQUIVALENT_9 = (
+    "**equivalent**: the filler length of an out-of-range row only has to leave the row "
+    "as it is: `reverse_index` clips -1 to 0, the identity; a floating row is NaN by "
+    "`poison` either way."
+)
+
+
 # Surviving mutants judged by hand, keyed by (module, the line it changes, the mutated line),
 # both stripped: "gap" (and the test that now kills it) or "equivalent" (and why). The key
 # holds across runs whose line numbers differ; the report prints each beside its mutant.
@@ -786,6 +837,91 @@ JUDGEMENTS: dict[tuple[str, str, str], str] = {
     "equal `train=False`; the mutant demands a key. Killed by `"
     + _KILLS
     + "test_stack_training_without_dropout_needs_no_key`.",
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps + 1)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps | 1)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps ^ 1)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps // 1)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps * 1)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps ** 1)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 0)",
+    ): _MASKS_EQUIVALENT_0,
+    (
+        "jaxseq/masks.py",
+        "index_B = jnp.clip(lengths - 1, 0, steps - 1)",
+        "index_B = jnp.clip(lengths - 1, -1, steps - 1)",
+    ): _MASKS_EQUIVALENT_1,
+    (
+        "jaxseq/masks.py",
+        "return (lengths < 0) | (lengths > max_len)",
+        "return (lengths < 0) + (lengths > max_len)",
+    ): _MASKS_EQUIVALENT_2,
+    (
+        "jaxseq/masks.py",
+        "if steps == 0:",
+        "if steps <= 0:",
+    ): _MASKS_EQUIVALENT_3,
+    (
+        "jaxseq/masks.py",
+        "if steps == 0:",
+        "if steps < 0:",
+    ): _MASKS_EQUIVALENT_4,
+    (
+        "jaxseq/masks.py",
+        "if steps == 0:",
+        "if steps == -1:",
+    ): _MASKS_EQUIVALENT_4,
+    (
+        "jaxseq/masks.py",
+        "has_step = (lengths > 0) & (lengths <= steps)",
+        "has_step = (lengths > 0) * (lengths <= steps)",
+    ): _MASKS_EQUIVALENT_5,
+    (
+        "jaxseq/masks.py",
+        "length = jnp.clip(jnp.asarray(length, jnp.int32), 0, max_len)",
+        "length = jnp.clip(jnp.asarray(length, jnp.int32), 1, max_len)",
+    ): _MASKS_EQUIVALENT_6,
+    (
+        "jaxseq/masks.py",
+        "length = jnp.clip(jnp.asarray(length, jnp.int32), 0, max_len)",
+        "length = jnp.clip(jnp.asarray(length, jnp.int32), -1, max_len)",
+    ): _MASKS_EQUIVALENT_7,
+    (
+        "jaxseq/masks.py",
+        "lengths = jnp.where(bad_B, 0, lengths)",
+        "lengths = jnp.where(bad_B, 1, lengths)",
+    ): _MASKS_EQUIVALENT_8,
+    (
+        "jaxseq/masks.py",
+        "lengths = jnp.where(bad_B, 0, lengths)",
+        "lengths = jnp.where(bad_B, -1, lengths)",
+    ): _MASKS_EQUIVALENT_9,
 }
 
 
