@@ -951,11 +951,21 @@ def recheck(modules: list[str], workdir: Path, timeout: float = 600.0) -> None:
         s = summarize(module, workdir)
         if s is None or not s["survivors"]:
             continue
+        path = workdir / f"{Path(module).stem}.recheck.json"
+        before = json.loads(path.read_text())["mutants"] if path.exists() else {}
         outcomes = {}
         source = Path(module).read_text()
         for spec, result, _ in s["survivors"]:
             removed, added = _changed_lines(result)
             key = f"{spec.start_pos[0]}:{spec.operator_name}:{spec.occurrence}"
+            verdict = JUDGEMENTS.get((module, *(x.strip() for x in removed[:1] + added[:1])), "")
+            # Kill tests only grow, so an earlier kill stands; an equivalent mutant is
+            # expected to survive them: neither is run again.
+            if before.get(key, {}).get("outcome") == "killed" or (
+                verdict.startswith("**equivalent**") and key in before
+            ):
+                outcomes[key] = before[key]
+                continue
             if len(removed) != 1 or len(added) != 1 or source.count(removed[0]) != 1:
                 outcomes[key] = {"outcome": "line not found once in the current source"}
                 say(f"recheck {module}:{key}: line not found once; skipped")
@@ -1006,9 +1016,9 @@ def recheck(modules: list[str], workdir: Path, timeout: float = 600.0) -> None:
                 outcome = {"outcome": "survived"}
             else:
                 outcome = {"outcome": f"pytest exit {code}"}
+            outcome["at"] = commit
             outcomes[key] = outcome
             say(f"recheck {module}:{key}: {outcome}")
-        path = workdir / f"{Path(module).stem}.recheck.json"
         path.write_text(json.dumps({"commit": commit, "mutants": outcomes}, indent=1))
 
 
@@ -1028,7 +1038,7 @@ def _recheck_note(module: str, workdir: Path, spec) -> str:
     got = data["mutants"].get(f"{spec.start_pos[0]}:{spec.operator_name}:{spec.occurrence}")
     if got is None:
         return ""
-    where = f"rechecked against `{KILL_TESTS}` at {data['commit']}"
+    where = f"rechecked against `{KILL_TESTS}` at {got.get('at', data['commit'])}"
     if got["outcome"] == "killed":
         return f" *({where}: killed by `{got['by']}`.)*"
     return f" *({where}: {got['outcome']}.)*"
