@@ -510,3 +510,21 @@ def test_the_progress_bar_shows_tokens_per_second_only_with_tokens_in(tmp_path, 
         tokens_in=lambda batch: batch.size,
     )
     assert shown and all(set(s) == {"loss", "tok_s"} for s in shown)
+
+
+@pytest.mark.roundtrip
+def test_two_sessions_in_the_same_second_keep_both_event_files(tmp_path, monkeypatch):
+    """tensorboardX names an event file after the time in whole seconds and the host; a
+    resumed session that starts within the same second as the crashed one must not
+    truncate the crashed session's events (the failure seen when a quick crash and resume
+    ran on a quiet machine)."""
+    pytest.importorskip("tensorboardX")
+    import time
+
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)  # one second for both
+    for step in (1, 2):
+        writer = loop._tensorboard_writer(True, str(tmp_path), purge_step=None)
+        writer.add_scalar("train/loss", float(step), step)
+        writer.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert read_events(tmp_path)["train/loss"] == [(1, 1.0), (2, 2.0)]

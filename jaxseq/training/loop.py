@@ -282,7 +282,11 @@ def _tensorboard_writer(mode: bool | None, directory: str, purge_step: int | Non
     writer_class = _import_tensorboard_writer(required=bool(mode))
     if writer_class is None:
         return None
-    return writer_class(directory, purge_step=purge_step)
+    # tensorboardX names its file after the time in whole seconds and the host: a session
+    # started within the same second as the previous one (a quick resume after a crash)
+    # would truncate that session's file. A suffix unique to this session keeps both.
+    suffix = f".{os.getpid()}.{time.time_ns()}"
+    return writer_class(directory, purge_step=purge_step, filename_suffix=suffix)
 
 
 def _keep_lines_up_to(path: str, step: int) -> None:
