@@ -697,6 +697,12 @@ def summarize(module: str, workdir: Path) -> dict | None:
     }
 
 
+# The filler of the logits of positions that do not count (losses.py).
+_FINITE_FILLER = (
+    "**equivalent**: the filler of the logits of positions that do not count only has to be "
+    "finite: their loss is replaced by 0 by the second `where` (value), and the first `where` "
+    "sends them a zero cotangent whatever the filler (gradient)."
+)
 # Reasons shared by several equivalent mutants of masks.py (see JUDGEMENTS).
 _MASKS_EQUIVALENT_0 = (
     "**equivalent**: the upper bound of `clip(lengths - 1, 0, ...)` only has to be at "
@@ -922,6 +928,28 @@ JUDGEMENTS: dict[tuple[str, str, str], str] = {
         "lengths = jnp.where(bad_B, 0, lengths)",
         "lengths = jnp.where(bad_B, -1, lengths)",
     ): _MASKS_EQUIVALENT_9,
+    (
+        "jaxseq/losses.py",
+        "labels = jnp.where(where, labels, 0)",
+        "labels = jnp.where(where, labels, -1)",
+    ): "**equivalent**: as for the label filler 1: the filler only feeds masked positions, "
+    "whose loss the second `where` replaces by 0 (the NaN an out-of-range filler makes there "
+    "is dropped, with an exact 0 cotangent); labels are validated before the filler is put in.",
+    (
+        "jaxseq/losses.py",
+        "counted = where & (weight != 0)",
+        "counted = where * (weight != 0)",
+    ): "**equivalent**: `*` of two bool arrays is a logical and in JAX (bool result).",
+    (
+        "jaxseq/losses.py",
+        "logits = jnp.where(counted[..., None], logits.astype(dtype), 0.0)",
+        "logits = jnp.where(counted[..., None], logits.astype(dtype), 1.0)",
+    ): _FINITE_FILLER,
+    (
+        "jaxseq/losses.py",
+        "logits = jnp.where(counted[..., None], logits.astype(dtype), 0.0)",
+        "logits = jnp.where(counted[..., None], logits.astype(dtype), -1.0)",
+    ): _FINITE_FILLER,
 }
 
 
