@@ -96,6 +96,21 @@ def _first_bad(bad: np.ndarray) -> int:
     return int(np.argwhere(bad)[0][0])
 
 
+def _check_concrete_logit_lengths(logit_lengths, max_t: int, rows: np.ndarray) -> None:
+    """``ValueError`` for host ``logit_lengths`` outside ``[0, T]`` in the ``rows`` that
+    count (bool ``[B]``); traced lengths are left to the caller."""
+    if not _checks.is_concrete(logit_lengths):
+        return
+    lengths = np.asarray(logit_lengths)
+    bad = rows & ((lengths < 0) | (lengths > max_t))
+    if bad.any():
+        i = _first_bad(bad)
+        raise ValueError(
+            f"`logit_lengths` must be in [0, T] = [0, {max_t}], got {int(lengths[i])} "
+            f"for sequence {i}"
+        )
+
+
 def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank, where):
     """Errors for bad lengths and labels of the rows ``where`` is True, when they are host
     data (not tracers). A traced ``where`` leaves every row unchecked."""
@@ -105,15 +120,7 @@ def _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_clas
         rows = np.asarray(where)
     else:
         return
-    if _checks.is_concrete(logit_lengths):
-        lengths = np.asarray(logit_lengths)
-        bad = rows & ((lengths < 0) | (lengths > max_t))
-        if bad.any():
-            i = _first_bad(bad)
-            raise ValueError(
-                f"`logit_lengths` must be in [0, T] = [0, {max_t}], got {int(lengths[i])} "
-                f"for sequence {i}"
-            )
+    _check_concrete_logit_lengths(logit_lengths, max_t, rows)
     if not _checks.is_concrete(label_lengths):
         return
     lengths = np.asarray(label_lengths)

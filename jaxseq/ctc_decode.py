@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxseq import _checks
 from jaxseq._reductions import all_valid, check_num_classes
-from jaxseq.ctc import _check_blank, _check_int_vector, _first_bad
+from jaxseq.ctc import _check_blank, _check_concrete_logit_lengths, _check_int_vector, _first_bad
 
 __all__ = ["CTCHypothesis", "ctc_greedy_decode", "ctc_prefix_beam_search"]
 
@@ -67,22 +67,13 @@ def _check_decode_args(logits, logit_lengths, where, blank):
 def _check_concrete_lengths(logit_lengths, max_t: int, where) -> None:
     """``ValueError`` for host ``logit_lengths`` outside ``[0, T]`` in a row where ``where``
     is True (traced lengths, or a traced ``where``, are left to the caller)."""
-    if not _checks.is_concrete(logit_lengths):
-        return
     if where is None:
-        rows = np.ones(logit_lengths.shape, bool)
+        rows = np.ones(np.shape(logit_lengths), bool)
     elif _checks.is_concrete(where):
         rows = np.asarray(where)
     else:
         return
-    lengths = np.asarray(logit_lengths)
-    bad = rows & ((lengths < 0) | (lengths > max_t))
-    if bad.any():
-        i = _first_bad(bad)
-        raise ValueError(
-            f"`logit_lengths` must be in [0, T] = [0, {max_t}], got {int(lengths[i])} "
-            f"for sequence {i}"
-        )
+    _check_concrete_logit_lengths(logit_lengths, max_t, rows)
 
 
 # ----------------------------------------------------------------------------- greedy
