@@ -54,6 +54,7 @@ from jaxseq.crf import (
     crf_init,
     crf_log_likelihood,
     crf_loss,
+    crf_loss_terms,
     crf_marginals,
 )
 from jaxseq.ctc import ctc_loss, validate_ctc_inputs
@@ -140,6 +141,7 @@ __all__ = [
     "crf_init",
     "crf_log_likelihood",
     "crf_loss",
+    "crf_loss_terms",
     "crf_marginals",
     # CTC decoding
     "CTCHypothesis",

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
-from jaxseq._reductions import REDUCTIONS, compute_dtype, safe_divide
+from jaxseq._reductions import REDUCTIONS, TERM_REDUCTIONS, LossTerms, compute_dtype, safe_divide
 
 __all__ = [
     "CRF_METHODS",
@@ -55,6 +55,7 @@ __all__ = [
     "crf_init",
     "crf_log_likelihood",
     "crf_loss",
+    "crf_loss_terms",
     "crf_marginals",
 ]
 
@@ -399,19 +400,70 @@ def crf_loss(
     ((), dtype('float32'), True)
     """
     _checks.check_choice(reduction, CRF_REDUCTIONS, "reduction")
+    if reduction in TERM_REDUCTIONS:
+        return crf_loss_terms(
+            emissions, tags, params, where=where, reduction=reduction, method=method
+        ).loss
+    log_likelihood, _ = _log_likelihood(emissions, tags, params, where, method)
+    nll = 0.0 - log_likelihood  # 0 - x: +0.0, not -0.0, for an empty row
+    return nll if reduction == "none" else jnp.sum(nll)
+
+
+def crf_loss_terms(
+    emissions: jax.Array,
+    tags: jax.Array,
+    params: Mapping[str, jax.Array],
+    *,
+    where: jax.Array | None = None,
+    reduction: str = "sum_over_time",
+    method: str = "sequential",
+) -> LossTerms:
+    """:func:`crf_loss` as exact ``LossTerms(total, count)``, for the means.
+
+    ``crf_loss(...) == total / count`` (0 when ``count == 0``), and for any split of
+    a batch into parts (microbatches, devices), ``sum(part.total) / sum(part.count)``
+    is the loss of the whole batch, which a mean of the parts' losses is not.
+
+    | reduction | total | count |
+    |---|---|---|
+    | ``sum_over_time`` | ``sum_i L_i`` | N |
+    | ``mean_over_time`` | ``sum_i L_i / T_i`` | N |
+    | ``mean_over_tokens`` | ``sum_i L_i`` | ``sum_i T_i`` |
+
+    with ``L_i`` the NLL of row i, ``T_i`` its valid steps and N the number of rows
+    with ``T_i > 0`` (rows with none contribute 0 to both).
+
+    Args:
+      emissions, tags, params, where, method: as in :func:`crf_log_likelihood`.
+      reduction: one of ``jaxseq.TERM_REDUCTIONS`` (``"sum"`` and ``"none"`` need
+        no terms: use :func:`crf_loss`).
+
+    Returns:
+      ``LossTerms`` of float32 scalars (float64 for float64 emissions).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxseq.crf import crf_init, crf_loss, crf_loss_terms
+    >>> params = crf_init(jax.random.key(0), 3)
+    >>> emissions = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    >>> tags = jnp.array([[0, 1, 2, 1], [2, 2, 0, 0]])
+    >>> where = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    >>> kw = dict(where=where, reduction="mean_over_tokens")
+    >>> terms = crf_loss_terms(emissions, tags, params, **kw)
+    >>> float(terms.count)
+    6.0
+    >>> bool(jnp.allclose(terms.loss, crf_loss(emissions, tags, params, **kw)))
+    True
+    """
+    _checks.check_choice(reduction, TERM_REDUCTIONS, "reduction")
     log_likelihood, lengths = _log_likelihood(emissions, tags, params, where, method)
     nll = 0.0 - log_likelihood  # 0 - x: +0.0, not -0.0, for an empty row
-    if reduction == "none":
-        return nll
-    if reduction == "sum":
-        return jnp.sum(nll)
     tokens = lengths.astype(nll.dtype)
+    if reduction == "mean_over_tokens":
+        return LossTerms(jnp.sum(nll), jnp.sum(tokens))
     num_sequences = jnp.sum((lengths > 0).astype(nll.dtype))
-    if reduction == "sum_over_time":
-        return safe_divide(jnp.sum(nll), num_sequences)
     if reduction == "mean_over_time":
-        return safe_divide(jnp.sum(safe_divide(nll, tokens)), num_sequences)
-    return safe_divide(jnp.sum(nll), jnp.sum(tokens))  # "mean_over_tokens"
+        return LossTerms(jnp.sum(safe_divide(nll, tokens)), num_sequences)
+    return LossTerms(jnp.sum(nll), num_sequences)  # "sum_over_time"
 
 
 def crf_decode(

@@ -22,8 +22,10 @@ from jaxseq.crf import (
     crf_init,
     crf_log_likelihood,
     crf_loss,
+    crf_loss_terms,
     crf_marginals,
 )
+from jaxseq.losses import TERM_REDUCTIONS
 from tests.reference_losses import seed_of
 
 PARAM_KEYS = ("transitions", "start", "end")
@@ -272,6 +274,37 @@ def test_loss_reductions():
         for name, value in outputs.items():
             assert not np.asarray(value).any(), name
     assert all_losses(em[:0], tags[:0], where[:0], params)["none"].shape == (0,)
+
+
+@pytest.mark.reference
+def test_loss_terms_are_exact_over_any_split_of_the_batch():
+    em, tags, where, lengths, params = make_data(seed_of("terms"), 3)
+    nll = -ref_batch(em, tags, lengths, params)["ll"]
+    rows = lengths > 0
+    want = {  # (total, count) straight from the definitions
+        "sum_over_time": (nll.sum(), rows.sum()),
+        "mean_over_time": ((nll[rows] / lengths[rows]).sum(), rows.sum()),
+        "mean_over_tokens": (nll.sum(), lengths.sum()),
+    }
+    for reduction in TERM_REDUCTIONS:
+        terms = crf_loss_terms(em, tags, params, where=where, reduction=reduction)
+        np.testing.assert_allclose(
+            [terms.total, terms.count], want[reduction], atol=ATOL, rtol=RTOL, err_msg=reduction
+        )
+        loss = crf_loss(em, tags, params, where=where, reduction=reduction)
+        np.testing.assert_allclose(terms.loss, loss, rtol=1e-6, err_msg=reduction)
+        # Microbatches of uneven sizes (one holding only the empty row): summed terms
+        # give the whole batch's loss; the mean of the parts' losses does not.
+        parts = [slice(0, 1), slice(1, 2), slice(2, None)]  # LENGTHS [4], [0], [1, 2, 3, 4]
+        split = [
+            crf_loss_terms(em[s], tags[s], params, where=where[s], reduction=reduction)
+            for s in parts
+        ]
+        total = sum(float(part.total) for part in split)
+        count = sum(float(part.count) for part in split)
+        np.testing.assert_allclose(total / count, loss, rtol=1e-5, err_msg=reduction)
+    with pytest.raises(ValueError, match="reduction"):
+        crf_loss_terms(em, tags, params, where=where, reduction="sum")
 
 
 @pytest.mark.gradcheck
