@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
+from jaxseq._compiled import compiled
 from jaxseq._reductions import REDUCTIONS, TERM_REDUCTIONS, LossTerms, compute_dtype, safe_divide
 
 __all__ = [
@@ -148,7 +149,20 @@ def _check_prefix(where) -> None:
         )
 
 
-def _prepare(emissions, params, where) -> _Inputs:
+class _Checked(NamedTuple):
+    """The arguments after the host-side checks: JAX arrays of the right shapes."""
+
+    emissions: jax.Array  # [B, T, K], its own dtype
+    params: tuple[jax.Array, jax.Array, jax.Array]  # transitions, start, end (compute dtype)
+    where: jax.Array | None  # bool [B, T]
+    tags: jax.Array | None  # int32 [B, T]
+
+
+def _check_args(emissions, params, where, tags=None) -> _Checked:
+    """Every check that needs no arithmetic: shapes and dtypes (chex ``AssertionError``
+    naming the argument) and, on host data, a ``where`` row that is not a prefix or a
+    tag outside ``[0, K)`` at a valid step (``ValueError``). Traced values are checked
+    inside the computation instead (their rows become NaN)."""
     emissions = _checks.as_array(emissions, "emissions")
     _checks.check_floating(emissions, "emissions")
     _checks.check_rank(emissions, 3, "emissions", "[B, T, K]")
@@ -160,44 +174,64 @@ def _prepare(emissions, params, where) -> _Inputs:
         )
     # As JAX arrays first: a NumPy float64 array is float32 without jax_enable_x64.
     emissions = jnp.asarray(emissions)
-    dtype = compute_dtype(emissions.dtype)
-    transitions, start, end = _check_params(params, num_tags, dtype)
+    params = tuple(_check_params(params, num_tags, compute_dtype(emissions.dtype)))
     where = _checks.optional_mask(where, (batch, steps), "where", "[B, T] (= emissions.shape[:2])")
+    host_valid = None
+    if where is None:
+        host_valid = np.ones((batch, steps), bool)
+    elif _checks.is_concrete(where):
+        _check_prefix(where)
+        host_valid = np.asarray(where)
+    if tags is not None:
+        tags = _check_tags(tags, (batch, steps, num_tags), host_valid)
+    return _Checked(emissions, params, where, tags)  # type: ignore[arg-type]
+
+
+def _check_tags(tags, shape: tuple[int, int, int], host_valid):
+    """``tags`` as int32 ``[B, T]``; on host data, a tag outside ``[0, K)`` at a valid
+    step (``host_valid``, None when ``where`` is traced) is a ``ValueError``. Padded
+    steps may hold any integer, even one beyond int32."""
+    batch, steps, num_tags = shape
+    if _checks.is_concrete(tags) and host_valid is not None:
+        host = np.asarray(tags)
+        _checks.check_integer(host, "tags")
+        _checks.check_shape(host, (batch, steps), "tags", "[B, T] (= emissions.shape[:2])")
+        out = host_valid & ((host < 0) | (host >= num_tags))
+        if out.any():
+            index = tuple(int(i) for i in np.argwhere(out)[0])
+            raise ValueError(
+                f"`tags` must be in [0, K) = [0, {num_tags}) at valid steps, got "
+                f"{int(host[index])} at index {index}"
+            )
+        return jnp.asarray(np.where(host_valid, host, 0).astype(np.int32))
+    tags = _checks.index_array(tags, "tags")
+    _checks.check_shape(tags, (batch, steps), "tags", "[B, T] (= emissions.shape[:2])")
+    return tags
+
+
+def _prepare(checked: _Checked) -> _Inputs:
+    """The unchecked inputs of the algorithms (inside the compiled core)."""
+    emissions, (transitions, start, end), where = checked.emissions, checked.params, checked.where
+    batch, steps, _ = emissions.shape
     if where is None:
         lengths = jnp.full((batch,), steps, jnp.int32)
     else:
         lengths = jnp.sum(where, axis=1, dtype=jnp.int32)
     valid = jnp.arange(steps, dtype=jnp.int32)[None, :] < lengths[:, None]
-    bad = None
-    if where is not None:
-        if _checks.is_concrete(where):
-            _check_prefix(where)
-        else:
-            bad = jnp.any(where != valid, axis=1)
+    # A traced row that is not a prefix (host rows were checked) becomes NaN.
+    bad = None if where is None else jnp.any(where != valid, axis=1)
     # First where: nothing at a padded step (NaN, inf) enters the arithmetic.
-    emissions = jnp.where(valid[..., None], emissions.astype(dtype), 0.0)
+    emissions = jnp.where(valid[..., None], emissions.astype(transitions.dtype), 0.0)
     return _Inputs(emissions, valid, lengths, transitions, start, end, bad)
 
 
-def _check_tags(tags, inputs: _Inputs):
-    """``tags`` as int32 ``[B, T]``: 0 at padded steps and at bad tags, and the updated
-    ``bad`` rows (a traced tag outside ``[0, K)`` at a valid step)."""
-    tags = _checks.index_array(tags, "tags")
-    batch, steps, num_tags = inputs.emissions.shape
-    _checks.check_shape(tags, (batch, steps), "tags", "[B, T] (= emissions.shape[:2])")
+def _tags_in_range(tags, inputs: _Inputs):
+    """``tags`` with 0 at padded steps and at bad tags, and the updated ``bad`` rows (a
+    traced tag outside ``[0, K)`` at a valid step; host tags were checked)."""
+    num_tags = inputs.emissions.shape[-1]
     in_range = (tags >= 0) & (tags < num_tags)
-    bad = inputs.bad
-    if _checks.is_concrete(tags) and _checks.is_concrete(inputs.valid):
-        out = np.asarray(inputs.valid) & ~np.asarray(in_range)
-        if out.any():
-            index = tuple(int(i) for i in np.argwhere(out)[0])
-            raise ValueError(
-                f"`tags` must be in [0, K) = [0, {num_tags}) at valid steps, got "
-                f"{int(np.asarray(tags)[index])} at index {index}"
-            )
-    else:
-        bad_tags = jnp.any(inputs.valid & ~in_range, axis=1)
-        bad = bad_tags if bad is None else bad | bad_tags
+    bad_tags = jnp.any(inputs.valid & ~in_range, axis=1)
+    bad = bad_tags if inputs.bad is None else inputs.bad | bad_tags
     return jnp.where(inputs.valid & in_range, tags, 0), bad
 
 
@@ -302,9 +336,15 @@ def _path_score(inputs: _Inputs, tags):
 
 
 def _log_likelihood(emissions, tags, params, where, method):
+    """``(log-likelihood [B], lengths [B])`` after the host checks."""
     _checks.check_choice(method, CRF_METHODS, "method")
-    inputs = _prepare(emissions, params, where)
-    tags, bad = _check_tags(tags, inputs)
+    return _log_likelihood_core(_check_args(emissions, params, where, tags), method=method)
+
+
+@compiled("method")
+def _log_likelihood_core(checked: _Checked, *, method: str):
+    inputs = _prepare(checked)
+    tags, bad = _tags_in_range(checked.tags, inputs)
     log_likelihood = _path_score(inputs, tags) - _log_partition(inputs, method)
     return _poison(log_likelihood, bad), inputs.lengths
 
@@ -339,7 +379,9 @@ def crf_log_likelihood(
 
     Returns:
       float32 ``[B]`` (float64 for float64 emissions), ``<= 0``; 0 for a row with no
-      valid step; ``-inf`` when ``tags`` uses a ``-inf`` (forbidden) score.
+      valid step; ``-inf`` when ``tags`` uses a ``-inf`` (forbidden) score; NaN when
+      the constraints forbid every path of the row (``log Z = -inf``: no
+      distribution exists).
       Under ``jit``, NaN for a row whose ``where`` is not a prefix or whose ``tags``
       are out of range at a valid step (host data raises ``ValueError`` instead).
 
@@ -400,13 +442,9 @@ def crf_loss(
     ((), dtype('float32'), True)
     """
     _checks.check_choice(reduction, CRF_REDUCTIONS, "reduction")
-    if reduction in TERM_REDUCTIONS:
-        return crf_loss_terms(
-            emissions, tags, params, where=where, reduction=reduction, method=method
-        ).loss
-    log_likelihood, _ = _log_likelihood(emissions, tags, params, where, method)
-    nll = 0.0 - log_likelihood  # 0 - x: +0.0, not -0.0, for an empty row
-    return nll if reduction == "none" else jnp.sum(nll)
+    _checks.check_choice(method, CRF_METHODS, "method")
+    checked = _check_args(emissions, params, where, tags)
+    return _loss_core(checked, method=method, reduction=reduction)
 
 
 def crf_loss_terms(
@@ -455,15 +493,29 @@ def crf_loss_terms(
     True
     """
     _checks.check_choice(reduction, TERM_REDUCTIONS, "reduction")
-    log_likelihood, lengths = _log_likelihood(emissions, tags, params, where, method)
+    _checks.check_choice(method, CRF_METHODS, "method")
+    checked = _check_args(emissions, params, where, tags)
+    return _loss_core(checked, method=method, reduction=reduction, terms=True)
+
+
+@compiled("method", "reduction", "terms")
+def _loss_core(checked: _Checked, *, method: str, reduction: str, terms: bool = False):
+    """The NLL of each row, reduced: ``LossTerms`` when ``terms``, else the loss."""
+    log_likelihood, lengths = _log_likelihood_core(checked, method=method)
     nll = 0.0 - log_likelihood  # 0 - x: +0.0, not -0.0, for an empty row
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return jnp.sum(nll)
     tokens = lengths.astype(nll.dtype)
-    if reduction == "mean_over_tokens":
-        return LossTerms(jnp.sum(nll), jnp.sum(tokens))
     num_sequences = jnp.sum((lengths > 0).astype(nll.dtype))
-    if reduction == "mean_over_time":
-        return LossTerms(jnp.sum(safe_divide(nll, tokens)), num_sequences)
-    return LossTerms(jnp.sum(nll), num_sequences)  # "sum_over_time"
+    if reduction == "mean_over_tokens":
+        out = LossTerms(jnp.sum(nll), jnp.sum(tokens))
+    elif reduction == "mean_over_time":
+        out = LossTerms(jnp.sum(safe_divide(nll, tokens)), num_sequences)
+    else:  # "sum_over_time"
+        out = LossTerms(jnp.sum(nll), num_sequences)
+    return out if terms else out.loss
 
 
 def crf_decode(
@@ -488,7 +540,9 @@ def crf_decode(
     Returns:
       ``(tags, scores)``: int32 ``[B, T]`` with -1 at padded steps, and float32
       ``[B]`` (float64 for float64 emissions), the path score of the module
-      docstring. A row with no valid step gives all -1 and score 0. Under ``jit``
+      docstring. A row with no valid step gives all -1 and score 0; a row whose
+      every path is forbidden (``-inf`` constraints) gets score ``-inf``, and its
+      tags mean nothing. Under ``jit``
       a row whose ``where`` is not a prefix gives all -1 and score NaN.
 
     >>> import jax.numpy as jnp
@@ -500,7 +554,12 @@ def crf_decode(
     >>> tags.tolist(), float(score[0])  # (0, 1) scores 3 but is forbidden; (1, 1) scores 2
     ([[1, 1, -1]], 2.0)
     """
-    inputs = _prepare(emissions, params, where)
+    return _decode_core(_check_args(emissions, params, where))
+
+
+@compiled()
+def _decode_core(checked: _Checked):
+    inputs = _prepare(checked)
     batch, steps, num_tags = inputs.emissions.shape
     dtype = inputs.emissions.dtype
     if steps == 0:
@@ -565,7 +624,12 @@ def crf_marginals(
     [[[0.75, 0.25], [0.5, 0.5]]]
     """
     _checks.check_choice(method, CRF_METHODS, "method")
-    inputs = _prepare(emissions, params, where)
+    return _marginals_core(_check_args(emissions, params, where), method=method)
+
+
+@compiled("method")
+def _marginals_core(checked: _Checked, *, method: str):
+    inputs = _prepare(checked)
 
     def total_log_z(emissions_BTK):
         return jnp.sum(_log_partition(inputs._replace(emissions=emissions_BTK), method))
@@ -617,6 +681,8 @@ def crf_allowed_transitions(
     ([[1, 1, 0], [1, 1, 1], [1, 1, 1]], [True, True, False], [True, True, True])
     """
     _checks.check_choice(scheme, tuple(_SCHEMES), "scheme")
+    if isinstance(tag_names, np.ndarray) and tag_names.ndim == 1:
+        tag_names = tag_names.tolist()  # e.g. a vocabulary's array of names
     if isinstance(tag_names, str) or not isinstance(tag_names, Sequence) or not tag_names:
         raise TypeError(f"`tag_names` must be a non-empty list of strings, got {tag_names!r}")
     if len(set(tag_names)) != len(tag_names):
@@ -675,7 +741,7 @@ def crf_constrain(
         ("end", allowed_end, "allowed_end"),
     ):
         mask = _checks.as_array(mask, name)
-        _checks.check_bool(mask, name)
+        _checks.check_bool(mask, name, "True = an allowed move")
         shape = (num_tags, num_tags) if key == "transitions" else (num_tags,)
         _checks.check_shape(mask, shape, name, _PARAM_SHAPES[key])
         value = _checks.as_array(params[key], f"params['{key}']")

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks, _fused, cells, masks, parallel_cells
+from jaxseq._compiled import compiled
 from jaxseq.methods import Fused, Method, Parallel, Scan, _check_cell, resolve_method
 
 Params = Any
@@ -331,6 +332,7 @@ def _check_params(cell, params, xs_BTD) -> None:
     jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs_BTD.shape[2:], xs_BTD.dtype))
 
 
+@compiled("cell", "reverse", "method")
 def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Method, resets=None):
     """The unchecked batched recurrence; ``method`` is resolved; ``resets`` None or bool
     ``[B, T]`` (segment starts, unmasked). Returns (final, hs [B, T, H])."""
@@ -375,6 +377,17 @@ def _rnn_resets(cell, params, xs_BTD, lengths_B, carry, reverse, method, resets_
 
     in_axes = (0, 0, 0, None if carry is None else 0)
     return jax.vmap(one, in_axes=in_axes)(xs_BTD, mask_BT, step_resets_BT, carry)
+
+
+@compiled("cell", "reverse", "method")
+def _scan_one(cell, params, xs_TD, length, carry, resets_T, *, reverse: bool, method: Scan):
+    """:func:`_scan` of one sequence from its ``length`` and segment starts ``resets_T``."""
+    mask_T = masks._mask(length, xs_TD.shape[0])
+    if resets_T is not None:
+        resets_T = _step_resets(resets_T[None], mask_T[None], reverse=reverse)[0]
+    return _scan(
+        cell, params, xs_TD, mask_T, carry, reverse=reverse, method=method, resets_T=resets_T
+    )
 
 
 def scan_rnn(
@@ -432,13 +445,7 @@ def scan_rnn(
     if carry is not None:
         carry = _check_carry(cell, params, carry, None)
     if isinstance(method, Scan) and not parallel_cells.is_linear(cell):
-        mask_T = masks._mask(length, xs.shape[0])
-        resets_T = None
-        if resets is not None:
-            resets_T = _step_resets(resets[None], mask_T[None], reverse=reverse)[0]
-        out = _scan(
-            cell, params, xs, mask_T, carry, reverse=reverse, method=method, resets_T=resets_T
-        )
+        out = _scan_one(cell, params, xs, length, carry, resets, reverse=reverse, method=method)
         return masks.poison(out, bad)
     carry_1 = None if carry is None else jax.tree.map(lambda c: jnp.asarray(c)[None], carry)
     resets_1 = None if resets is None else resets[None]
@@ -488,7 +495,8 @@ def rnn(
         backwards within itself: the carry restarts at the last step of every
         segment but the row's last one, which starts from ``carry`` (the initial
         carry by default); a reset at step 0 then changes nothing. None (the
-        default) and all-False are the plain recurrence.
+        default) and all-False are the plain recurrence (all-False: up to float
+        rounding, since XLA may fuse the extra select differently).
 
     Returns:
       ``(final_carry, hs)``: the final carries (leaves ``[B, ...]``; with
@@ -528,6 +536,7 @@ def _check_bidirectional_params(params, name: str = "params") -> None:
         )
 
 
+@compiled("cell", "method")
 def _bidirectional(cell, params, xs_BTD, lengths_B, carry, *, method: Method, resets=None):
     carry_f, carry_b = (None, None) if carry is None else carry
     final_f, hs_f = _rnn(
@@ -670,6 +679,7 @@ def stack(
     train: bool = False,
     method: Method | None = None,
     resets: jax.Array | None = None,
+    carry: list | None = None,
 ):
     """Stacked (optionally bidirectional) layers with variational dropout between them.
 
@@ -694,6 +704,11 @@ def stack(
       resets: optional bool ``[B, T]``, the first step of each packed segment, as in
         :func:`rnn`: every layer (both directions when bidirectional) restarts there,
         so each segment goes through the stack as if it ran alone.
+      carry: optional list with one initial carry per layer (leaves with a leading B;
+        a pair ``(carry_f, carry_b)`` per layer when bidirectional), e.g. the
+        ``final_carries`` of the previous window of a stream
+        (:mod:`jaxseq.streaming`). Default: every layer starts from
+        ``cell.initial_carry``.
 
     Returns:
       ``(final_carries, hs)``: a list with each layer's final carry (a pair
@@ -721,21 +736,44 @@ def stack(
     if bidirectional:
         for layer, params in enumerate(layer_params):
             _check_bidirectional_params(params, f"layer_params[{layer}]")
+    if carry is not None and (
+        not isinstance(carry, (list, tuple)) or len(carry) != len(layer_params)
+    ):
+        raise ValueError(
+            f"`carry` must be a list with one initial carry per layer ({len(layer_params)}), "
+            f"e.g. the final carries stack returned; got {type(carry).__name__}"
+            + (f" of length {len(carry)}" if isinstance(carry, (list, tuple)) else "")
+        )
     finals = []
     hs = xs
     for layer, params in enumerate(layer_params):
         for one in (params["forward"], params["backward"]) if bidirectional else (params,):
             _check_input_width(cell, one, hs, "xs", "[B, T, D]", layer)
+        layer_carry = None
+        if carry is not None:
+            name = f"carry[{layer}]"
+            if bidirectional:
+                pair = carry[layer]
+                if not isinstance(pair, tuple) or len(pair) != 2:
+                    raise ValueError(
+                        f"`{name}` of a bidirectional layer must be a tuple (carry_f, carry_b)"
+                    )
+                layer_carry = (
+                    _check_carry(cell, params["forward"], pair[0], xs.shape[0], f"{name}[0]"),
+                    _check_carry(cell, params["backward"], pair[1], xs.shape[0], f"{name}[1]"),
+                )
+            else:
+                layer_carry = _check_carry(cell, params, carry[layer], xs.shape[0], name)
         if layer > 0 and use_dropout:
             assert key is not None  # checked above: use_dropout requires a key
             hs = variational_dropout(hs, rate=dropout_rate, key=jax.random.fold_in(key, layer))
         if bidirectional:
             final, hs = _bidirectional(
-                cell, params, hs, lengths, None, method=method, resets=resets
+                cell, params, hs, lengths, layer_carry, method=method, resets=resets
             )
         else:
             final, hs = _rnn(
-                cell, params, hs, lengths, None, reverse=False, method=method, resets=resets
+                cell, params, hs, lengths, layer_carry, reverse=False, method=method, resets=resets
             )
         finals.append(final)
     return masks.poison((finals, hs), bad)

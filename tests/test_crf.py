@@ -671,6 +671,11 @@ BAD_CALLS = {
         lambda: crf_constrain(PARAMS, np.ones((3, 3), bool), np.ones(2, bool), np.ones(3, bool)),
         "`allowed_start`",
     ),
+    "constraint int mask": (
+        lambda: crf_constrain(PARAMS, np.ones((3, 3), int), np.ones(3, bool), np.ones(3, bool)),
+        "`allowed` must be boolean (True = an allowed move)",
+    ),
+    "arguments swapped": (lambda: crf_decode(PARAMS, EM), "`emissions`"),
 }
 
 
@@ -681,6 +686,62 @@ def test_bad_input_raises_naming_the_argument(case):
     with pytest.raises((AssertionError, TypeError, ValueError)) as info:
         call()
     assert name in str(info.value)
+
+
+@pytest.mark.bad_input
+def test_padded_tags_may_hold_any_integer_even_beyond_int32():
+    tags = np.asarray(TAGS, np.int64).copy()
+    tags[1, 2] = 2**40  # row 1 has length 2: step 2 is padding
+    for reduction in ("none", "sum"):
+        np.testing.assert_array_equal(
+            crf_loss(EM, tags, PARAMS, where=WHERE, reduction=reduction),
+            crf_loss(EM, TAGS, PARAMS, where=WHERE, reduction=reduction),
+        )
+    tags[1, 1] = 2**40  # a valid step: an error naming the tags
+    with pytest.raises(ValueError, match="`tags`"):
+        crf_loss(EM, tags, PARAMS, where=WHERE)
+
+
+@pytest.mark.numerics
+def test_a_row_with_no_allowed_path_is_nan_and_decodes_to_score_minus_inf():
+    """log p(tags) = score - log Z with log Z = -inf: the distribution is undefined (NaN,
+    documented), never a plausible number; the other rows are untouched."""
+    params = dict(PARAMS, start=np.array([-np.inf] * 3, np.float32))
+    where = np.array([[True] * 3, [False] * 3])  # row 1 has no step: no path needed
+    ll = crf_log_likelihood(EM, TAGS, params, where=where)
+    assert np.isnan(ll[0]) and ll[1] == 0
+    _, score = crf_decode(EM, params, where=where)
+    assert score[0] == -np.inf and score[1] == 0
+
+
+@pytest.mark.retrace
+def test_eager_calls_compile_once_per_shape():
+    from jax._src import monitoring
+
+    from tests.test_recurrence import _count_compiles
+
+    em, tags, where, _, params = make_data(seed_of("eager compiles"), 3)
+    compiles, listener = _count_compiles()
+    try:
+        for attempt, emissions in enumerate((em, em + 1)):
+            before = len(compiles)
+            for method in CRF_METHODS:
+                crf_log_likelihood(emissions, tags, params, where=where, method=method)
+                crf_loss(emissions, tags, params, where=where, method=method)
+                crf_marginals(emissions, params, where=where, method=method)
+            crf_decode(emissions, params, where=where)
+            assert (len(compiles) == before) if attempt else (len(compiles) > before)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.property
+def test_tag_names_may_be_a_numpy_array():
+    names = ["O", "B-PER", "I-PER"]
+    for got, want in zip(
+        crf_allowed_transitions(np.array(names)), crf_allowed_transitions(names), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.bad_input

@@ -547,6 +547,64 @@ def test_traces_once_for_same_shapes():
             apply_static(cells.gru(H), params, xs, lengths, method=fresh)
 
 
+def _count_compiles():
+    """A list that grows by one for every XLA compilation while it is registered."""
+    from jax._src import monitoring  # the event JAX records for each backend compile
+
+    compiles: list[float] = []
+
+    def listener(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    monitoring.register_event_duration_secs_listener(listener)
+    return compiles, listener
+
+
+@pytest.mark.retrace
+def test_eager_calls_compile_once_per_shape_and_an_unhashable_cell_still_runs():
+    """Outside jit, each front-end runs its core as one cached program: a second call
+    with new values (and a freshly built equal cell) compiles nothing."""
+    from jax._src import monitoring
+
+    compiles, listener = _count_compiles()
+    try:
+        xs, lengths, _ = make_batch("mixed")
+        p = PARAMS["gru"]
+        for method in (js.Scan(), js.Fused()):
+            for attempt, inputs in enumerate((xs, xs + 1)):
+                one = inputs[0]
+                before = len(compiles)
+                recurrence.rnn(cells.gru(H), p["forward"], inputs, lengths, method=method)
+                recurrence.bidirectional(cells.gru(H), p, inputs, lengths, method=method)
+                recurrence.scan_rnn(cells.gru(H), p["forward"], one, 3, method=method)
+                if attempt:
+                    assert len(compiles) == before, method
+                else:
+                    assert len(compiles) > before  # the counter sees compilations
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    # A cell that cannot be hashed (an unhashable callable inside) runs the same core
+    # without the jit.
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, *args, **kwargs):
+            return self.fn(*args, **kwargs)
+
+    gru = cells.gru(H)
+    odd = gru._replace(step=Unhashable(gru.step))
+    with pytest.raises(TypeError):
+        hash(odd)
+    want = recurrence.rnn(gru, p["forward"], xs, lengths, method=js.Scan())
+    got = recurrence.rnn(odd, p["forward"], xs, lengths, method=js.Scan())
+    chex.assert_trees_all_close(got, want, atol=1e-6)
+
+
 @pytest.mark.parametrize("name, method", cell_methods(["gru", "lstm"]))
 @pytest.mark.dtype
 def test_bfloat16_inputs_keep_a_float32_carry(name, method):
