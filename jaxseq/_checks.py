@@ -29,7 +29,7 @@ def as_array(x, name: str):
         return x
     try:
         return jnp.asarray(x)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # a dict, say, is a ValueError in jnp.asarray
         raise TypeError(f"`{name}` must be an array, got {type(x).__name__}") from e
 
 
@@ -154,15 +154,19 @@ def check_floating(x, name: str) -> None:
     )
 
 
-def check_bool(x, name: str) -> None:
-    chex.assert_type(
-        x,
-        bool,
-        custom_message=(
-            f"`{name}` must be boolean (True = valid step), got dtype {x.dtype}; "
-            f"convert with `{name}.astype(bool)` or build one with `jaxseq.length_mask`"
-        ),
-    )
+#: What True means in a mask with one entry per sequence (``where`` ``[B]``).
+ROW_MEANING = "True = the sequence counts"
+
+
+def check_bool(x, name: str, meaning: str | None = None) -> None:
+    """A chex ``AssertionError`` naming ``name`` unless ``x`` is boolean. ``meaning``
+    says what True means (default: a step mask, "True = valid step")."""
+    if meaning is None:
+        hint = f"(True = valid step), got dtype {x.dtype}; convert with `{name}.astype(bool)` "
+        hint += "or build one with `jaxseq.length_mask`"
+    else:
+        hint = f"({meaning}), got dtype {x.dtype}; convert with `{name}.astype(bool)`"
+    chex.assert_type(x, bool, custom_message=f"`{name}` must be boolean {hint}")
 
 
 def shape_error(message: str) -> AssertionError:
@@ -171,12 +175,19 @@ def shape_error(message: str) -> AssertionError:
     return AssertionError(message)
 
 
-def optional_mask(where, shape: Sequence[int | None], name: str = "where", shape_doc: str = ""):
-    """``where`` as a boolean array of ``shape`` (checked), or None if it is None."""
+def optional_mask(
+    where,
+    shape: Sequence[int | None],
+    name: str = "where",
+    shape_doc: str = "",
+    meaning: str | None = None,
+):
+    """``where`` as a boolean array of ``shape`` (checked), or None if it is None;
+    ``meaning`` as in :func:`check_bool`."""
     if where is None:
         return None
     where = as_array(where, name)
-    check_bool(where, name)
+    check_bool(where, name, meaning)
     check_shape(where, shape, name, shape_doc)
     return where
 

@@ -87,7 +87,9 @@ def _check_args(logits, logit_lengths, labels, label_lengths, where, blank, redu
     _checks.check_shape(labels, (batch, None), "labels", "[B, S] (B from `logits`)")
     logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
     label_lengths = _check_int_vector(label_lengths, "label_lengths", batch)
-    where = _checks.optional_mask(where, (batch,), "where", "[B] (B from `logits`)")
+    where = _checks.optional_mask(
+        where, (batch,), "where", "[B] (B from `logits`)", _checks.ROW_MEANING
+    )
     _check_blank(blank, num_classes)
     return logits, logit_lengths, labels, label_lengths, where
 
@@ -366,7 +368,9 @@ def validate_ctc_inputs(
     batch = labels.shape[0]
     logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
     label_lengths = _check_int_vector(label_lengths, "label_lengths", batch)
-    where = _checks.optional_mask(where, (batch,), "where", "[B] (B from `labels`)")
+    where = _checks.optional_mask(
+        where, (batch,), "where", "[B] (B from `labels`)", _checks.ROW_MEANING
+    )
     for x, name in ((logit_lengths, "logit_lengths"), (labels, "labels"),
                     (label_lengths, "label_lengths"), (where, "where")):  # fmt: skip
         if x is not None and not _checks.is_concrete(x):

@@ -59,7 +59,9 @@ def _check_decode_args(logits, logit_lengths, where, blank):
     batch, _, num_classes = logits.shape
     check_num_classes(num_classes, "logits", logits.shape)
     logit_lengths = _check_int_vector(logit_lengths, "logit_lengths", batch)
-    where = _checks.optional_mask(where, (batch,), "where", "[B] (B from `logits`)")
+    where = _checks.optional_mask(
+        where, (batch,), "where", "[B] (B from `logits`)", _checks.ROW_MEANING
+    )
     _check_blank(blank, num_classes)
     return logits, logit_lengths, where
 

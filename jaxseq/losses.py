@@ -262,7 +262,9 @@ def _classification_losses(logits, labels, where, label_smoothing, class_weights
     label_smoothing, z_loss, class_weights = check_loss_options(
         label_smoothing, z_loss, class_weights, logits.shape[-1]
     )
-    where = _checks.optional_mask(where, labels.shape, "where", "[B] (B from `logits`)")
+    where = _checks.optional_mask(
+        where, labels.shape, "where", "[B] (B from `logits`)", _checks.ROW_MEANING
+    )
     return _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss)
 
 

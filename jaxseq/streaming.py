@@ -49,8 +49,10 @@ def windows(stream, k: int, *, lengths: jax.Array | None = None):
     Args:
       stream: a pytree of arrays, every leaf ``[B, T, ...]`` (the same B and T).
       k: the window length, a positive Python int.
-      lengths: optional integer ``[B]``, the valid steps of each row's stream
-        (default: all T).
+      lengths: optional integer ``[B]`` in ``[0, T]``, the valid steps of each row's
+        stream (default: all T). Host lengths outside ``[0, T]`` are a ``ValueError``;
+        under ``jit`` such a row gets window length -1 in every window, which
+        :func:`jaxseq.rnn` turns into NaN (never a silently wrong carry).
 
     Returns:
       ``(windowed, window_lengths)``: the pytree with every leaf ``[N, B, k, ...]``
@@ -85,15 +87,19 @@ def windows(stream, k: int, *, lengths: jax.Array | None = None):
         x = x.reshape((batch, count, k) + x.shape[2:])
         return jnp.swapaxes(x, 0, 1)
 
+    bad_B = None
     if lengths is None:
         lengths_B = jnp.full((batch,), steps, jnp.int32)
     else:
-        lengths_B = _checks.as_array(lengths, "lengths")
-        _checks.check_integer(lengths_B, "lengths")
+        # Host lengths outside [0, T] are a ValueError naming `lengths`.
+        lengths_B = _checks.index_array(lengths, "lengths", low=0, high=steps, what=" (T)")
         _checks.check_shape(lengths_B, (batch,), "lengths", "[B] (B from `stream`)")
-        lengths_B = lengths_B.astype(jnp.int32)
+        if not _checks.is_concrete(lengths_B):
+            bad_B = (lengths_B < 0) | (lengths_B > steps)
     starts_N1 = (jnp.arange(count, dtype=jnp.int32) * k)[:, None]
     window_lengths = jnp.clip(lengths_B[None, :] - starts_N1, 0, k)
+    if bad_B is not None:  # traced: -1 in every window, which jaxseq.rnn turns into NaN
+        window_lengths = jnp.where(bad_B[None, :], -1, window_lengths)
     return jax.tree.map(cut, stream), window_lengths
 
 
@@ -151,13 +157,20 @@ def tbptt_train_step_fn(loss_fn: TbpttLossFn, optimizer) -> Callable:
     from jaxseq.training import steps
 
     def total(params, batch, carry, key):
-        out, aux = loss_fn(params, batch, carry, key)
+        result = loss_fn(params, batch, carry, key)
+        aux = result[1] if isinstance(result, tuple) and len(result) == 2 else None
         if not isinstance(aux, tuple) or len(aux) != 2:
+            got = (
+                f"a second element of type {type(aux).__name__}"
+                if aux is not None
+                else f"{type(result).__name__} {getattr(result, 'shape', '')}".rstrip()
+            )
             raise TypeError(
                 "a truncated-BPTT loss_fn(params, batch, carry, key) must return "
                 "(loss, (new_carry, metric_sums)), with loss a float scalar or LossTerms; "
-                f"got a second element of type {type(aux).__name__}"
+                f"got {got}"
             )
+        out = result[0]
         new_carry, metric_sums = aux
         terms, metric_sums = steps.loss_terms((out, metric_sums))
         return terms.total, (terms, new_carry, metric_sums)
@@ -176,6 +189,11 @@ def tbptt_train_step_fn(loss_fn: TbpttLossFn, optimizer) -> Callable:
         metric_sums = dict(metric_sums, loss=Ratio(terms.total, terms.count))
         metric_sums["grad_norm"] = Ratio(optax.tree.norm(grads), jnp.ones((), jnp.float32))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        # A window with nothing to learn from (count 0: every row's stream has ended,
+        # the tail windows of uneven lengths) changes nothing: an optimizer with
+        # momentum would otherwise still move the params on its zero gradient.
+        learns = terms.count > 0
+        new_state = jax.tree.map(lambda n, o: jnp.where(learns, n, o), new_state, state)
         return new_state, new_carry, metric_sums
 
     return train_step
@@ -193,7 +211,10 @@ def make_tbptt_train_step(loss_fn: TbpttLossFn, optimizer) -> Callable:
     The step differentiates the window's loss with respect to the params only:
     ``carry`` enters with its gradient stopped (truncated BPTT), and the update is
     ``optimizer`` on ``grad(total) / count``. ``state`` (a
-    :class:`jaxseq.training.steps.TrainState`) is donated; ``metric_sums`` holds
+    :class:`jaxseq.training.steps.TrainState`) is donated. A window whose ``LossTerms``
+    count is 0 (no valid step in any row, e.g. the tail windows when the streams have
+    different lengths) returns ``state`` unchanged: no update, ``state.step`` not
+    advanced (a scalar-mean loss always counts as 1). ``metric_sums`` holds
     ``loss``, ``grad_norm`` and the loss function's sums. Needs the ``train``
     extra (it imports :mod:`jaxseq.training`).
     """

@@ -762,6 +762,121 @@ def test_windows_bad_input():
         streaming.windows((XS, jnp.zeros((B, T + 1))), 2)
     with pytest.raises(AssertionError, match="`lengths`"):
         streaming.windows(XS, 2, lengths=jnp.zeros((B + 1,), jnp.int32))
+    for bad in (T + 1, -1):  # host lengths outside [0, T]: never padding read as data
+        lengths = np.full((B,), 2, np.int32)
+        lengths[1] = bad
+        with pytest.raises(ValueError, match="`lengths`"):
+            streaming.windows(XS, 2, lengths=lengths)
+
+
+@pytest.mark.bad_input
+def test_windows_under_jit_turn_a_bad_length_into_nan_rows():
+    """Traced lengths outside [0, T]: -1 in every window of that row, which rnn makes NaN;
+    the other rows are exact."""
+    cell, params = CELLS["gru"], PARAMS["gru"]
+
+    @jax.jit
+    def run(lengths):
+        xs_w, lengths_w = streaming.windows(XS, K, lengths=lengths)
+        carry, outs = None, []
+        for n in range(xs_w.shape[0]):
+            carry, hs = js.rnn(cell, params, xs_w[n], lengths_w[n], carry=carry)
+            outs.append(hs)
+        return lengths_w, carry, jnp.concatenate(outs, axis=1)
+
+    good = np.array(STREAM_LENGTHS, np.int32)
+    for bad in (T + 1, -1):
+        lengths = good.copy()
+        lengths[0] = bad
+        lengths_w, carry, hs = run(jnp.asarray(lengths))
+        assert (np.asarray(lengths_w)[:, 0] == -1).all()
+        assert np.isnan(np.asarray(carry)[0]).all() and np.isnan(np.asarray(hs)[0]).all()
+        _, carry_ok, hs_ok = run(jnp.asarray(good))
+        np.testing.assert_array_equal(np.asarray(carry)[1:], np.asarray(carry_ok)[1:])
+        np.testing.assert_array_equal(np.asarray(hs)[1:], np.asarray(hs_ok)[1:])
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "name, method", [("lstm", js.Fused()), ("gru", js.Scan()), ("mingru", js.Parallel())]
+)
+def test_stack_carry_threads_windows_like_one_long_pass(name, method):
+    """A two-layer stack run window after window, each from the final carries of the one
+    before, gives the outputs and final carries of one pass over the whole stream."""
+    cell = CELLS[name]
+    layers = js.init_stack(jax.random.key(5), cell, D, num_layers=2)
+    lengths = jnp.asarray(STREAM_LENGTHS)
+    want_finals, want_hs = js.stack(cell, layers, XS, lengths, method=method)
+    xs_w, lengths_w = streaming.windows(XS, K, lengths=lengths)
+    carry, outs = None, []
+    for n in range(xs_w.shape[0]):
+        carry, hs = js.stack(cell, layers, xs_w[n], lengths_w[n], method=method, carry=carry)
+        outs.append(hs)
+    chex.assert_trees_all_close(jnp.concatenate(outs, axis=1)[:, :T], want_hs, **TOL)
+    chex.assert_trees_all_close(carry, want_finals, **TOL)
+
+
+@pytest.mark.bad_input
+def test_stack_carry_bad_input_names_the_layer():
+    cell = CELLS["gru"]
+    layers = js.init_stack(jax.random.key(5), cell, D, num_layers=2)
+    good = [jnp.zeros((B, H)), jnp.zeros((B, H))]
+    with pytest.raises(ValueError, match="`carry` must be a list with one initial carry per layer"):
+        js.stack(cell, layers, XS, LENGTHS, carry=good[:1])
+    with pytest.raises(AssertionError, match=r"`carry\[1\]`"):
+        js.stack(cell, layers, XS, LENGTHS, carry=[good[0], jnp.zeros((B, H + 1))])
+    bidi = js.init_stack(jax.random.key(5), cell, D, num_layers=2, bidirectional=True)
+    with pytest.raises(ValueError, match=r"`carry\[0\]` of a bidirectional layer"):
+        js.stack(cell, bidi, XS, LENGTHS, bidirectional=True, carry=good)
+
+
+@pytest.mark.training_smoke
+def test_tbptt_window_with_no_valid_step_changes_nothing():
+    """Adam's momentum would move the params on an empty window's zero gradient."""
+    from jaxseq.training import steps
+
+    cell, params = CELLS["gru"], PARAMS["gru"]
+
+    def loss_fn(params, batch, carry, key):
+        del key
+        xs, n = batch
+        carry, hs = js.rnn(cell, params, xs, n, carry=carry)
+        return js.LossTerms(jnp.sum(hs**2), jnp.sum(n).astype(jnp.float32)), (carry, {})
+
+    optimizer = optax.adam(0.1)
+    step = streaming.make_tbptt_train_step(loss_fn, optimizer)
+    lengths = jnp.array([K, K // 2] + [1] * (B - 2), jnp.int32)  # every row ends in window 0
+    xs_w, lengths_w = streaming.windows(XS, K, lengths=lengths)
+    assert xs_w.shape[0] >= 3 and not np.asarray(lengths_w[1:]).any()
+    state = steps.create_train_state(jax.tree.map(jnp.copy, params), optimizer)
+    state, carry, _ = step(state, jnp.zeros((B, H)), (xs_w[0], lengths_w[0]), jax.random.key(0))
+    after_first = jax.tree.map(np.asarray, (state.step, state.params, state.opt_state))
+    for n in (1, 2):
+        state, carry_n, sums = step(state, carry, (xs_w[n], lengths_w[n]), jax.random.key(0))
+        assert float(sums["loss"].count) == 0.0
+        chex.assert_trees_all_equal(
+            jax.tree.map(np.asarray, (state.step, state.params, state.opt_state)), after_first
+        )
+        chex.assert_trees_all_equal(carry_n, carry)  # nothing valid: the carry is held
+    assert int(state.step) == 1
+
+
+@pytest.mark.bad_input
+def test_tbptt_loss_fn_of_the_wrong_form_names_the_form():
+    def scalar_only(params, batch, carry, key):
+        return jnp.sum(batch)
+
+    def no_carry(params, batch, carry, key):
+        return jnp.sum(batch), {}
+
+    from jaxseq.training import steps
+
+    optimizer = optax.sgd(0.1)
+    state = steps.create_train_state({"w": jnp.ones(())}, optimizer)
+    for loss_fn in (scalar_only, no_carry):
+        step = streaming.make_tbptt_train_step(loss_fn, optimizer)
+        with pytest.raises(TypeError, match=r"must return \(loss, \(new_carry, metric_sums\)\)"):
+            step(state, jnp.zeros((2,)), jnp.ones((2, 3)), jax.random.key(0))
 
 
 @pytest.mark.training_smoke
