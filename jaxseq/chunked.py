@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
+from jaxseq._compiled import compiled
 from jaxseq._reductions import (
     REDUCTIONS,
     TERM_REDUCTIONS,
@@ -447,7 +448,50 @@ def _linear_ce(
             "`reduction` 'none' is not available with `grad_in_forward=True` (its gradients "
             "are computed for a scalar loss); use the default recomputing backward pass"
         )
+    return _linear_ce_core(
+        hidden,
+        weight,
+        labels,
+        where,
+        bias,
+        class_weights,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        token_chunk=token_chunk,
+        class_chunk=class_chunk,
+        grad_in_forward=grad_in_forward,
+        terms=terms,
+    )
 
+
+@compiled(
+    "reduction",
+    "label_smoothing",
+    "z_loss",
+    "token_chunk",
+    "class_chunk",
+    "grad_in_forward",
+    "terms",
+)
+def _linear_ce_core(
+    hidden,
+    weight,
+    labels,
+    where,
+    bias,
+    class_weights,
+    *,
+    reduction,
+    label_smoothing,
+    z_loss,
+    token_chunk,
+    class_chunk,
+    grad_in_forward,
+    terms: bool,
+):
+    """:func:`_linear_ce` after its checks (one compiled program outside ``jit``)."""
+    num_classes = weight.shape[1]
     seq_shape = hidden.shape[:-1]
     # [N, H] input: N sequences of one step each.
     shape_BT = seq_shape if hidden.ndim == 3 else (seq_shape[0], 1)

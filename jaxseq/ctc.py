@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
+from jaxseq._compiled import compiled
 from jaxseq._reductions import (
     SEQUENCE_REDUCTIONS,
     all_valid,
@@ -242,9 +243,27 @@ def ctc_loss(
     logits, logit_lengths, labels, label_lengths, where = _check_args(
         logits, logit_lengths, labels, label_lengths, where, blank, reduction, zero_infinity
     )
+    _, max_t, num_classes = logits.shape
+    _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank, where)
+    return _ctc_core(
+        logits,
+        logit_lengths,
+        labels,
+        label_lengths,
+        where,
+        blank=blank,
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
+
+
+@compiled("blank", "reduction", "zero_infinity")
+def _ctc_core(
+    logits, logit_lengths, labels, label_lengths, where, *, blank, reduction, zero_infinity
+):
+    """:func:`ctc_loss` after its checks (one compiled program outside ``jit``)."""
     batch, max_t, num_classes = logits.shape
     max_s = labels.shape[1]
-    _check_concrete_values(logit_lengths, labels, label_lengths, max_t, num_classes, blank, where)
     dtype = compute_dtype(logits.dtype)
     where_B = all_valid(where, (batch,))
     # A row that is not valid is run as an empty sequence (no frames, no labels).

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseq import _checks
+from jaxseq._compiled import compiled
 from jaxseq._reductions import (
     REDUCTIONS,
     SEQUENCE_REDUCTIONS,
@@ -101,6 +102,7 @@ def _check_logits_labels(logits, labels, *, rank: int | None, logits_doc: str, l
     return logits, labels
 
 
+@compiled("label_smoothing", "z_loss")
 def _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss):
     """Per-position losses and weights, both float32 (float64) ``labels.shape``.
 
