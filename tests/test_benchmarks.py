@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import common, rnn_train_step
@@ -101,3 +102,26 @@ def test_crf_benchmark_runs_the_equivalence_gate_and_times_all_three(tmp_path):
     for impl in ("jaxseq-sequential", "jaxseq-parallel", "pytorch-crf"):
         assert f"| B=4 T=8 K=5 | {impl} |" in text, text
     assert "| B=4 T=8 K=5 | pytorch-crf | " in text and "**1.00x**" in text
+
+
+@pytest.mark.reference
+def test_eager_benchmark_patches_real_cores_and_both_paths_agree():
+    # benchmarks/eager_calls.py times each public function with its compiled core and
+    # with the plain core patched in: every patched name must be a compiled core, the
+    # patch must be undone, and the two paths must give the same numbers.
+    import jax
+
+    from benchmarks import eager_calls
+
+    for case in eager_calls.CASES:
+        cores = [getattr(module, name) for module, name in eager_calls._patches(case)]
+        assert all(hasattr(core, "__wrapped__") for core in cores), case
+    for case in ("labeling_loss", "rnn-lstm-scan"):
+        call = eager_calls.make_call(case)
+        compiled = jax.tree.map(np.asarray, call(3))
+        with eager_calls.op_by_op(case):
+            plain = jax.tree.map(np.asarray, call(3))
+        for module, name in eager_calls._patches(case):
+            assert hasattr(getattr(module, name), "__wrapped__")  # restored
+        for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(plain), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
