@@ -184,7 +184,7 @@ def _check_args(emissions, params, where, tags=None) -> _Checked:
         host_valid = np.asarray(where)
     if tags is not None:
         tags = _check_tags(tags, (batch, steps, num_tags), host_valid)
-    return _Checked(emissions, params, where, tags)  # type: ignore[arg-type]
+    return _Checked(emissions, params, where, tags)
 
 
 def _check_tags(tags, shape: tuple[int, int, int], host_valid):

@@ -324,10 +324,12 @@ def _describe(spec: dict[str, Any]) -> str:
 def _same(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
     if list(stored["shape"]) != list(wanted["shape"]):
         return False
-    dtypes = (stored.get("dtype"), wanted["dtype"])
-    if None in dtypes or any(d.startswith("key<") for d in dtypes):
-        return True  # orbax's metadata has no dtype, or stores a PRNG key as its data
-    return dtypes[0] == dtypes[1]
+    stored_dtype, wanted_dtype = stored.get("dtype"), wanted["dtype"]
+    if stored_dtype is None or wanted_dtype is None:
+        return True  # orbax's metadata has no dtype
+    if stored_dtype.startswith("key<") or wanted_dtype.startswith("key<"):
+        return True  # orbax stores a PRNG key as its data
+    return stored_dtype == wanted_dtype
 
 
 def _listed(paths: list[str]) -> str:

@@ -400,11 +400,12 @@ def batch_size_of(batch: Any) -> int:
     """
     shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(batch)]
     sizes = {shape[0] if shape else None for shape in shapes}
-    if None in sizes or len(sizes) != 1:
+    size = sizes.pop() if len(sizes) == 1 else None
+    if size is None:
         raise AssertionError(
             f"every leaf of `batch` needs the same leading size B ([B, ...]), got shapes {shapes}"
         )
-    return int(sizes.pop())
+    return int(size)
 
 
 def pad_batch_to_multiple(batch: Any, multiple: int) -> Any:
@@ -512,7 +513,7 @@ def process_rows(global_batch_size: int, mesh: Mesh | None) -> slice:
             f"global batch size {global_batch_size} is not divisible by {_num_data(mesh)} devices"
         )
     index_map = data_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
-    starts = sorted({(s[0].start or 0, s[0].stop) for s in index_map.values()})
+    starts = sorted({(s[0].start or 0, s[0].stop) for s in index_map.values() if s is not None})
     for (_, stop), (start, _) in zip(starts, starts[1:]):
         if stop != start:
             raise ValueError(f"this process's rows are not contiguous: {starts}")
@@ -646,7 +647,7 @@ def make_sharded_train_step(
         _check_divisible(batch, mesh, microbatches)
         return jitted(state, batch, key)
 
-    sharded_train_step.jitted = jitted
+    sharded_train_step.jitted = jitted  # type: ignore[attr-defined]  # the compiled step
     return sharded_train_step
 
 
@@ -668,5 +669,5 @@ def make_sharded_eval_step(
         _check_divisible(batch, mesh)
         return jitted(params, batch)
 
-    sharded_eval_step.jitted = jitted
+    sharded_eval_step.jitted = jitted  # type: ignore[attr-defined]  # the compiled step
     return sharded_eval_step
