@@ -473,6 +473,7 @@ def _linear_ce(
     "class_chunk",
     "grad_in_forward",
     "terms",
+    volatile=("label_smoothing", "z_loss"),
 )
 def _linear_ce_core(
     hidden,

@@ -102,7 +102,7 @@ def _check_logits_labels(logits, labels, *, rank: int | None, logits_doc: str, l
     return logits, labels
 
 
-@compiled("label_smoothing", "z_loss")
+@compiled("label_smoothing", "z_loss", volatile=("label_smoothing", "z_loss"))
 def _token_losses(logits, labels, where, label_smoothing, class_weights, z_loss):
     """Per-position losses and weights, both float32 (float64) ``labels.shape``.
 

@@ -45,6 +45,7 @@ equal up to float rounding.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -332,7 +333,43 @@ def _check_params(cell, params, xs_BTD) -> None:
     jax.eval_shape(one_step, params, jax.ShapeDtypeStruct(xs_BTD.shape[2:], xs_BTD.dtype))
 
 
-@compiled("cell", "reverse", "method")
+_OPTION_TYPES = (bool, int, float, complex, str, type, np.dtype, type(None))
+
+
+def _library_function(fn) -> bool:
+    """A module-level function of jaxseq's (no closure), possibly bound to plain options."""
+    if fn is None:
+        return True
+    if isinstance(fn, cells._Bound):
+        options = [value for _, value in fn.options]
+        return _library_function(fn.fn) and all(isinstance(v, _OPTION_TYPES) for v in options)
+    return (
+        inspect.isfunction(fn)
+        and fn.__module__.startswith("jaxseq.")
+        and fn.__closure__ is None
+        and fn.__name__ != "<lambda>"
+    )
+
+
+def _is_library_cell(cell) -> bool:
+    """True for the cells jaxseq builds (:func:`jaxseq.gru`, :func:`jaxseq.mingru`, ...):
+    every function is jaxseq's own, so its results depend on its arguments only and a
+    compiled program of it may be cached. A cell of your own runs uncompiled (eagerly),
+    so it always sees the current value of any state it reads and nothing it closes
+    over is kept alive by a cache."""
+    parts = [cell.init, cell.initial_carry, cell.project, cell.step, cell.output]
+    step = cell.step
+    if isinstance(step, parallel_cells.LinearStep):
+        parts[3:4] = [step.coefficients, step.log_coefficients, step.to_state, step.readout]
+    return all(_library_function(part) for part in parts)
+
+
+def _compiled_cell_core(*static_argnames: str):
+    """:func:`jaxseq._compiled.compiled` for a core taking ``cell``: only jaxseq's cells."""
+    return compiled(*static_argnames, eligible=lambda cell, **_: _is_library_cell(cell))
+
+
+@_compiled_cell_core("cell", "reverse", "method")
 def _rnn(cell, params, xs_BTD, lengths_B, carry, *, reverse: bool, method: Method, resets=None):
     """The unchecked batched recurrence; ``method`` is resolved; ``resets`` None or bool
     ``[B, T]`` (segment starts, unmasked). Returns (final, hs [B, T, H])."""
@@ -379,7 +416,7 @@ def _rnn_resets(cell, params, xs_BTD, lengths_B, carry, reverse, method, resets_
     return jax.vmap(one, in_axes=in_axes)(xs_BTD, mask_BT, step_resets_BT, carry)
 
 
-@compiled("cell", "reverse", "method")
+@_compiled_cell_core("cell", "reverse", "method")
 def _scan_one(cell, params, xs_TD, length, carry, resets_T, *, reverse: bool, method: Scan):
     """:func:`_scan` of one sequence from its ``length`` and segment starts ``resets_T``."""
     mask_T = masks._mask(length, xs_TD.shape[0])
@@ -536,7 +573,7 @@ def _check_bidirectional_params(params, name: str = "params") -> None:
         )
 
 
-@compiled("cell", "method")
+@_compiled_cell_core("cell", "method")
 def _bidirectional(cell, params, xs_BTD, lengths_B, carry, *, method: Method, resets=None):
     carry_f, carry_b = (None, None) if carry is None else carry
     final_f, hs_f = _rnn(

@@ -880,3 +880,37 @@ def test_numpy_class_weights_under_jit():
         z, labels, where=where, reduction="mean_over_tokens", class_weights=weights
     )
     np.testing.assert_allclose(float(jax.jit(f)(logits)), float(f(logits)), rtol=1e-6)
+
+
+@pytest.mark.retrace
+def test_a_changing_label_smoothing_stops_compiling_after_a_few_values():
+    """label_smoothing and z_loss are static in the compiled core: an eager schedule that
+    changes them every call compiles a program for the first few values only, then runs
+    uncompiled (no compilation per new value), with the same numbers."""
+    from jax._src import monitoring
+
+    from jaxseq import _compiled
+    from tests.test_recurrence import _count_compiles
+
+    rng = np.random.default_rng(7)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 6)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 6, size=(3, 5)))
+    # Values no other test uses: one already seen gets its compiled program.
+    values = [0.0031 + 0.01 * k for k in range(2 * _compiled.VOLATILE_LIMIT + 4)]
+    compiles, listener = _count_compiles()
+    try:
+        per_call = []
+        for a in values:
+            before = len(compiles)
+            got = js.sequence_labeling_loss(logits, labels, label_smoothing=a)
+            per_call.append(len(compiles) - before)
+            with jax.disable_jit():
+                want = js.sequence_labeling_loss(logits, labels, label_smoothing=a)
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    # At most VOLATILE_LIMIT values per process get a program (other tests in this process
+    # may have used some up), plus the first uncompiled call's per-primitive programs;
+    # after that a new value compiles nothing.
+    assert sum(1 for n in per_call if n) <= _compiled.VOLATILE_LIMIT + 1, per_call
+    assert not any(per_call[_compiled.VOLATILE_LIMIT + 2 :]), per_call

@@ -605,6 +605,44 @@ def test_eager_calls_compile_once_per_shape_and_an_unhashable_cell_still_runs():
     chex.assert_trees_all_close(got, want, atol=1e-6)
 
 
+@pytest.mark.retrace
+def test_a_cell_of_your_own_runs_uncompiled_sees_current_state_and_is_not_kept_alive():
+    """Only jaxseq's own cells get a cached program: a custom cell's step may read state
+    that changes between calls (a cached program would freeze it), and a cache entry
+    would keep the cell and what it closes over alive."""
+    import gc
+    import weakref
+
+    gru = cells.gru(H)
+    p = PARAMS["gru"]["forward"]
+    xs, lengths, _ = make_batch("mixed")
+    config = {"scale": 1.0}
+
+    def step(params, carry, xp):  # reads `config` at every call
+        return gru.step(params, carry, config["scale"] * xp)
+
+    mine = gru._replace(step=step)
+    for scale in (1.0, -3.0, 0.5):
+        config["scale"] = scale
+        got = recurrence.rnn(mine, p, xs, lengths, method=js.Scan())
+        with jax.disable_jit():
+            want = recurrence.rnn(mine, p, xs, lengths, method=js.Scan())
+        chex.assert_trees_all_close(got, want, atol=1e-6)
+    assert recurrence._is_library_cell(gru) and not recurrence._is_library_cell(mine)
+    for make in (js.lstm, js.elman, js.mingru, js.minlstm, js.lru):
+        assert recurrence._is_library_cell(make(4)), make
+    assert recurrence._is_library_cell(js.lstm(4, forget_bias=2.0, param_dtype=jnp.bfloat16))
+
+    refs = []
+    for _ in range(3):
+        fresh = gru._replace(step=lambda params, carry, xp: gru.step(params, carry, xp))
+        refs.append(weakref.ref(fresh.step))
+        recurrence.rnn(fresh, p, xs, lengths, method=js.Scan())
+        del fresh
+    gc.collect()
+    assert not any(ref() is not None for ref in refs)
+
+
 @pytest.mark.parametrize("name, method", cell_methods(["gru", "lstm"]))
 @pytest.mark.dtype
 def test_bfloat16_inputs_keep_a_float32_carry(name, method):
