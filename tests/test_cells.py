@@ -218,3 +218,21 @@ def test_bad_hyper_parameters_raise_naming_them():
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("name", ["elman", "gru", "lstm"])
+def test_a_wrongly_shaped_weight_is_an_error_naming_it_with_every_method(name):
+    """Before, a recurrent weight one column short reached the matmul: JAX's bare
+    dot_general error, naming nothing of the cell's."""
+    import jaxseq as js
+
+    cell = getattr(cells, name)(4)
+    good = cell.init(jax.random.key(0), 3)
+    xs, lengths = jnp.ones((2, 5, 3)), jnp.array([5, 2])
+    for key in good:
+        params = dict(good)
+        params[key] = jnp.zeros(good[key].shape[:-1] + (good[key].shape[-1] + 1,))
+        for method in (js.Scan(), js.Fused()):
+            with pytest.raises(AssertionError, match=rf"`params\['{key}'\]` of a {name} cell"):
+                js.rnn(cell, params, xs, lengths, method=method)

@@ -1063,7 +1063,8 @@ def test_params_of_another_cell_raise_with_every_method(method_id):
             AssertionError,
             random_params(cell, jax.random.key(0), 4),
         ),
-        "`xp_t` of a gru cell": (
+        # Params of a wider gru: the first weight whose shape does not fit is named.
+        r"`params\['W_i'\]` of a gru cell of hidden size 5 must have shape \(D, 15\)": (
             AssertionError,
             random_params(cells.gru(H + 1), jax.random.key(0)),
         ),
