@@ -136,44 +136,38 @@ def _check_param_dtype(param_dtype) -> jnp.dtype:
     return dtype
 
 
+#: The weights of the built-in cells: gates k (G = k H), input weight [D, G], recurrent
+#: weight [H, G], biases [G].
+_LAYOUTS = {
+    "elman": (1, "U", "W", ("b",)),
+    "gru": (3, "W_i", "W_h", ("b_i", "b_h")),
+    "lstm": (4, "W_i", "W_h", ("b",)),
+}
+
+
 def _check_params(
-    params, names: tuple[str, ...], cell_name: str, shapes: dict[str, tuple] | None = None
+    params, names: tuple[str, ...], cell_name: str, hidden_size: int | None = None
 ) -> None:
-    """The keys of ``params`` (``ValueError``) and, with ``shapes`` (``None`` = any size
-    in that axis), the shape of each entry (a shape ``AssertionError`` naming it)."""
+    """The keys of ``params`` (``ValueError``) and, with ``hidden_size`` (a cell of
+    ``_LAYOUTS``), the shape of each weight (a shape ``AssertionError`` naming it)."""
     if not isinstance(params, dict) or set(params) != set(names):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(
             f"`params` of a {cell_name} cell must be a dict with keys {names}, got {got}"
         )
-    for name, want in (shapes or {}).items():
+    if hidden_size is None:
+        return
+    gates, w_in, w_rec, biases = _LAYOUTS[cell_name]
+    width = gates * hidden_size
+    shapes = {w_in: (None, width), w_rec: (hidden_size, width), **{b: (width,) for b in biases}}
+    for name, want in shapes.items():
         shape = tuple(jnp.shape(params[name]))
         if len(shape) != len(want) or any(w not in (None, g) for g, w in zip(shape, want)):
             shown = "(" + ", ".join("D" if w is None else str(w) for w in want) + ")"
             raise _checks.shape_error(
-                f"`params['{name}']` of a {cell_name} cell of hidden size "
-                f"{_hidden_of(want, cell_name)} must have shape {shown}, got {shape}"
+                f"`params['{name}']` of a {cell_name} cell of hidden size {hidden_size} "
+                f"must have shape {shown}, got {shape}"
             )
-
-
-def _hidden_of(shape: tuple, cell_name: str) -> int:
-    """H from an expected shape whose last axis is G = k H (k gates)."""
-    return shape[-1] // {"elman": 1, "gru": 3, "lstm": 4}[cell_name]
-
-
-def _elman_shapes(hidden_size: int) -> dict[str, tuple]:
-    h = hidden_size
-    return {"U": (None, h), "W": (h, h), "b": (h,)}
-
-
-def _gru_shapes(hidden_size: int) -> dict[str, tuple]:
-    h, g = hidden_size, 3 * hidden_size
-    return {"W_i": (None, g), "W_h": (h, g), "b_i": (g,), "b_h": (g,)}
-
-
-def _lstm_shapes(hidden_size: int) -> dict[str, tuple]:
-    h, g = hidden_size, 4 * hidden_size
-    return {"W_i": (None, g), "W_h": (h, g), "b": (g,)}
 
 
 def _linear(x, weight, bias, dtype):
@@ -260,12 +254,12 @@ def _zeros_carry(params, dtype=jnp.float32, *, hidden_size):
 
 
 def _elman_project(params, x, *, hidden_size):
-    _check_params(params, ("U", "W", "b"), "elman", _elman_shapes(hidden_size))
+    _check_params(params, ("U", "W", "b"), "elman", hidden_size)
     return _project(params, x, weight="U", bias="b", cell_name="elman")
 
 
 def _elman_step(params, carry, xp, *, hidden_size):
-    _check_params(params, ("U", "W", "b"), "elman", _elman_shapes(hidden_size))
+    _check_params(params, ("U", "W", "b"), "elman", hidden_size)
     h = carry
     _check_step(h, xp, hidden_size, hidden_size, "elman")
     dtype = h.dtype
@@ -330,12 +324,12 @@ def _gru_init(key, input_size, *, hidden_size, param_dtype):
 
 
 def _gru_project(params, x, *, hidden_size):
-    _check_params(params, _GRU_KEYS, "gru", _gru_shapes(hidden_size))
+    _check_params(params, _GRU_KEYS, "gru", hidden_size)
     return _project(params, x, weight="W_i", bias="b_i", cell_name="gru")
 
 
 def _gru_step(params, carry, xp, *, hidden_size):
-    _check_params(params, _GRU_KEYS, "gru", _gru_shapes(hidden_size))
+    _check_params(params, _GRU_KEYS, "gru", hidden_size)
     h = carry
     _check_step(h, xp, 3 * hidden_size, hidden_size, "gru")
     dtype = h.dtype
@@ -404,12 +398,12 @@ def _lstm_initial_carry(params, dtype=jnp.float32, *, hidden_size):
 
 
 def _lstm_project(params, x, *, hidden_size):
-    _check_params(params, _LSTM_KEYS, "lstm", _lstm_shapes(hidden_size))
+    _check_params(params, _LSTM_KEYS, "lstm", hidden_size)
     return _project(params, x, weight="W_i", bias="b", cell_name="lstm")
 
 
 def _lstm_step(params, carry, xp, *, hidden_size):
-    _check_params(params, _LSTM_KEYS, "lstm", _lstm_shapes(hidden_size))
+    _check_params(params, _LSTM_KEYS, "lstm", hidden_size)
     if not isinstance(carry, tuple) or len(carry) != 2:
         raise ValueError(f"`carry` of an lstm cell must be a tuple (h, c), got {type(carry)}")
     h, c = carry

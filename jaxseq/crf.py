@@ -335,14 +335,9 @@ def _path_score(inputs: _Inputs, tags):
     return jnp.where(inputs.lengths > 0, score, 0.0)
 
 
-def _log_likelihood(emissions, tags, params, where, method):
-    """``(log-likelihood [B], lengths [B])`` after the host checks."""
-    _checks.check_choice(method, CRF_METHODS, "method")
-    return _log_likelihood_core(_check_args(emissions, params, where, tags), method=method)
-
-
 @compiled("method")
 def _log_likelihood_core(checked: _Checked, *, method: str):
+    """``(log-likelihood [B], lengths [B])`` after the host checks."""
     inputs = _prepare(checked)
     tags, bad = _tags_in_range(checked.tags, inputs)
     log_likelihood = _path_score(inputs, tags) - _log_partition(inputs, method)
@@ -393,7 +388,9 @@ def crf_log_likelihood(
     >>> round(float(ll[0]), 4), round(float(jnp.log(1 / 8)), 4)
     (-2.0794, -2.0794)
     """
-    return _log_likelihood(emissions, tags, params, where, method)[0]
+    _checks.check_choice(method, CRF_METHODS, "method")
+    checked = _check_args(emissions, params, where, tags)
+    return _log_likelihood_core(checked, method=method)[0]
 
 
 def crf_loss(
